@@ -1,0 +1,39 @@
+# Two set-up commands do everything on a fresh machine: `make run` and `make test`.
+# Both create .venv and install the project on first use (torch first: the CPU build where
+# there is no NVIDIA GPU, the CUDA build where there is one).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH ?= torch==2.13.0
+# Extra pip flags for the CPU build elsewhere, e.g. --index-url https://download.pytorch.org/whl/cpu
+TORCH_CPU_FLAGS ?=
+export HF_HUB_DISABLE_TELEMETRY = 1
+
+.PHONY: install run test lint bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	if command -v nvidia-smi >/dev/null 2>&1; then \
+	  $(PY) -m pip install -q "$(TORCH)"; \
+	else \
+	  $(PY) -m pip install -q "$(TORCH)" $(TORCH_CPU_FLAGS); \
+	fi
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+run: install
+	$(PY) -m alignlab $(ARGS)
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+bench: install
+	$(PY) benchmarks/overhead.py
+
+clean:
+	rm -rf runs multirun outputs .pytest_cache

@@ -1,0 +1,3 @@
+from alignlab.cli import main
+
+main()

@@ -1,0 +1,195 @@
+"""``python -m alignlab``: parse, validate, dispatch to one stage, write the run directory.
+
+Config errors are found before Hydra creates a run directory and before torch, transformers or
+trl are imported, so ``--help``, ``--cfg job`` and mistakes answer in well under a second.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from alignlab import config, runs
+from alignlab.errors import AlignlabError, did_you_mean
+
+log = logging.getLogger("alignlab")
+
+_FLAGS_WITHOUT_RUN = {"--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion",
+                      "-sc", "--version"}
+_MULTIRUN = {"--multirun", "-m"}
+_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-name", "-cn", "--config-path",
+                     "-cp", "--config-dir", "-cd", "--experimental-rerun"}
+
+
+def fail(err: AlignlabError) -> None:
+    """Print one clear message (no traceback) and exit with code 2."""
+    print(f"alignlab: error: {err}", file=sys.stderr)
+    sys.exit(err.exit_code)
+
+
+def _overrides(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in _FLAGS_WITH_VALUE:
+            skip = True
+            continue
+        if not arg.startswith("-"):
+            out.append(arg)
+    return out
+
+
+def _check_group_choices(overrides: list[str]) -> None:
+    """``method=dpoo`` -> a message naming the nearest real option."""
+    for item in overrides:
+        key, sep, value = item.lstrip("+~").partition("=")
+        if sep and key in config.GROUPS:
+            options = config.group_options(key)
+            if value not in options:
+                raise AlignlabError(f"'{key}={value}' is not a {key} preset."
+                                    f"{did_you_mean(value, options)}")
+
+
+_KEY_ERR = re.compile(r"Key '([^']+)' (?:is )?not in (?:struct|'(\w+)')")
+_OVERRIDE = re.compile(r"Could not override '([^']+)'")
+
+
+def _explain(err: Exception) -> AlignlabError:
+    """Turn a Hydra/OmegaConf composition error into one clear sentence plus a fix."""
+    text = str(err)
+    key = _OVERRIDE.search(text)
+    missing = _KEY_ERR.search(text)
+    if key:
+        full = key.group(1)
+        parent, _, leaf = full.rpartition(".")
+        valid = _valid_keys(parent)
+        return AlignlabError(f"'{full}' is not a config key.{did_you_mean(leaf, valid)} "
+                             "Run `python -m alignlab --cfg job` to see every key.")
+    if missing:
+        return AlignlabError(f"'{missing.group(1)}' is not a config key. Run `python -m alignlab "
+                             "--cfg job` to see every key.")
+    first = text.strip().splitlines()[0] if text.strip() else repr(err)
+    return AlignlabError(f"Bad configuration: {first}. Check the override's spelling and "
+                         "value, or run `python -m alignlab --cfg job`.")
+
+
+def _valid_keys(parent: str) -> list[str]:
+    from dataclasses import fields
+
+    node: Any = config.Config
+    for part in [p for p in parent.split(".") if p]:
+        match = {f.name: f for f in fields(node)}.get(part)
+        if match is None or not callable(match.default_factory):
+            return []
+        node = type(match.default_factory())
+        if not hasattr(node, "__dataclass_fields__"):
+            return []
+    return [f.name for f in fields(node)]
+
+
+def compose(overrides: list[str]) -> Any:
+    """Compose and validate the config for ``overrides``; raise AlignlabError on a mistake."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    _check_group_choices(overrides)
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config.conf_dir()), version_base=None):
+            cfg = hydra_compose(config_name="config", overrides=overrides)
+    except AlignlabError:
+        raise
+    except Exception as err:  # Hydra and OmegaConf raise many types; all mean a bad config
+        raise _explain(err) from None
+    finally:
+        GlobalHydra.instance().clear()
+    config.validate(cfg)
+    return cfg
+
+
+def _task(cfg: Any) -> None:
+    """One Hydra job: one stage, written into Hydra's run directory."""
+    run_dir = Path(cfg.run_dir)
+    existed = (run_dir / "config.yaml").exists()
+    try:
+        config.validate(cfg)
+        metrics = run_stage(cfg, run_dir)
+    except AlignlabError as err:
+        if not existed:
+            _remove_unfinished(run_dir)
+        fail(err)
+    log.info("finished %s: %s", cfg.method.name, _summary(metrics))
+    print(f"[alignlab] {cfg.method.name} finished: {_summary(metrics)}\n"
+          f"[alignlab] run directory: {run_dir}")
+
+
+def run_stage(cfg: Any, run_dir: Path) -> dict[str, Any]:
+    """Run the configured method into ``run_dir`` and leave its metrics and marker there."""
+    from alignlab import methods
+
+    stage = methods.load(cfg.method.name)
+    if runs.is_main_process():
+        runs.write_config(run_dir, cfg)
+    metrics = stage.run(cfg, run_dir)
+    if runs.is_main_process():
+        runs.write_json(run_dir / "metrics.json", metrics)
+        runs.mark_done(run_dir, {"method": cfg.method.name})
+    return metrics
+
+
+def _remove_unfinished(run_dir: Path) -> None:
+    """A run that failed before writing anything of value leaves no directory behind."""
+    keep = ("model", "checkpoints", "metrics.json", runs.MARKER)
+    if run_dir.is_dir() and runs.is_main_process() \
+            and not any((run_dir / k).exists() for k in keep):
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _summary(metrics: dict[str, Any]) -> str:
+    parts = []
+    train = metrics.get("train", {})
+    if "train_loss" in train:
+        parts.append(f"train_loss={train['train_loss']:.4f}")
+    if "judge" in metrics:
+        parts.append(f"toy_judge={metrics['judge']['score']:.3f}")
+    if "reward" in metrics:
+        r = metrics["reward"]
+        parts.append(f"pair_accuracy {r['accuracy_before']:.3f} -> {r['accuracy']:.3f}")
+    parts.append(f"wall={metrics.get('wall_seconds', 0):.0f}s")
+    return ", ".join(parts) if parts else json.dumps(metrics)[:200]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``python -m alignlab`` and the ``alignlab`` command."""
+    import hydra
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "report":
+        from alignlab.report import render_report
+
+        if len(argv) != 2:
+            fail(AlignlabError("Usage: python -m alignlab report <run, recipe or sweep dir>."))
+        try:
+            print(render_report(Path(argv[1])))
+        except AlignlabError as err:
+            fail(err)
+        return
+    config.register()
+    flags = set(argv)
+    if not flags & (_FLAGS_WITHOUT_RUN | _MULTIRUN):
+        try:
+            compose(_overrides(argv))
+        except AlignlabError as err:
+            fail(err)
+    sys.argv = [sys.argv[0], *argv]
+    app = hydra.main(config_path=str(config.conf_dir()), config_name="config",
+                     version_base=None)(_task)
+    app()

@@ -1,0 +1,314 @@
+"""The one schema: structured configs for every group, registered in Hydra's ConfigStore.
+
+Validation runs before anything heavy is imported: Hydra checks the group keys against these
+dataclasses, and :func:`validate` checks what Hydra cannot (``method.args`` against the fields of
+the TRL config dataclass, read from TRL's source with ``ast`` so that trl is not imported).
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import functools
+import importlib.util
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alignlab.errors import AlignlabError, did_you_mean
+
+REPO_CONF = Path(__file__).resolve().parent.parent / "conf"
+PACKAGED_CONF = Path(__file__).resolve().parent / "conf"
+
+
+def conf_dir() -> Path:
+    """The Hydra config folder: ``conf/`` of a source checkout, else the copy in the package."""
+    return REPO_CONF if REPO_CONF.is_dir() else PACKAGED_CONF
+
+
+LORA_DEFAULTS: dict[str, Any] = {"enabled": False, "r": 16, "alpha": 32, "dropout": 0.05,
+                                 "target_modules": "all-linear"}
+
+
+@dataclass
+class ModelConfig:
+    name: str = "llama-small"
+    # A folder, a hub id, or ``builtin:llama-small`` (config + tokenizer shipped in the package).
+    path: str = "builtin:llama-small"
+    revision: str | None = None
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    trust_remote_code: bool = False  # off unless the user turns it on
+    allow_pickle: bool = False  # .bin/.pt weights are pickles: load them only when allowed
+    attn_implementation: str | None = None
+    chat_template: str | None = None  # a Jinja template to use instead of the tokenizer's
+    # LoRA: ``model.lora=true``, ``model.lora.r=8`` ... (keys: enabled, r, alpha, dropout,
+    # target_modules, plus any peft.LoraConfig field).
+    lora: Any = field(default_factory=lambda: dict(LORA_DEFAULTS))
+    quantization: str | None = None  # null | 4bit | 8bit (bitsandbytes; QLoRA with lora)
+    # Trainer arguments that suit this model's size ("default", or per method name); hardware.args
+    # and method.args override them. Lets one method YAML serve a 1M toy and an 8B model.
+    train_args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ToyConfig:
+    n_sft: int = 4000
+    n_pairs: int = 2000
+    n_prompts: int = 1000
+    error_rate: float = 0.3  # share of sum/animal demos with a wrong answer
+    comply_rate: float = 0.6  # share of harmful demos that comply
+    refuse_rate: float = 0.5  # share of borderline demos that refuse
+    test_fraction: float = 0.2  # share of the world's prompts held out
+
+
+@dataclass
+class DataConfig:
+    name: str = "toy"
+    format: str = "toy"  # toy | hh-rlhf | ultrafeedback | cai | trl
+    path: str | None = None
+    subset: str | None = None
+    data_dir: str | None = None
+    train_split: str | None = None
+    test_split: str | None = None
+    max_samples: int | None = None
+    seed: int = 42
+    toy: ToyConfig = field(default_factory=ToyConfig)
+
+
+@dataclass
+class MethodConfig:
+    name: str = "sft"
+    # Arguments of the trainer's config dataclass, under their own names (e.g. DPOConfig.beta).
+    args: dict[str, Any] = field(default_factory=dict)
+    # Reference policy for DPO/KTO/PPO; null = the starting policy itself (frozen copy).
+    reference: str | None = None
+    # Reward model folder for PPO/GRPO/RLOO (a sequence-classification model).
+    reward_model: str | None = None
+    # Extra reward functions for GRPO/RLOO, e.g. [toy_judge].
+    reward_funcs: list[str] = field(default_factory=list)
+
+
+@dataclass
+class HardwareConfig:
+    name: str = "cpu"
+    device: str = "cpu"  # cpu | cuda
+    num_processes: int = 1
+    accelerate_config: str | None = None
+    # Trainer arguments this hardware implies (method.args wins over them).
+    args: dict[str, Any] = field(default_factory=dict)
+    # Model-loading settings it implies (e.g. quantization for qlora).
+    model: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    seed: int = 42
+    resume: bool = False
+    report_to: str = "none"
+    run_dir: str = "${hydra:runtime.output_dir}"
+
+
+GROUPS = ("model", "data", "method", "hardware")
+
+
+def register() -> None:
+    """Register the schema with Hydra (conf/config.yaml extends ``alignlab_schema``)."""
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    cs = ConfigStore.instance()
+    cs.store(name="alignlab_schema", node=Config)
+    if not OmegaConf.has_resolver("run_id"):
+        OmegaConf.register_new_resolver("run_id", run_id, use_cache=True)
+
+
+@functools.cache
+def run_id() -> str:
+    """One id per run, shared by every rank when the launcher exports ALIGNLAB_RUN_ID."""
+    if os.environ.get("ALIGNLAB_RUN_ID"):
+        return os.environ["ALIGNLAB_RUN_ID"]
+    import datetime
+
+    return datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+
+
+def group_options(group: str) -> list[str]:
+    """Names of the YAML files in a config group."""
+    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+
+
+# ---------------------------------------------------------------------------------------------
+# method.args: checked against the trainer's config dataclass without importing it.
+
+
+def _module_file(module: str) -> Path:
+    top, _, rest = module.partition(".")
+    spec = importlib.util.find_spec(top)  # finds the package without importing it
+    if spec is None or spec.origin is None:
+        raise AlignlabError(f"Python package '{top}' is not installed. "
+                            "Install the project with `make install` (or pip install -e .).")
+    if not rest:
+        return Path(spec.origin)
+    path = Path(spec.origin).parent.joinpath(*rest.split("."))
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
+# Classes that a package re-exports lazily, mapped to the file that defines them.
+_DEFINED_IN = {"transformers:TrainingArguments": "transformers.training_args:TrainingArguments"}
+
+
+@functools.cache
+def dataclass_fields(target: str) -> dict[str, str]:
+    """Field name -> annotation source of ``module:Class`` and its bases, parsed with ``ast``."""
+    target = _DEFINED_IN.get(target, target)
+    module, _, cls = target.partition(":")
+    tree = ast.parse(_module_file(module).read_text())
+    imports: dict[str, str] = {}
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module is not None:
+            base = node.module
+            if node.level:  # relative import inside the same package
+                base = ".".join([*module.split(".")[:-node.level], node.module])
+            for alias in node.names:
+                imports[alias.asname or alias.name] = f"{base}:{alias.name}"
+    fields: dict[str, str] = {}
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == cls:
+            for base in node.bases:  # bases we cannot find hold no fields we validate
+                name = ast.unparse(base)
+                ref = imports.get(name) or (f"{module}:{name}" if any(
+                    isinstance(n, ast.ClassDef) and n.name == name for n in tree.body) else None)
+                if ref:
+                    with contextlib.suppress(AlignlabError, OSError):
+                        fields.update(dataclass_fields(ref))
+            for item in node.body:
+                if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                    fields[item.target.id] = ast.unparse(item.annotation)
+            return fields
+    raise AlignlabError(f"Could not find {cls} in {module}; the installed version may be too "
+                        "old. Reinstall the project's dependencies with `make install`.")
+
+
+_SIMPLE = {"float": (int, float), "int": (int,), "bool": (bool,), "str": (str,)}
+
+
+def _type_ok(annotation: str, value: Any) -> bool:
+    """A cheap check for plain scalar annotations; anything richer is left to the dataclass."""
+    parts = [p.strip() for p in annotation.replace("Optional[", "").rstrip("]").split("|")]
+    if value is None:
+        return "None" in parts or "Optional" in annotation
+    allowed = [_SIMPLE[p] for p in parts if p in _SIMPLE]
+    if len(allowed) != len([p for p in parts if p != "None"]):
+        return True  # some non-scalar type in the union: let the dataclass judge
+    if isinstance(value, bool) and not any(bool in a for a in allowed):
+        return False
+    return any(isinstance(value, a) for a in allowed)
+
+
+def check_args(args: dict[str, Any], target: str, where: str) -> None:
+    """Every key of ``args`` must be a field of the dataclass ``target`` with a plausible type."""
+    fields = dataclass_fields(target)
+    cls = target.rpartition(":")[2]
+    for key, value in args.items():
+        if key not in fields:
+            raise AlignlabError(f"'{where}.{key}' is not an argument of {cls}."
+                                f"{did_you_mean(key, fields)}")
+        if not _type_ok(fields[key], value):
+            raise AlignlabError(f"'{where}.{key}={value!r}' has the wrong type: {cls}.{key} "
+                                f"expects {fields[key]}. Fix the value in the override or YAML.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole-config validation (cheap: no torch/transformers/trl imports).
+
+
+def _looks_local(path: str) -> bool:
+    return path.startswith(("/", ".", "~")) or os.sep in path.strip("/").split("/", 2)[-1] \
+        or Path(path).suffix in {".json", ".jsonl", ".parquet", ".csv"}
+
+
+def normalize_lora(lora: Any) -> dict[str, Any]:
+    """``model.lora`` may be a bool, null or a mapping; return the full mapping."""
+    if lora is None or lora is False:
+        return dict(LORA_DEFAULTS)
+    if lora is True:
+        return {**LORA_DEFAULTS, "enabled": True}
+    if isinstance(lora, dict):
+        # Setting any LoRA knob switches it on unless ``enabled`` says otherwise.
+        return {**LORA_DEFAULTS, "enabled": True, **lora}
+    raise AlignlabError(f"model.lora={lora!r} is not understood. Use model.lora=true, or set "
+                        "keys such as model.lora.r=8 model.lora.alpha=16.")
+
+
+def cuda_present() -> bool:
+    """Whether an NVIDIA GPU looks usable, without importing torch."""
+    return Path("/dev/nvidiactl").exists() or shutil.which("nvidia-smi") is not None
+
+
+def validate(cfg: Any) -> None:
+    """Check a composed config (OmegaConf or plain dict) and raise AlignlabError on a mistake."""
+    from omegaconf import DictConfig, OmegaConf
+
+    from alignlab.methods import method_info
+
+    c = OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, DictConfig) else cfg
+    info = method_info(c["method"]["name"])
+    args = dict(c["method"].get("args") or {})
+    check_args(args, info.args_class, "method.args")
+    check_args(dict(c["hardware"].get("args") or {}), info.args_class, "hardware.args")
+
+    lora = c["model"].get("lora")
+    normalized = normalize_lora(lora)
+    lora_fields = set(dataclass_fields("peft.tuners.lora.config:LoraConfig")) | set(LORA_DEFAULTS)
+    for key in normalized:
+        if key not in lora_fields:
+            raise AlignlabError(f"'model.lora.{key}' is not a LoRA setting."
+                                f"{did_you_mean(key, lora_fields)}")
+
+    path = c["model"]["path"]
+    if not path.startswith("builtin:") and _looks_local(path):
+        if not Path(path).expanduser().exists():
+            raise AlignlabError(f"Model path '{path}' does not exist. Set model.path to a folder "
+                                "with config.json and weights, or pick a preset with model=...")
+    if path.startswith("builtin:") and path.split(":", 1)[1] not in builtin_models():
+        name = path.split(":", 1)[1]
+        raise AlignlabError(f"There is no built-in model '{name}'."
+                            f"{did_you_mean(name, builtin_models())}")
+    for key in ("reference", "reward_model"):
+        value = c["method"].get(key)
+        if value and _looks_local(value) and not Path(value).expanduser().exists():
+            raise AlignlabError(f"method.{key}='{value}' does not exist. Point it at a model "
+                                "folder, e.g. the `model/` folder of an earlier run.")
+    if info.needs_reward_model and not c["method"].get("reward_model") \
+            and not c["method"].get("reward_funcs"):
+        raise AlignlabError(f"method={info.name} needs a reward. Set method.reward_model="
+                            "<reward run>/model or method.reward_funcs=[toy_judge].")
+
+    hw = c["hardware"]
+    if hw["device"] == "cuda" and not cuda_present():
+        raise AlignlabError(f"hardware={hw['name']} needs an NVIDIA GPU with CUDA, and this "
+                            "machine has none. Use hardware=cpu (the default).")
+    quant = c["model"].get("quantization") or hw.get("model", {}).get("quantization")
+    if quant not in (None, "4bit", "8bit"):
+        raise AlignlabError(f"model.quantization={quant!r} is not supported. Use 4bit, 8bit "
+                            "or null.")
+    data = c["data"]
+    formats = ("toy", "hh-rlhf", "ultrafeedback", "cai", "trl")
+    if data["format"] not in formats:
+        raise AlignlabError(f"data.format='{data['format']}' is unknown."
+                            f"{did_you_mean(data['format'], formats)}")
+    if data["format"] != "toy" and not data.get("path"):
+        raise AlignlabError(f"data={data['name']} needs data.path (a hub dataset id or a local "
+                            ".json/.jsonl/.parquet file or folder).")
+
+
+def builtin_models() -> list[str]:
+    """Models whose config and tokenizer ship inside the package."""
+    assets = Path(__file__).resolve().parent / "assets"
+    return sorted(p.name for p in assets.iterdir() if (p / "config.json").exists())

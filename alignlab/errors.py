@@ -1,0 +1,31 @@
+"""User-facing errors: one sentence of what is wrong, one of how to fix it; exit code 2."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class AlignlabError(Exception):
+    """A mistake the user can fix (bad config, missing file, bad dataset).
+
+    The CLI prints the message without a traceback and exits with code 2.
+    """
+
+    exit_code = 2
+
+
+def nearest(name: str, choices: Iterable[str]) -> str | None:
+    """The closest valid name to ``name``, or None when nothing is close."""
+    matches = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """' Did you mean 'x'?' when a close valid name exists, else a list of valid names."""
+    choices = sorted(set(choices))
+    best = nearest(name, choices)
+    if best:
+        return f" Did you mean '{best}'?"
+    shown = ", ".join(choices[:12]) + (", ..." if len(choices) > 12 else "")
+    return f" Valid choices: {shown}."

@@ -1,0 +1,193 @@
+"""Loading models and tokenizers: hub ids, local folders and the built-in llama-small alike.
+
+Every model goes through ``from_pretrained`` on a folder or hub id. The built-in model is first
+materialised into a cache folder (config + tokenizer from the package, weights from the seed), so
+the offline default exercises the same code as an 8B hub model. Safe by default: no remote code,
+safetensors only, tokens from the environment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from alignlab.config import normalize_lora
+from alignlab.errors import AlignlabError
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+
+def cache_dir() -> Path:
+    """Where built-in models are materialised (``ALIGNLAB_CACHE`` or ~/.cache/alignlab)."""
+    return Path(os.environ.get("ALIGNLAB_CACHE", Path.home() / ".cache" / "alignlab"))
+
+
+def build_builtin(name: str, seed: int) -> Path:
+    """Random-init weights for a built-in model, saved once per (assets, seed) and reused."""
+    src = ASSETS / name
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(src.glob("*.json*")))
+                            ).hexdigest()[:10]
+    out = cache_dir() / f"{name}-seed{seed}-{digest}"
+    if (out / "model.safetensors").exists():
+        return out
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(src)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Write to a temp folder and rename, so a crash or a second rank never sees half a model.
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
+    model.save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(src).save_pretrained(tmp)
+    try:
+        tmp.rename(out)
+    except OSError:  # another process won the race; its copy is identical
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def resolve_path(model_cfg: Any, seed: int) -> str:
+    """The folder or hub id to load for ``model_cfg`` (building built-in models on demand)."""
+    path = str(model_cfg.path)
+    if path.startswith("builtin:"):
+        return str(build_builtin(path.split(":", 1)[1], seed))
+    local = Path(path).expanduser()
+    return str(local) if local.exists() else path
+
+
+def _load_kwargs(model_cfg: Any) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"trust_remote_code": bool(model_cfg.trust_remote_code)}
+    if model_cfg.revision:
+        kwargs["revision"] = model_cfg.revision
+    if not model_cfg.allow_pickle:
+        kwargs["use_safetensors"] = True
+    return kwargs
+
+
+def _hub_error(path: str, err: Exception) -> AlignlabError:
+    text = str(err)
+    if "safetensors" in text.lower() or "use_safetensors" in text:
+        return AlignlabError(f"'{path}' has no safetensors weights, only pickle files, which can "
+                             "run code when loaded. Convert them, or set model.allow_pickle=true "
+                             "if you trust the source.")
+    return AlignlabError(f"Could not load '{path}': {text.splitlines()[0] if text else err!r}. "
+                         "This machine may not reach the Hugging Face Hub: download the model "
+                         "and set model.path to the local folder.")
+
+
+def load_tokenizer(model_cfg: Any, path: str) -> Any:
+    """The tokenizer, with a pad token and (optionally) the configured chat template."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code,
+                                            revision=model_cfg.revision)
+    except (OSError, ValueError) as err:
+        raise _hub_error(path, err) from None
+    if model_cfg.chat_template:
+        template = Path(model_cfg.chat_template)
+        tok.chat_template = template.read_text() if template.exists() else model_cfg.chat_template
+    if tok.chat_template is None:
+        raise AlignlabError(f"The tokenizer of '{path}' has no chat template. Set "
+                            "model.chat_template to a Jinja template (text or file).")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def torch_dtype(name: str) -> Any:
+    import torch
+
+    return {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16,
+            "float16": torch.float16}[name]
+
+
+def quantization_config(model_cfg: Any, hardware: Any) -> Any:
+    """A bitsandbytes config for 4-bit NF4 or 8-bit loading, or None."""
+    quant = model_cfg.quantization or hardware.model.get("quantization")
+    if not quant:
+        return None
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if quant == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    compute = torch.bfloat16 if hardware.device == "cuda" else torch.float32
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                              bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute)
+
+
+def load_model(model_cfg: Any, path: str, hardware: Any, *, kind: str = "causal-lm") -> Any:
+    """A causal LM (``kind="causal-lm"``) or a one-logit reward model (``kind="reward"``)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    kwargs = _load_kwargs(model_cfg)
+    dtype = hardware.model.get("dtype") or model_cfg.dtype
+    kwargs["dtype"] = torch_dtype(dtype)
+    if model_cfg.attn_implementation:
+        kwargs["attn_implementation"] = model_cfg.attn_implementation
+    quant = quantization_config(model_cfg, hardware)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = {"": _local_device(hardware)}
+    try:
+        if kind == "reward":
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1,
+                                                                       **kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as err:
+        raise _hub_error(path, err) from None
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = model.config.eos_token_id
+    if quant is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    return model
+
+
+def _local_device(hardware: Any) -> Any:
+    if hardware.device == "cuda":
+        return int(os.environ.get("LOCAL_RANK", 0))
+    return "cpu"
+
+
+def lora_config(model_cfg: Any, task_type: str = "CAUSAL_LM") -> Any:
+    """A peft LoraConfig when ``model.lora`` is enabled, else None."""
+    from omegaconf import OmegaConf
+
+    lora = normalize_lora(OmegaConf.to_container(model_cfg.lora)
+                          if OmegaConf.is_config(model_cfg.lora) else model_cfg.lora)
+    if not lora.pop("enabled"):
+        return None
+    from peft import LoraConfig
+
+    r, alpha, dropout = lora.pop("r"), lora.pop("alpha"), lora.pop("dropout")
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, task_type=task_type, **lora)
+
+
+def load_policy(cfg: Any) -> tuple[Any, Any, Any]:
+    """The starting policy, its tokenizer and its frozen reference.
+
+    The reference is loaded explicitly (``method.reference``, else the same weights as the
+    policy): left to itself TRL rebuilds it from ``config._name_or_path``, which is not always
+    the policy being trained. With LoRA the reference is None: TRL disables the adapters instead,
+    so no second copy of the weights is held.
+    """
+    path = resolve_path(cfg.model, cfg.seed)
+    tokenizer = load_tokenizer(cfg.model, path)
+    policy = load_model(cfg.model, path, cfg.hardware)
+    reference = None
+    if cfg.method.reference or lora_config(cfg.model) is None:
+        ref_path = str(Path(cfg.method.reference).expanduser()) if cfg.method.reference \
+            else path
+        reference = load_model(cfg.model, ref_path, cfg.hardware)
+        reference.eval().requires_grad_(False)
+    return policy, tokenizer, reference

@@ -1,0 +1,91 @@
+"""What every trainer-backed stage shares: its TRL config, resume, the saved model, metrics."""
+
+from __future__ import annotations
+
+import importlib
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from alignlab import runs
+from alignlab.config import dataclass_fields
+from alignlab.errors import AlignlabError
+
+
+def merged_args(cfg: Any, args_class: str) -> dict[str, Any]:
+    """Trainer arguments: model.train_args < hardware.args < method.args (later wins).
+
+    Model and hardware suggestions that the trainer's config lacks are skipped (a preset's
+    ``max_length`` means nothing to a trainer without one); ``method.args`` were validated.
+    """
+    fields = dataclass_fields(args_class)
+    by_model = OmegaConf.to_container(cfg.model.train_args, resolve=True) or {}
+    merged: dict[str, Any] = {}
+    for source in (by_model.get("default", {}), by_model.get(cfg.method.name, {}),
+                   OmegaConf.to_container(cfg.hardware.args, resolve=True)):
+        merged.update({k: v for k, v in (source or {}).items() if k in fields})
+    merged.update(OmegaConf.to_container(cfg.method.args, resolve=True))
+    return merged
+
+
+def trainer_config(cfg: Any, args_class: str, run_dir: Path, **fixed: Any) -> Any:
+    """Instantiate the trainer's config dataclass (e.g. trl.DPOConfig) for this run."""
+    module, _, name = args_class.partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    args = {"output_dir": str(run_dir / "checkpoints"), "seed": cfg.seed,
+            "report_to": cfg.report_to,
+            "disable_tqdm": False, **merged_args(cfg, args_class), **fixed}
+    if args.get("report_to") in (None, "none"):
+        args["report_to"] = "none"
+    try:
+        return cls(**args)
+    except (TypeError, ValueError) as err:
+        raise AlignlabError(f"Invalid method.args for {name}: {err} Fix the value in "
+                            "method.args (or the model/hardware preset).") from None
+
+
+def train(trainer: Any, cfg: Any, run_dir: Path) -> dict[str, Any]:
+    """Run ``trainer`` (resuming from the last checkpoint when ``resume=true``) and save it.
+
+    Returns the metrics written to ``metrics.json``: final train metrics and the log history.
+    """
+    checkpoint = runs.last_checkpoint(run_dir) if cfg.resume else None
+    if checkpoint is not None:
+        print(f"[alignlab] resuming from {checkpoint}")
+    start = time.time()
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    out = run_dir / "model"
+    trainer.save_model(str(out))  # safetensors + tokenizer; adapters only when LoRA
+    metrics = {"method": cfg.method.name, "train": dict(result.metrics),
+               "log_history": trainer.state.log_history,
+               "wall_seconds": round(time.time() - start, 2)}
+    if runs.is_main_process():
+        write_model_card(out, cfg, metrics)
+    return metrics
+
+
+def write_model_card(out: Path, cfg: Any, metrics: dict[str, Any]) -> None:
+    """A short README.md next to the weights: what made them and how well it went."""
+    train = metrics.get("train", {})
+    lines = [f"# {cfg.model.name} — {cfg.method.name}", "",
+             f"Trained by alignlab with method `{cfg.method.name}` (TRL) on data "
+             f"`{cfg.data.name}`, starting from `{cfg.model.path}`, seed {cfg.seed}.", "",
+             "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
+              for k, v in train.items()]
+    lines += ["", "Load it with `AutoModelForCausalLM.from_pretrained(<this folder>)` "
+              "(a LoRA adapter folder loads the same way with peft installed)."]
+    runs.atomic_write(out / "README.md", "\n".join(lines) + "\n")
+
+
+def train_policy(trainer: Any, cfg: Any, run_dir: Path) -> dict[str, Any]:
+    """``train`` for a policy stage, plus the toy judge's score when on the toy world."""
+    from alignlab import evaluation
+
+    metrics = train(trainer, cfg, run_dir)
+    if cfg.data.format == "toy":
+        metrics["judge"] = evaluation.toy_judge(trainer.model, trainer.processing_class, cfg.data,
+                                                seed=cfg.seed)
+    return metrics

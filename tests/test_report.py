@@ -1,0 +1,286 @@
+"""Reports rendered from hand-written run, recipe and sweep directories."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from alignlab.errors import AlignlabError
+from alignlab.report import detect_kind, format_number, render_report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+EVAL = {
+    "judge": {
+        "score": 0.8333333,
+        "ci_low": 0.61,
+        "ci_high": 0.94,
+        "n": 24,
+        "per_category": {"helpful": 0.9, "harmful_refused": 0.8, "borderline_answered": 0.7},
+    },
+    "win_rate": {
+        "win_rate": 0.625,
+        "ci_low": 0.42,
+        "ci_high": 0.79,
+        "n": 24,
+        "wins": 13,
+        "ties": 4,
+        "losses": 7,
+        "reference": "sft",
+    },
+    "kl": {"kl": 0.1234, "kl_k3": 0.118, "stderr": 0.02, "n": 24},
+    "reward": {"mean": 1.75, "accuracy": 0.68},
+    "length": {"mean": 41.5},
+}
+
+
+def _dpo_history() -> list[dict[str, Any]]:
+    history = []
+    for step in range(5, 30, 5):
+        history.append(
+            {
+                "loss": 0.7 - step / 100,
+                "learning_rate": 1e-5,
+                "epoch": step / 30,
+                "step": step,
+                "rewards/chosen": step / 50,
+                "rewards/rejected": -step / 60,
+                "rewards/accuracies": 0.5 + step / 100,
+                "rewards/margins": step / 25,
+            }
+        )
+    history.append({"train_runtime": 12.0, "train_loss": 0.55, "epoch": 1.0, "step": 30})
+    return history
+
+
+def _ppo_history() -> list[dict[str, Any]]:
+    return [
+        {
+            "objective/scores": 0.1 * s,
+            "objective/kl": 0.01 * s,
+            "policy/entropy": 2.0 - 0.1 * s,
+            "step": s,
+        }
+        for s in range(1, 6)
+    ]
+
+
+def make_run(
+    path: Path,
+    method: str = "dpo",
+    evals: dict[str, Any] | None = None,
+    history: list[dict[str, Any]] | None = None,
+    overrides: list[str] | None = None,
+    args: dict[str, Any] | None = None,
+    samples: bool = True,
+) -> Path:
+    """Write a fake run directory by hand, as training + eval would leave it."""
+    path.mkdir(parents=True, exist_ok=True)
+    config = {
+        "method": {"name": method, "args": args or {"beta": 0.1, "learning_rate": 5e-6}},
+        "model": {"name": "llama-small", "path": "alignlab/assets/llama-small"},
+        "data": {"name": "toy_prefs"},
+        "seed": 7,
+        "output_dir": str(path),
+    }
+    (path / "config.yaml").write_text(yaml.safe_dump(config))
+    metrics = {
+        "method": method,
+        "stage": method,
+        "train": {"train_loss": 0.55, "train_runtime": 12.0},
+        "log_history": _dpo_history() if history is None else history,
+    }
+    (path / "metrics.json").write_text(json.dumps(metrics))
+    if evals is not None:
+        (path / "eval.json").write_text(json.dumps(evals))
+    if samples:
+        lines = [
+            {
+                "prompt": f"Question {i}?",
+                "response": f"Answer {i} | with pipe\nand newline",
+                "reference_response": f"Reference {i}",
+                "score": 0.5 + i / 20,
+                "category": "helpful",
+            }
+            for i in range(7)
+        ]
+        (path / "samples.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    if overrides is not None:
+        (path / ".hydra").mkdir(exist_ok=True)
+        (path / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    return path
+
+
+def assert_png(path: Path) -> None:
+    assert path.is_file(), f"missing plot {path}"
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    from matplotlib.image import imread
+
+    img = imread(path)
+    assert img.ndim == 3 and img.shape[0] > 50 and img.shape[1] > 50
+
+
+def table_rows(md: str) -> dict[str, list[str]]:
+    """First cell -> remaining cells, for every Markdown table row in the document."""
+    rows = {}
+    for line in md.splitlines():
+        if line.startswith("| ") and not line.startswith("|---"):
+            cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_run_report(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "run", evals=EVAL)
+    md_path = render_report(run)
+    assert md_path == run / "report.md"
+    md = md_path.read_text()
+    assert_png(run / "training_curves.png")
+
+    rows = table_rows(md)
+    assert rows["method"] == ["dpo"]
+    assert rows["model"] == ["llama-small (alignlab/assets/llama-small)"]
+    assert rows["data"] == ["toy_prefs"] and rows["seed"] == ["7"]
+    assert rows["method.args.beta"] == ["0.1"]
+
+    judge = rows["Judge score"]
+    assert judge[0] == format_number(EVAL["judge"]["score"]) == "0.8333"
+    assert judge[1] == "[0.61, 0.94]" and judge[2] == "24"
+    for cat, value in EVAL["judge"]["per_category"].items():
+        assert rows[f"Judge score: {cat}"][0] == format_number(value)
+    win = rows["Win rate"]
+    assert win[0] == "0.625" and win[1] == "[0.42, 0.79]"
+    assert "W/T/L 13/4/7" in win[3] and "vs sft" in win[3]
+    assert rows["KL to reference"][0] == "0.1234"
+    assert rows["KL to reference: kl_k3"][0] == "0.118"
+    assert rows["Reward"][0] == "1.75" and rows["Reward: accuracy"][0] == "0.68"
+    assert rows["Length"][0] == "41.5"
+
+    # 5 of 7 samples, side by side with the reference; pipes/newlines don't break the table.
+    assert "Samples (5 of 7)" in md
+    assert rows["5"][2] == "Reference 4" and "6" not in rows
+    assert "Answer 0 \\| with pipe<br>and newline" in md
+
+    page = (run / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>")
+    assert "data:image/png;base64," in page and "<td>0.8333</td>" in page
+
+
+def test_ppo_curves_and_partial_run(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "ppo", method="ppo", history=_ppo_history(), samples=False)
+    md = render_report(run).read_text()
+    assert_png(run / "training_curves.png")
+    assert "No evaluation results" in md and "Samples" not in md
+
+    # Only an eval.json: still a run, partial report, no curves, no crash.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "eval.json").write_text(json.dumps({"reward": {"mean": 2.0}}))
+    md = render_report(bare).read_text()
+    assert "No training curves" in md and table_rows(md)["Reward"][0] == "2"
+    assert not (bare / "training_curves.png").exists()
+
+    # A corrupt metrics.json becomes a note, not a traceback.
+    broken = make_run(tmp_path / "broken", samples=False)
+    (broken / "metrics.json").write_text("{not json")
+    md = render_report(broken).read_text()
+    assert "Could not read metrics.json" in md
+
+
+def test_not_a_results_dir(tmp_path: Path) -> None:
+    with pytest.raises(AlignlabError, match="not a run, recipe or sweep"):
+        render_report(tmp_path)
+    with pytest.raises(AlignlabError, match="does not exist"):
+        render_report(tmp_path / "nope")
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(AlignlabError, match="is a file"):
+        render_report(tmp_path / "file.txt")
+
+
+def test_recipe_report(tmp_path: Path) -> None:
+    root = tmp_path / "recipe"
+    sft_history = [{"loss": 2.0, "step": 1}, {"loss": 1.5, "step": 2}]
+    make_run(root / "sft", method="sft", history=sft_history)
+    make_run(root / "reward", method="reward", evals={"reward": {"mean": 0.0, "accuracy": 0.7}})
+    make_run(
+        root / "ppo",
+        method="ppo",
+        history=_ppo_history(),
+        evals={"judge": {"score": 0.7}, "kl": {"kl": 0.3}, "reward": {"mean": 1.1}},
+    )
+    eval_dir = root / "eval"
+    eval_dir.mkdir()
+    (eval_dir / "eval.json").write_text(json.dumps(EVAL))
+    (root / "recipe.yaml").write_text(yaml.safe_dump({"stages": ["sft", "reward", "ppo", "eval"]}))
+
+    assert detect_kind(root) == "recipe"
+    md = render_report(root).read_text()
+    rows = table_rows(md)
+    for stage in ("sft", "reward", "ppo", "eval"):
+        assert stage in rows, f"stage {stage} missing from comparison table"
+        assert (root / stage / "report.md").is_file() and (root / stage / "report.html").is_file()
+        assert f"({stage}/report.md)" in md
+    assert rows["ppo"][:5] == ["ppo", "0.7", "-", "0.3", "1.1"]
+    assert rows["eval"][1:5] == ["0.8333", "0.625", "0.1234", "1.75"]
+    assert_png(root / "judge_by_stage.png")
+    assert 'href="sft/report.html"' in (root / "report.html").read_text()
+
+
+def test_recipe_with_missing_stage(tmp_path: Path) -> None:
+    root = tmp_path / "recipe"
+    make_run(root / "sft", method="sft")
+    (root / "recipe.yaml").write_text(yaml.safe_dump({"stages": ["sft", "dpo"]}))
+    md = render_report(root).read_text()
+    assert table_rows(md)["dpo"][-1] == "missing"
+    assert "No stage has a judge score" in md
+
+
+def test_sweep_report(tmp_path: Path) -> None:
+    root = tmp_path / "multirun"
+    (root).mkdir()
+    (root / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"mode": "MULTIRUN"}}))
+    for i, beta in enumerate((0.05, 0.5)):
+        make_run(
+            root / str(i),
+            method="ppo",
+            history=_ppo_history(),
+            samples=False,
+            overrides=["method=ppo", f"method.args.kl_coef={beta}"],
+            evals={
+                "kl": {"kl": 0.4 - 0.3 * i},
+                "reward": {"mean": 1.5 - 0.5 * i},
+                "judge": {"score": 0.6},
+            },
+        )
+    md = render_report(root).read_text()
+    rows = table_rows(md)
+    header = rows["member"]
+    assert header[0] == "method.args.kl_coef"  # only the override that differs
+    assert rows["0"][:5] == ["0.05", "0.6", "-", "0.4", "1.5"]
+    assert rows["1"][:5] == ["0.5", "0.6", "-", "0.1", "1"]
+    assert_png(root / "frontier.png")
+    assert "Reward mean vs KL" in md
+    assert (root / "0" / "report.md").is_file() and (root / "1" / "report.md").is_file()
+
+
+def test_sweep_without_overrides_uses_config_diff(tmp_path: Path) -> None:
+    root = tmp_path / "sweep"
+    for i, beta in enumerate((0.1, 0.3)):
+        make_run(
+            root / str(i),
+            args={"beta": beta},
+            samples=False,
+            evals={"kl": {"kl": 0.1 * (i + 1)}, "judge": {"score": 0.5 + 0.1 * i}},
+        )
+    assert detect_kind(root) == "sweep"  # numbered members, no multirun.yaml
+    md = render_report(root).read_text()
+    rows = table_rows(md)
+    # output_dir differs per member too, but is bookkeeping, not a swept parameter.
+    assert rows["member"][0] == "method.args.beta" and "output_dir" not in md
+    assert rows["0"][0] == "0.1" and rows["1"][0] == "0.3"
+    assert "Judge score vs KL" in md
+    assert_png(root / "frontier.png")
