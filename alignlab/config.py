@@ -108,13 +108,15 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    # Principles for Constitutional AI / RLAIF (conf/constitution/*.yaml, or a user's file).
+    constitution: dict[str, Any] = field(default_factory=dict)
     seed: int = 42
     resume: bool = False
     report_to: str = "none"
     run_dir: str = "${hydra:runtime.output_dir}"
 
 
-GROUPS = ("model", "data", "method", "hardware")
+GROUPS = ("model", "data", "method", "hardware", "constitution")
 
 
 def register() -> None:
@@ -261,7 +263,6 @@ def validate(cfg: Any) -> None:
     info = method_info(c["method"]["name"])
     args = dict(c["method"].get("args") or {})
     check_args(args, info.args_class, "method.args")
-    check_args(dict(c["hardware"].get("args") or {}), info.args_class, "hardware.args")
 
     lora = c["model"].get("lora")
     normalized = normalize_lora(lora)
@@ -272,10 +273,10 @@ def validate(cfg: Any) -> None:
                                 f"{did_you_mean(key, lora_fields)}")
 
     path = c["model"]["path"]
-    if not path.startswith("builtin:") and _looks_local(path):
-        if not Path(path).expanduser().exists():
-            raise AlignlabError(f"Model path '{path}' does not exist. Set model.path to a folder "
-                                "with config.json and weights, or pick a preset with model=...")
+    if not path.startswith("builtin:") and _looks_local(path) \
+            and not Path(path).expanduser().exists():
+        raise AlignlabError(f"Model path '{path}' does not exist. Set model.path to a folder "
+                            "with config.json and weights, or pick a preset with model=...")
     if path.startswith("builtin:") and path.split(":", 1)[1] not in builtin_models():
         name = path.split(":", 1)[1]
         raise AlignlabError(f"There is no built-in model '{name}'."
