@@ -46,6 +46,17 @@ def _overrides(argv: list[str]) -> list[str]:
     return out
 
 
+# Free-form mappings: their keys are validated by alignlab (against TRL's dataclasses, peft's
+# LoraConfig...), so a new key needs no Hydra ``+`` prefix, as users of TRL's CLI expect.
+_OPEN_MAPPINGS = re.compile(r"^(method\.args|hardware\.args|model\.train_args|model\.lora|"
+                            r"constitution)\.[^=]+=")
+
+
+def open_mapping_overrides(argv: list[str]) -> list[str]:
+    """``method.args.beta=0.05`` -> ``++method.args.beta=0.05`` (add or override)."""
+    return [f"++{a}" if _OPEN_MAPPINGS.match(a) else a for a in argv]
+
+
 def _check_group_choices(overrides: list[str]) -> None:
     """``method=dpoo`` -> a message naming the nearest real option."""
     for item in overrides:
@@ -183,6 +194,7 @@ def main(argv: list[str] | None = None) -> None:
             fail(err)
         return
     config.register()
+    argv = open_mapping_overrides(argv)
     flags = set(argv)
     if not flags & (_FLAGS_WITHOUT_RUN | _MULTIRUN):
         try:

@@ -235,6 +235,9 @@ def _looks_local(path: str) -> bool:
         or Path(path).suffix in {".json", ".jsonl", ".parquet", ".csv"}
 
 
+_LORA_SYNONYMS = {"lora_alpha": "alpha", "lora_dropout": "dropout"}
+
+
 def normalize_lora(lora: Any) -> dict[str, Any]:
     """``model.lora`` may be a bool, null or a mapping; return the full mapping."""
     if lora is None or lora is False:
@@ -242,8 +245,9 @@ def normalize_lora(lora: Any) -> dict[str, Any]:
     if lora is True:
         return {**LORA_DEFAULTS, "enabled": True}
     if isinstance(lora, dict):
-        # Setting any LoRA knob switches it on unless ``enabled`` says otherwise.
-        return {**LORA_DEFAULTS, "enabled": True, **lora}
+        # peft's own names are accepted as synonyms of ours.
+        lora = {_LORA_SYNONYMS.get(k, k): v for k, v in lora.items()}
+        return {**LORA_DEFAULTS, **lora}
     raise AlignlabError(f"model.lora={lora!r} is not understood. Use model.lora=true, or set "
                         "keys such as model.lora.r=8 model.lora.alpha=16.")
 

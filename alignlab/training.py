@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,42 @@ from omegaconf import OmegaConf
 from alignlab import runs
 from alignlab.config import dataclass_fields
 from alignlab.errors import AlignlabError
+
+log = logging.getLogger("alignlab")
+KILL_ENV = "ALIGNLAB_KILL_AFTER_STEP"
+
+
+def kill_after_step() -> int | None:
+    """Test hook: ``ALIGNLAB_KILL_AFTER_STEP=N`` ends the process (exit 75) after update N,
+    once any checkpoint due at N is on disk, as a real kill would at that moment."""
+    value = os.environ.get(KILL_ENV)
+    return int(value) if value else None
+
+
+def _callbacks() -> list[Any]:
+    from transformers import TrainerCallback
+
+    class LogToFile(TrainerCallback):
+        """Mirror the trainer's logs into the run's log file (Hydra's ``<job>.log``)."""
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
+            if state.is_world_process_zero and logs:
+                log.info("step %d: %s", state.global_step, logs)
+
+    class KillAfterStep(TrainerCallback):
+        def __init__(self, step: int) -> None:
+            self.step = step
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if state.global_step >= self.step and not control.should_save:
+                os._exit(75)
+
+        def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if state.global_step >= self.step:
+                os._exit(75)
+
+    step = kill_after_step()
+    return [LogToFile()] + ([KillAfterStep(step)] if step is not None else [])
 
 
 def merged_args(cfg: Any, args_class: str) -> dict[str, Any]:
@@ -54,6 +92,8 @@ def train(trainer: Any, cfg: Any, run_dir: Path) -> dict[str, Any]:
     checkpoint = runs.last_checkpoint(run_dir) if cfg.resume else None
     if checkpoint is not None:
         print(f"[alignlab] resuming from {checkpoint}")
+    for callback in _callbacks():
+        trainer.add_callback(callback)
     start = time.time()
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     out = run_dir / "model"

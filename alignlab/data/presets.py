@@ -1,0 +1,601 @@
+"""Dataset presets: hub datasets and local files, converted to TRL's conversational formats.
+
+Every loaded dataset ends up in one of four *kinds* (the columns TRL's trainers read):
+
+- ``sft``      -> ``messages``: a conversation (system/user/assistant) ending with an assistant
+  turn;
+- ``pairs``    -> ``prompt`` (ends with a user turn), ``chosen``, ``rejected`` (one assistant
+  message each): TRL's explicit-prompt conversational preference format;
+- ``unpaired`` -> ``prompt``, ``completion`` (one assistant message), ``label`` (bool): KTO's
+  format;
+- ``prompts``  -> ``prompt`` (ends with a user turn): for PPO/GRPO/RLOO/CAI generation.
+
+``data.format`` says how the source is laid out (see :data:`FORMATS`): ``hh-rlhf`` (Anthropic's
+"\\n\\nHuman: ... \\n\\nAssistant: ..." transcripts), ``ultrafeedback`` and ``cai`` (the H4
+datasets), or ``trl`` (any file already in a TRL format, conversational or plain strings).
+Malformed rows (no assistant reply, empty reply, identical chosen and rejected, ...) are dropped
+and counted in a warning; an empty result is an error.
+
+Importing this module is cheap: ``datasets`` is imported only when something is loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from alignlab.errors import AlignlabError, did_you_mean
+
+if TYPE_CHECKING:
+    import datasets
+
+log = logging.getLogger(__name__)
+
+KINDS = ("sft", "pairs", "unpaired", "prompts")
+TEST_FRACTION = 0.05  # share of the train split carved off when a dataset has no test split
+
+Message = dict[str, str]
+Row = dict[str, Any]
+RowConverter = Callable[[Mapping[str, Any]], list[Row]]
+
+_ROLES = ("system", "user", "assistant")
+# Other datasets' names for the same roles (ShareGPT, Gemini, OpenAI).
+_ROLE_ALIASES = {"human": "user", "gpt": "assistant", "bot": "assistant", "model": "assistant",
+                 "developer": "system"}
+_DATA_SUFFIXES = {".json", ".jsonl", ".parquet", ".csv", ".tsv", ".txt", ".arrow", ".gz", ".zst",
+                  ".bz2", ".xz", ".zip"}
+_MISSING = "???"  # Hydra's mandatory-value marker
+
+
+class _Skip(Exception):  # an internal signal, never raised to the user: the row is dropped
+    """A row that can't be converted; its message is the reason, counted in the drop warning."""
+
+
+# --------------------------------------------------------------------------------------------
+# Conversations
+
+
+def _messages(value: Any, str_role: str) -> list[Message]:
+    """A clean list of {role, content} messages; a plain string becomes one ``str_role`` message."""
+    if isinstance(value, str):
+        return [{"role": str_role, "content": value}]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise _Skip("empty or non-list conversation")
+    out = []
+    for m in value:
+        if not isinstance(m, Mapping):
+            raise _Skip("message is not a {role, content} mapping")
+        role = m.get("role") if m.get("role") is not None else m.get("from")
+        content = m.get("content") if m.get("content") is not None else m.get("value")
+        role = _ROLE_ALIASES.get(str(role).lower(), str(role).lower())
+        if role not in _ROLES:
+            raise _Skip(f"unsupported role {role!r}")
+        if not isinstance(content, str):
+            raise _Skip("message content is not text")
+        out.append({"role": role, "content": content})
+    return out
+
+
+def _check_prompt(prompt: list[Message]) -> list[Message]:
+    if not prompt or prompt[-1]["role"] != "user":
+        raise _Skip("prompt does not end with a user turn")
+    if not prompt[-1]["content"].strip():
+        raise _Skip("empty user turn")
+    return prompt
+
+
+def _split_last(conv: list[Message]) -> tuple[list[Message], list[Message]]:
+    """(prompt, [final assistant message]) of a conversation that ends with a non-empty reply."""
+    if not conv or conv[-1]["role"] != "assistant":
+        raise _Skip("no final assistant reply")
+    if not conv[-1]["content"].strip():
+        raise _Skip("empty final reply")
+    return _check_prompt(conv[:-1]), conv[-1:]
+
+
+def _prompt_of(conv: list[Message]) -> list[Message]:
+    """The conversation up to (not including) its last assistant turn."""
+    if conv and conv[-1]["role"] == "assistant":
+        conv = conv[:-1]
+    return _check_prompt(conv)
+
+
+def _sft(conv: list[Message]) -> Row:
+    _split_last(conv)
+    return {"messages": conv}
+
+
+def _pair(chosen: list[Message], rejected: list[Message]) -> Row:
+    """Explicit-prompt pair from two full conversations that differ only in the final reply."""
+    prompt, good = _split_last(chosen)
+    prompt_r, bad = _split_last(rejected)
+    if prompt != prompt_r:
+        raise _Skip("chosen and rejected have different prompts")
+    if good == bad:
+        raise _Skip("chosen and rejected are identical")
+    return {"prompt": prompt, "chosen": good, "rejected": bad}
+
+
+def _from_pair(chosen: list[Message], rejected: list[Message] | None, kind: str) -> list[Row]:
+    """Rows of ``kind`` from one preference pair given as full conversations."""
+    if kind == "sft":
+        return [_sft(chosen)]
+    if kind == "prompts":
+        return [{"prompt": _prompt_of(chosen)}]
+    assert rejected is not None
+    pair = _pair(chosen, rejected)
+    if kind == "pairs":
+        return [pair]
+    return [{"prompt": pair["prompt"], "completion": pair["chosen"], "label": True},
+            {"prompt": pair["prompt"], "completion": pair["rejected"], "label": False}]
+
+
+def _common_prefix(a: str, b: str) -> str:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return a[:n]
+
+
+# --------------------------------------------------------------------------------------------
+# hh-rlhf: "\n\nHuman: ...\n\nAssistant: ..." transcripts
+
+# The transcripts start with "\n\nHuman:"; a few lack the leading blank line.
+_HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):")
+
+
+def parse_hh(text: Any) -> list[Message]:
+    """Messages of one hh-rlhf transcript; content is stripped, repeated speakers are merged."""
+    if not isinstance(text, str):
+        raise _Skip("transcript is not a string")
+    parts = _HH_TURN.split(text)
+    if parts[0].strip():
+        raise _Skip("text before the first 'Human:' turn")
+    if len(parts) < 3:
+        raise _Skip("no 'Human:' or 'Assistant:' turn")
+    conv: list[Message] = []
+    for speaker, content in zip(parts[1::2], parts[2::2], strict=True):
+        role = "user" if speaker == "Human" else "assistant"
+        content = content.strip()
+        if conv and conv[-1]["role"] == role:
+            # A few transcripts repeat a speaker; merging keeps roles alternating, which strict
+            # chat templates (Llama 2, Mistral) require.
+            conv[-1]["content"] = "\n\n".join(c for c in (conv[-1]["content"], content) if c)
+        else:
+            conv.append({"role": role, "content": content})
+    return conv
+
+
+def _plan_hh(features: Mapping[str, Any], kind: str, fmt: str) -> RowConverter:
+    needed = ("chosen",) if kind in ("sft", "prompts") else ("chosen", "rejected")
+    _require(features, needed, fmt, kind)
+    for col in needed:
+        if getattr(features[col], "dtype", None) not in ("string", "large_string"):
+            raise AlignlabError(
+                f"Column '{col}' holds {features[col]}, but the hh-rlhf format expects "
+                "'\\n\\nHuman: ... \\n\\nAssistant: ...' transcript strings. "
+                "For conversations (lists of messages) set data.format=trl.")
+
+    def convert(row: Mapping[str, Any]) -> list[Row]:
+        chosen = parse_hh(row["chosen"])
+        rejected = parse_hh(row["rejected"]) if "rejected" in needed else None
+        return _from_pair(chosen, rejected, kind)
+
+    return convert
+
+
+# --------------------------------------------------------------------------------------------
+# trl (and the H4 datasets, which are TRL-shaped with extra columns)
+
+# Column layouts TRL knows, most specific first.
+_LAYOUTS: dict[str, tuple[str, ...]] = {
+    "pairs": ("chosen", "rejected"),
+    "unpaired": ("prompt", "completion", "label"),
+    "completion": ("prompt", "completion"),
+    "messages": ("messages",),
+    "prompts": ("prompt",),
+    "text": ("text",),
+}
+# Layouts that convert to each kind, best first ("prompts" is any dataset with a prompt column).
+_USES: dict[str, tuple[str, ...]] = {
+    "sft": ("messages", "completion", "pairs", "unpaired"),
+    "pairs": ("pairs",),
+    "unpaired": ("unpaired", "pairs"),
+    "prompts": ("prompts", "pairs", "messages"),
+}
+_NEEDS = {
+    "sft": "a 'messages' column, 'prompt'+'completion', or 'chosen'+'rejected' (uses chosen)",
+    "pairs": "'chosen' and 'rejected' columns (with an optional 'prompt')",
+    "unpaired": "'prompt', 'completion' and 'label' columns, or 'chosen'+'rejected'",
+    "prompts": "a 'prompt' column, 'chosen'+'rejected', or 'messages'",
+}
+
+
+def _is_conv(value: Any) -> bool:
+    return isinstance(value, (list, tuple))
+
+
+def _pair_convs(row: Mapping[str, Any]) -> tuple[list[Message], list[Message]]:
+    """Full chosen and rejected conversations of a TRL preference row (explicit or implicit)."""
+    chosen, rejected, prompt = row["chosen"], row["rejected"], row.get("prompt")
+    # Like trl.maybe_extract_prompt: a prompt whose type differs from chosen's (the H4 datasets'
+    # string prompt next to full conversations) is a label, and the prompt is implicit.
+    if prompt is not None and _is_conv(prompt) == _is_conv(chosen):
+        p = _messages(prompt, "user")
+        return p + _messages(chosen, "assistant"), p + _messages(rejected, "assistant")
+    if isinstance(chosen, str) and isinstance(rejected, str):
+        # Implicit string prompt: the shared leading text, as trl.extract_prompt does.
+        shared = _common_prefix(chosen, rejected)
+        if not shared.strip():
+            raise _Skip("chosen and rejected share no prompt")
+        p = _messages(shared.strip(), "user")
+        return (p + _messages(chosen[len(shared):].strip(), "assistant"),
+                p + _messages(rejected[len(shared):].strip(), "assistant"))
+    return _messages(chosen, "assistant"), _messages(rejected, "assistant")
+
+
+def _label(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise _Skip("label is not a boolean")
+
+
+def _plan_trl(features: Mapping[str, Any], kind: str, fmt: str) -> RowConverter:
+    cols = set(features)
+    present = [name for name, need in _LAYOUTS.items() if cols.issuperset(need)]
+    if "unpaired" in present:  # prompt+completion+label is KTO data, never plain demonstrations
+        present.remove("completion")
+    layout = next((name for name in _USES[kind] if name in present), None)
+    if layout is None:
+        found = ", ".join(sorted(cols)) or "none"
+        hint = (" A 'text' column has no roles, so it can't be turned into conversations."
+                if "text" in present else "")
+        raise AlignlabError(
+            f"The dataset has no columns for kind '{kind}' in the {fmt} format (found: {found}); "
+            f"it needs {_NEEDS[kind]}.{hint} Use a dataset with those columns, or a method that "
+            "trains on the data you have.")
+
+    def convert(row: Mapping[str, Any]) -> list[Row]:
+        if layout == "messages":
+            conv = _messages(row["messages"], "user")
+            return [_sft(conv)] if kind == "sft" else [{"prompt": _prompt_of(conv)}]
+        if layout == "prompts":
+            return [{"prompt": _check_prompt(_messages(row["prompt"], "user"))}]
+        if layout == "pairs":
+            chosen, rejected = _pair_convs(row)
+            return _from_pair(chosen, rejected, kind)
+        full = _messages(row["prompt"], "user") + _messages(row["completion"], "assistant")
+        if layout == "completion":
+            return [_sft(full)]
+        prompt, completion = _split_last(full)  # unpaired
+        label = _label(row["label"])
+        if kind == "unpaired":
+            return [{"prompt": prompt, "completion": completion, "label": label}]
+        if not label:
+            raise _Skip("label False (not a demonstration)")
+        return [{"messages": prompt + completion}]
+
+    return convert
+
+
+def _require(features: Mapping[str, Any], needed: Iterable[str], fmt: str, kind: str) -> None:
+    for col in needed:
+        if col not in features:
+            found = ", ".join(sorted(features)) or "none"
+            raise AlignlabError(
+                f"The dataset has no column '{col}' (found: {found}), which the {fmt} format "
+                f"needs for kind '{kind}'. Check data.format and data.path, or use data.format=trl "
+                "for a dataset already in a TRL format.")
+
+
+# --------------------------------------------------------------------------------------------
+# Presets
+
+
+@dataclass(frozen=True)
+class Preset:
+    """How one dataset family maps onto TRL kinds.
+
+    ``plan(features, kind, fmt)`` checks the columns up front (raising AlignlabError) and returns
+    a row converter; ``splits[kind]`` is (train candidates, test candidates), first match wins.
+    """
+
+    plan: Callable[[Mapping[str, Any], str, str], RowConverter]
+    splits: Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]]
+    description: str
+
+
+def _same_splits(train: tuple[str, ...], test: tuple[str, ...]) -> dict[str, Any]:
+    return dict.fromkeys(KINDS, (train, test))
+
+
+_SFT = (("train_sft", "train"), ("test_sft", "test"))
+_PREFS = (("train_prefs", "train"), ("test_prefs", "test"))
+
+FORMATS: dict[str, Preset] = {
+    "hh-rlhf": Preset(_plan_hh, _same_splits(("train",), ("test", "validation")),
+                      "Anthropic/hh-rlhf: 'chosen'/'rejected' Human/Assistant transcripts"),
+    "ultrafeedback": Preset(
+        _plan_trl,
+        {"sft": _SFT, "pairs": _PREFS, "unpaired": _PREFS,
+         "prompts": (("train_gen", "train_prefs", "train"), ("test_gen", "test_prefs", "test"))},
+        "HuggingFaceH4/ultrafeedback_binarized: prompt, chosen, rejected, messages, scores"),
+    "cai": Preset(_plan_trl, {"sft": _SFT, "pairs": _PREFS, "unpaired": _PREFS, "prompts": _PREFS},
+                  "HuggingFaceH4/cai-conversation-harmless: init/critic/revision + TRL columns"),
+    "trl": Preset(_plan_trl, _same_splits(("train",), ("test", "validation")),
+                  "files already in a TRL format (messages, prompt/completion, pairs, ...)"),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def _get(data: Mapping[str, Any], key: str) -> Any:
+    """``data[key]``, with missing keys, None and Hydra's unset '???' all read as None."""
+    try:
+        value = data.get(key)
+    except Exception as e:  # omegaconf's MissingMandatoryValue, without importing omegaconf
+        if type(e).__name__ == "MissingMandatoryValue":
+            return None
+        raise
+    return None if value == _MISSING else value
+
+
+def _looks_local(path: str) -> bool:
+    return (path.startswith(("/", ".", "~")) or path.count("/") > 1
+            or bool(set(Path(path).suffixes) & _DATA_SUFFIXES))
+
+
+def _hub_error(path: str, err: Exception) -> AlignlabError:
+    return AlignlabError(
+        f"Dataset '{path}' could not be fetched because the Hugging Face Hub isn't reachable "
+        f"({type(err).__name__}), and it isn't a local folder either. Download the dataset on a "
+        f"machine with internet access (e.g. `hf download --repo-type dataset {path} "
+        "--local-dir DIR`) and set data.path to that local folder.")
+
+
+def _is_network_error(err: BaseException) -> bool:
+    # datasets wraps most network failures in ConnectionError; huggingface_hub and httpx have
+    # their own classes (LocalEntryNotFoundError is even a FileNotFoundError).
+    names = {c.__name__ for c in type(err).__mro__}
+    return isinstance(err, (ConnectionError, TimeoutError)) or bool(names & {
+        "LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectError", "ConnectTimeout",
+        "ReadTimeout", "TimeoutException", "NetworkError"})
+
+
+def _open_error(err: Exception, path: str, where: str, subset: str | None,
+                data_dir: str | None, local: bool) -> Exception:
+    """The AlignlabError for a dataset folder or hub id that datasets could not open."""
+    if not local and _is_network_error(err):
+        return _hub_error(path, err)
+    if type(err).__name__ == "DatasetNotFoundError":
+        return AlignlabError(
+            f"Dataset '{path}' was not found on the Hugging Face Hub (or it is gated and you are "
+            "not logged in). Check data.path, or run `hf auth login` for a gated dataset.")
+    if isinstance(err, FileNotFoundError):  # includes datasets' EmptyDatasetError
+        under = f" under data_dir '{data_dir}'" if data_dir else ""
+        return AlignlabError(
+            f"No data files found in '{where}'{under}. Point data.path (and data.data_dir) at a "
+            "folder holding .json/.jsonl/.parquet files or a save_to_disk dataset.")
+    if isinstance(err, ValueError) and subset is not None:  # "BuilderConfig 'x' not found..."
+        return AlignlabError(f"Dataset '{path}' has no subset '{subset}' ({err}). Set "
+                             "data.subset to one of its configs, or null.")
+    return err
+
+
+@dataclass(frozen=True)
+class _Source:
+    label: str  # for messages
+    splits: list[str]
+    load: Callable[[str], datasets.Dataset]
+
+
+def _open_local_file(p: Path) -> _Source:
+    suffixes = p.suffixes
+    if ".parquet" in suffixes:
+        builder = "parquet"
+    elif ".json" in suffixes or ".jsonl" in suffixes:
+        builder = "json"
+        if p.suffix in (".json", ".jsonl") and not p.read_text(encoding="utf-8").strip():
+            raise AlignlabError(f"Dataset file '{p}' is empty. Point data.path at a file with "
+                                "at least one row.")
+    else:
+        raise AlignlabError(f"Dataset file '{p}' has an unsupported type '{p.suffix}'. Use a "
+                            ".json, .jsonl or .parquet file (or a folder of them).")
+
+    def load(split: str) -> datasets.Dataset:
+        import datasets
+
+        try:
+            return datasets.load_dataset(builder, data_files={"train": str(p)}, split=split)
+        except Exception as e:  # any failure here means the file can't be read as `builder`
+            cause = e.__cause__ or e
+            raise AlignlabError(
+                f"Could not read '{p}' as {builder}: {type(cause).__name__}: {cause}. Check that "
+                "the file is valid (JSON Lines or a JSON list of objects, or Parquet).") from e
+
+    return _Source(str(p), ["train"], load)
+
+
+def _open_folder_or_hub(path: str, subset: str | None, data_dir: str | None,
+                        local: bool) -> _Source:
+    import datasets
+
+    p = Path(path).expanduser()
+    if local and ((p / "dataset_dict.json").exists() or (p / "state.json").exists()):
+        saved = datasets.load_from_disk(str(p))  # a save_to_disk folder
+        parts = saved if isinstance(saved, datasets.DatasetDict) else {"train": saved}
+        return _Source(str(p), list(parts), lambda split: parts[split])
+    where = str(p) if local else path
+    try:
+        builder = datasets.load_dataset_builder(where, name=subset, data_dir=data_dir)
+    except Exception as e:
+        raise _open_error(e, path, where, subset, data_dir, local) from e
+    files = builder.config.data_files
+    names = [str(s) for s in (files or builder.info.splits or {})]
+
+    def load(split: str) -> datasets.Dataset:
+        try:
+            return datasets.load_dataset(where, name=subset, data_dir=data_dir, split=split)
+        except Exception as e:
+            if _is_network_error(e):
+                raise _hub_error(path, e) from e
+            raise
+
+    return _Source(where, names, load)
+
+
+def _open(path: Any, subset: str | None, data_dir: str | None) -> _Source:
+    if not isinstance(path, (str, Path)) or not str(path).strip():
+        raise AlignlabError("data.path is not set. Set data.path to a local .json/.jsonl/.parquet "
+                            "file or folder, or a Hugging Face dataset id.")
+    path = str(path)
+    p = Path(path).expanduser()
+    if p.is_file():
+        return _open_local_file(p)
+    if p.is_dir():
+        return _open_folder_or_hub(path, subset, data_dir, local=True)
+    if _looks_local(path):
+        raise AlignlabError(
+            f"Dataset path '{path}' does not exist. Set data.path to a local .json/.jsonl/.parquet "
+            "file or folder, or a Hugging Face dataset id.")
+    return _open_folder_or_hub(path, subset, data_dir, local=False)
+
+
+def _choose(names: Sequence[str], explicit: str | None, candidates: Sequence[str], key: str,
+            label: str) -> str | None:
+    if explicit is not None:
+        if explicit in names:
+            return explicit
+        raise AlignlabError(
+            f"Split '{explicit}' is not in dataset '{label}' (available: {', '.join(names)}). "
+            f"Set data.{key} to one of the available splits.{did_you_mean(explicit, names)}")
+    return next((c for c in candidates if c in names), None)
+
+
+def _carve(n: int, seed: int) -> tuple[list[int], list[int]]:
+    """Disjoint (train, test) row indices: a seeded TEST_FRACTION of the rows go to test."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    n_test = max(1, round(n * TEST_FRACTION)) if n > 1 else 0
+    return sorted(order[n_test:]), sorted(order[:n_test])
+
+
+def _features(kind: str) -> datasets.Features:
+    import datasets
+
+    msgs = datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")})
+    cols = {"sft": ("messages",), "pairs": ("prompt", "chosen", "rejected"),
+            "unpaired": ("prompt", "completion"), "prompts": ("prompt",)}[kind]
+    feats = dict.fromkeys(cols, msgs)
+    if kind == "unpaired":
+        feats["label"] = datasets.Value("bool")
+    return datasets.Features(feats)
+
+
+def _positive_int(value: Any) -> int:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = 0
+    if isinstance(value, bool) or n < 1:
+        raise AlignlabError(f"data.max_samples is {value!r}. Set it to a positive number of "
+                            "rows, or null for all rows.")
+    return n
+
+
+def load_preset(data: Mapping[str, Any], kind: str, split: str = "train") -> datasets.Dataset:
+    """Load the dataset described by ``data`` for ``split`` ("train" or "test") as ``kind`` rows.
+
+    ``data`` is the Hydra ``data`` group (name, format, path, subset, data_dir, train_split,
+    test_split, max_samples, seed; any may be None). Splits default per format and kind (e.g.
+    train_prefs/test_prefs for ultrafeedback pairs); a dataset without a test split gets a seeded
+    5 % of its train split carved off (train then excludes those rows). ``max_samples`` caps the
+    rows of either split after a seeded shuffle. Raises AlignlabError for user mistakes.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    fmt = _get(data, "format") or "trl"  # unset format: files already in a TRL format
+    if fmt == "toy":
+        raise ValueError("the toy format is generated by alignlab.data.toy, not loaded here")
+    if fmt not in FORMATS:
+        raise AlignlabError(f"Unknown data.format '{fmt}'. Set data.format to one of the "
+                            f"presets.{did_you_mean(str(fmt), FORMATS)}")
+    preset = FORMATS[fmt]
+    seed = int(_get(data, "seed") or 0)
+    max_samples = _get(data, "max_samples")
+    if max_samples is not None:
+        max_samples = _positive_int(max_samples)
+
+    source = _open(_get(data, "path"), _get(data, "subset"), _get(data, "data_dir"))
+    train_cands, test_cands = preset.splits[kind]
+    train_name = _choose(source.splits, _get(data, "train_split"), train_cands, "train_split",
+                         source.label)
+    test_name = _choose(source.splits, _get(data, "test_split"), test_cands, "test_split",
+                        source.label)
+    carve = test_name is None or test_name == train_name
+    if split == "test" and not carve:
+        name = test_name
+    elif train_name is not None:
+        name = train_name
+    else:
+        raise AlignlabError(
+            f"Dataset '{source.label}' has no train split for kind '{kind}' (looked for "
+            f"{', '.join(train_cands)}; available: {', '.join(source.splits) or 'none'}). "
+            "Set data.train_split to the split to train on.")
+
+    raw = source.load(name)
+    convert = preset.plan(raw.features, kind, fmt)  # checks the columns before any row is read
+    indices: list[int] | None = None
+    if carve:
+        train_idx, test_idx = _carve(len(raw), seed)
+        indices = test_idx if split == "test" else train_idx
+        log.info("%s has no %s split for '%s'; using a seeded %d%% of '%s' (%d rows) as test.",
+                 source.label, "separate test" if test_name else "test", kind,
+                 round(TEST_FRACTION * 100), name, len(test_idx))
+    if max_samples is not None:
+        indices = list(range(len(raw))) if indices is None else indices
+        random.Random(seed).shuffle(indices)
+    rows_in = raw if indices is None else raw.select(indices, keep_in_memory=True)
+
+    rows: list[Row] = []
+    dropped: Counter[str] = Counter()
+    seen = 0
+    for row in rows_in:
+        if max_samples is not None and len(rows) >= max_samples:
+            break
+        seen += 1
+        try:
+            rows.extend(convert(row))
+        except _Skip as why:
+            dropped[str(why)] += 1
+    if max_samples is not None:
+        rows = rows[:max_samples]  # unpaired rows come two per pair
+
+    where = f"'{source.label}' split '{name}'" + (f" ({split} part)" if carve else "")
+    reasons = ", ".join(f"{n} {why}" for why, n in dropped.most_common())
+    if dropped:
+        log.warning("Dropped %d of %d rows of %s for kind '%s': %s.", sum(dropped.values()), seen,
+                    where, kind, reasons)
+    if not rows:
+        detail = f"all {seen} rows were dropped: {reasons}" if seen else "it has no rows"
+        raise AlignlabError(
+            f"Dataset {where} has no usable rows for kind '{kind}' ({detail}). Point data.path "
+            f"at a non-empty dataset in the '{fmt}' format ({preset.description}), or fix "
+            "data.format.")
+    import datasets
+
+    return datasets.Dataset.from_list(rows, features=_features(kind))

@@ -1,0 +1,76 @@
+"""The command line before any training: help, config printing and config errors.
+
+These must answer fast and must not import torch, transformers or trl.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tests.conftest import ROOT, alignlab
+
+HEAVY = ("torch", "transformers", "trl", "datasets")
+
+
+def run_and_list_modules(*args: str) -> tuple[int, str, str, set[str]]:
+    """Run the CLI in a fresh interpreter and report which heavy modules it imported."""
+    code = textwrap.dedent(f"""
+        import sys, atexit
+        def report():
+            heavy = [m for m in {HEAVY!r} if m in sys.modules]
+            sys.stderr.write("HEAVY=" + ",".join(heavy) + "\\n")
+        atexit.register(report)
+        sys.argv = ["alignlab", *{list(args)!r}]
+        from alignlab.cli import main
+        main()
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    heavy_line = [ln for ln in proc.stderr.splitlines() if ln.startswith("HEAVY=")][-1]
+    heavy = {m for m in heavy_line[len("HEAVY="):].split(",") if m}
+    stderr = "\n".join(ln for ln in proc.stderr.splitlines() if not ln.startswith("HEAVY="))
+    return proc.returncode, proc.stdout, stderr, heavy
+
+
+def test_help_is_light() -> None:
+    code, out, _, heavy = run_and_list_modules("--help")
+    assert code == 0 and "method" in out and "Compose" in out or "override" in out.lower()
+    assert not heavy
+
+
+def test_cfg_job_is_light_and_shows_overrides() -> None:
+    code, out, _, heavy = run_and_list_modules("--cfg", "job", "method=dpo",
+                                               "method.args.beta=0.05")
+    assert code == 0, out
+    assert "name: dpo" in out and "beta: 0.05" in out
+    assert not heavy
+
+
+@pytest.mark.parametrize(("args", "expect"), [
+    (["method=dpoo"], "Did you mean 'dpo'"),
+    (["method=dpo", "method.args.betta=0.1"], "Did you mean 'beta'"),
+    (["method.args.learning_rate=fast"], "wrong type"),
+    (["model.path=/nope"], "does not exist"),
+    (["hardware=gpu"], "needs an NVIDIA GPU"),
+    (["modell=llama-small"], "not a config key"),
+    (["model.lora.alhpa=8"], "Did you mean 'alpha'"),
+    (["data.format=jsonl"], "data.format"),
+    (["model=smollm"], "Did you mean 'smollm2-135m'"),
+])
+def test_config_errors_are_one_clear_line(args: list[str], expect: str) -> None:
+    code, out, err, heavy = run_and_list_modules(*args)
+    assert code == 2
+    assert expect in err
+    assert "Traceback" not in err and err.count("\n") <= 1
+    assert not heavy, f"config error path imported {heavy}"
+
+
+def test_error_leaves_no_run_directory(tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    proc = alignlab(f"hydra.run.dir={run_dir}", "method=dpoo", check=False)
+    assert proc.returncode == 2
+    assert not run_dir.exists()
