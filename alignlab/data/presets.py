@@ -64,7 +64,9 @@ class _Skip(Exception):  # an internal signal, never raised to the user: the row
 def _messages(value: Any, str_role: str) -> list[Message]:
     """A clean list of {role, content} messages; a plain string becomes one ``str_role`` message."""
     if isinstance(value, str):
-        return [{"role": str_role, "content": value}]
+        # Plain-text completions usually start with the space that joined them to the prompt;
+        # as a message of its own that space would reach the chat template.
+        return [{"role": str_role, "content": value.strip()}]
     if not isinstance(value, (list, tuple)) or not value:
         raise _Skip("empty or non-list conversation")
     out = []
@@ -152,7 +154,7 @@ def _common_prefix(a: str, b: str) -> str:
 _HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):")
 
 
-def parse_hh(text: Any) -> list[Message]:
+def _parse_hh(text: Any) -> list[Message]:
     """Messages of one hh-rlhf transcript; content is stripped, repeated speakers are merged."""
     if not isinstance(text, str):
         raise _Skip("transcript is not a string")
@@ -174,19 +176,23 @@ def parse_hh(text: Any) -> list[Message]:
     return conv
 
 
-def _plan_hh(features: Mapping[str, Any], kind: str, fmt: str) -> RowConverter:
+def _plan_hh(features: Mapping[str, Any], kind: str, fmt: str, where: str) -> RowConverter:
     needed = ("chosen",) if kind in ("sft", "prompts") else ("chosen", "rejected")
-    _require(features, needed, fmt, kind)
+    _require(features, needed, fmt, kind, where)
     for col in needed:
         if getattr(features[col], "dtype", None) not in ("string", "large_string"):
             raise AlignlabError(
-                f"Column '{col}' holds {features[col]}, but the hh-rlhf format expects "
+                f"Column '{col}' of {where} holds {features[col]}, but the hh-rlhf format expects "
                 "'\\n\\nHuman: ... \\n\\nAssistant: ...' transcript strings. "
                 "For conversations (lists of messages) set data.format=trl.")
 
     def convert(row: Mapping[str, Any]) -> list[Row]:
-        chosen = parse_hh(row["chosen"])
-        rejected = parse_hh(row["rejected"]) if "rejected" in needed else None
+        chosen = _parse_hh(row["chosen"])
+        if chosen[-1]["role"] != "assistant":
+            # The prompt is what precedes the last "Assistant:"; without one there is none
+            # (even for kind 'prompts': such transcripts are truncated).
+            raise _Skip("no final assistant reply")
+        rejected = _parse_hh(row["rejected"]) if "rejected" in needed else None
         return _from_pair(chosen, rejected, kind)
 
     return convert
@@ -232,13 +238,16 @@ def _pair_convs(row: Mapping[str, Any]) -> tuple[list[Message], list[Message]]:
         p = _messages(prompt, "user")
         return p + _messages(chosen, "assistant"), p + _messages(rejected, "assistant")
     if isinstance(chosen, str) and isinstance(rejected, str):
-        # Implicit string prompt: the shared leading text, as trl.extract_prompt does.
+        # Implicit string prompt: the shared leading text, as trl.extract_prompt does, but cut
+        # back to a word boundary so "In the sky." vs "In the sea." don't split inside a word.
         shared = _common_prefix(chosen, rejected)
+        if shared != chosen and shared != rejected and not shared[-1:].isspace():
+            shared = shared[:max(shared.rfind(" "), shared.rfind("\n")) + 1]
         if not shared.strip():
             raise _Skip("chosen and rejected share no prompt")
-        p = _messages(shared.strip(), "user")
-        return (p + _messages(chosen[len(shared):].strip(), "assistant"),
-                p + _messages(rejected[len(shared):].strip(), "assistant"))
+        p = _messages(shared, "user")
+        return (p + _messages(chosen[len(shared):], "assistant"),
+                p + _messages(rejected[len(shared):], "assistant"))
     return _messages(chosen, "assistant"), _messages(rejected, "assistant")
 
 
@@ -250,7 +259,7 @@ def _label(value: Any) -> bool:
     raise _Skip("label is not a boolean")
 
 
-def _plan_trl(features: Mapping[str, Any], kind: str, fmt: str) -> RowConverter:
+def _plan_trl(features: Mapping[str, Any], kind: str, fmt: str, where: str) -> RowConverter:
     cols = set(features)
     present = [name for name, need in _LAYOUTS.items() if cols.issuperset(need)]
     if "unpaired" in present:  # prompt+completion+label is KTO data, never plain demonstrations
@@ -261,9 +270,9 @@ def _plan_trl(features: Mapping[str, Any], kind: str, fmt: str) -> RowConverter:
         hint = (" A 'text' column has no roles, so it can't be turned into conversations."
                 if "text" in present else "")
         raise AlignlabError(
-            f"The dataset has no columns for kind '{kind}' in the {fmt} format (found: {found}); "
-            f"it needs {_NEEDS[kind]}.{hint} Use a dataset with those columns, or a method that "
-            "trains on the data you have.")
+            f"Dataset {where} has no columns for kind '{kind}' in the {fmt} format (found: "
+            f"{found}); it needs {_NEEDS[kind]}.{hint} Use a dataset with those columns, or a "
+            "method that trains on the data you have.")
 
     def convert(row: Mapping[str, Any]) -> list[Row]:
         if layout == "messages":
@@ -288,12 +297,13 @@ def _plan_trl(features: Mapping[str, Any], kind: str, fmt: str) -> RowConverter:
     return convert
 
 
-def _require(features: Mapping[str, Any], needed: Iterable[str], fmt: str, kind: str) -> None:
+def _require(features: Mapping[str, Any], needed: Iterable[str], fmt: str, kind: str,
+             where: str) -> None:
     for col in needed:
         if col not in features:
             found = ", ".join(sorted(features)) or "none"
             raise AlignlabError(
-                f"The dataset has no column '{col}' (found: {found}), which the {fmt} format "
+                f"Dataset {where} has no column '{col}' (found: {found}), which the {fmt} format "
                 f"needs for kind '{kind}'. Check data.format and data.path, or use data.format=trl "
                 "for a dataset already in a TRL format.")
 
@@ -306,11 +316,12 @@ def _require(features: Mapping[str, Any], needed: Iterable[str], fmt: str, kind:
 class Preset:
     """How one dataset family maps onto TRL kinds.
 
-    ``plan(features, kind, fmt)`` checks the columns up front (raising AlignlabError) and returns
-    a row converter; ``splits[kind]`` is (train candidates, test candidates), first match wins.
+    ``plan(features, kind, fmt, where)`` checks the columns up front (raising AlignlabError,
+    ``where`` names the dataset) and returns a row converter; ``splits[kind]`` is (train
+    candidates, test candidates), first match wins.
     """
 
-    plan: Callable[[Mapping[str, Any], str, str], RowConverter]
+    plan: Callable[[Mapping[str, Any], str, str, str], RowConverter]
     splits: Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]]
     description: str
 
@@ -333,7 +344,7 @@ FORMATS: dict[str, Preset] = {
     "cai": Preset(_plan_trl, {"sft": _SFT, "pairs": _PREFS, "unpaired": _PREFS, "prompts": _PREFS},
                   "HuggingFaceH4/cai-conversation-harmless: init/critic/revision + TRL columns"),
     "trl": Preset(_plan_trl, _same_splits(("train",), ("test", "validation")),
-                  "files already in a TRL format (messages, prompt/completion, pairs, ...)"),
+                  "files already in a TRL format: messages, prompt/completion, pairs, ..."),
 }
 
 
@@ -401,13 +412,27 @@ class _Source:
     load: Callable[[str], datasets.Dataset]
 
 
+def _is_blank(p: Path, probe: int = 1 << 16) -> bool:
+    """True for an empty or whitespace-only file (only a small file is read in full)."""
+    with p.open("rb") as f:
+        head = f.read(probe)
+    return not head.strip() and p.stat().st_size <= probe
+
+
+def _read_error(where: Any, builder: str, err: Exception) -> AlignlabError:
+    cause = err.__cause__ or err  # datasets wraps the parser's error in DatasetGenerationError
+    return AlignlabError(
+        f"Could not read '{where}' as {builder}: {type(cause).__name__}: {cause}. Check that the "
+        "data files are valid (JSON Lines or a JSON list of objects, or Parquet).")
+
+
 def _open_local_file(p: Path) -> _Source:
     suffixes = p.suffixes
     if ".parquet" in suffixes:
         builder = "parquet"
     elif ".json" in suffixes or ".jsonl" in suffixes:
         builder = "json"
-        if p.suffix in (".json", ".jsonl") and not p.read_text(encoding="utf-8").strip():
+        if p.suffix in (".json", ".jsonl") and _is_blank(p):
             raise AlignlabError(f"Dataset file '{p}' is empty. Point data.path at a file with "
                                 "at least one row.")
     else:
@@ -420,10 +445,7 @@ def _open_local_file(p: Path) -> _Source:
         try:
             return datasets.load_dataset(builder, data_files={"train": str(p)}, split=split)
         except Exception as e:  # any failure here means the file can't be read as `builder`
-            cause = e.__cause__ or e
-            raise AlignlabError(
-                f"Could not read '{p}' as {builder}: {type(cause).__name__}: {cause}. Check that "
-                "the file is valid (JSON Lines or a JSON list of objects, or Parquet).") from e
+            raise _read_error(p, builder, e) from e
 
     return _Source(str(p), ["train"], load)
 
@@ -441,7 +463,10 @@ def _open_folder_or_hub(path: str, subset: str | None, data_dir: str | None,
     try:
         builder = datasets.load_dataset_builder(where, name=subset, data_dir=data_dir)
     except Exception as e:
-        raise _open_error(e, path, where, subset, data_dir, local) from e
+        mapped = _open_error(e, path, where, subset, data_dir, local)
+        if mapped is e:
+            raise
+        raise mapped from e
     files = builder.config.data_files
     names = [str(s) for s in (files or builder.info.splits or {})]
 
@@ -449,6 +474,8 @@ def _open_folder_or_hub(path: str, subset: str | None, data_dir: str | None,
         try:
             return datasets.load_dataset(where, name=subset, data_dir=data_dir, split=split)
         except Exception as e:
+            if local:  # a local folder whose files can't be parsed
+                raise _read_error(where, "a dataset folder", e) from e
             if _is_network_error(e):
                 raise _hub_error(path, e) from e
             raise
@@ -504,6 +531,27 @@ def _features(kind: str) -> datasets.Features:
     return datasets.Features(feats)
 
 
+def _iter_rows(ds: datasets.Dataset, batch_size: int = 1000) -> Iterable[dict[str, Any]]:
+    """Rows as dicts, read a batch at a time (row-by-row access is several times slower)."""
+    for batch in ds.iter(batch_size=batch_size):
+        keys = list(batch)
+        for values in zip(*batch.values(), strict=True):
+            yield dict(zip(keys, values, strict=True))
+
+
+def _to_dataset(rows: list[Row], kind: str) -> datasets.Dataset:
+    """The converted rows as a Dataset, built column-wise in Arrow (from_list encodes row by row,
+    which dominated loading time on hh-rlhf)."""
+    import datasets
+    import pyarrow as pa
+
+    features = _features(kind)
+    schema = features.arrow_schema
+    columns = {name: pa.array([r[name] for r in rows], type=schema.field(name).type)
+               for name in features}
+    return datasets.Dataset.from_dict(columns, features=features)
+
+
 def _positive_int(value: Any) -> int:
     try:
         n = int(value)
@@ -519,7 +567,9 @@ def load_preset(data: Mapping[str, Any], kind: str, split: str = "train") -> dat
     """Load the dataset described by ``data`` for ``split`` ("train" or "test") as ``kind`` rows.
 
     ``data`` is the Hydra ``data`` group (name, format, path, subset, data_dir, train_split,
-    test_split, max_samples, seed; any may be None). Splits default per format and kind (e.g.
+    test_split, max_samples, seed; any may be None; format None means "trl"). ``path`` is a
+    local .json/.jsonl/.parquet file, a folder of them (hub repo layout, data_dir honoured), a
+    save_to_disk folder, or a hub id. Splits default per format and kind (e.g.
     train_prefs/test_prefs for ultrafeedback pairs); a dataset without a test split gets a seeded
     5 % of its train split carved off (train then excludes those rows). ``max_samples`` caps the
     rows of either split after a seeded shuffle. Raises AlignlabError for user mistakes.
@@ -558,7 +608,8 @@ def load_preset(data: Mapping[str, Any], kind: str, split: str = "train") -> dat
             "Set data.train_split to the split to train on.")
 
     raw = source.load(name)
-    convert = preset.plan(raw.features, kind, fmt)  # checks the columns before any row is read
+    where = f"'{source.label}' split '{name}'"
+    convert = preset.plan(raw.features, kind, fmt, where)  # checks columns before reading rows
     indices: list[int] | None = None
     if carve:
         train_idx, test_idx = _carve(len(raw), seed)
@@ -569,7 +620,7 @@ def load_preset(data: Mapping[str, Any], kind: str, split: str = "train") -> dat
     if max_samples is not None:
         indices = list(range(len(raw))) if indices is None else indices
         random.Random(seed).shuffle(indices)
-    rows_in = raw if indices is None else raw.select(indices, keep_in_memory=True)
+    rows_in = _iter_rows(raw if indices is None else raw.select(indices, keep_in_memory=True))
 
     rows: list[Row] = []
     dropped: Counter[str] = Counter()
@@ -585,7 +636,7 @@ def load_preset(data: Mapping[str, Any], kind: str, split: str = "train") -> dat
     if max_samples is not None:
         rows = rows[:max_samples]  # unpaired rows come two per pair
 
-    where = f"'{source.label}' split '{name}'" + (f" ({split} part)" if carve else "")
+    where += f" ({split} part)" if carve else ""
     reasons = ", ".join(f"{n} {why}" for why, n in dropped.most_common())
     if dropped:
         log.warning("Dropped %d of %d rows of %s for kind '%s': %s.", sum(dropped.values()), seen,
@@ -596,6 +647,4 @@ def load_preset(data: Mapping[str, Any], kind: str, split: str = "train") -> dat
             f"Dataset {where} has no usable rows for kind '{kind}' ({detail}). Point data.path "
             f"at a non-empty dataset in the '{fmt}' format ({preset.description}), or fix "
             "data.format.")
-    import datasets
-
-    return datasets.Dataset.from_list(rows, features=_features(kind))
+    return _to_dataset(rows, kind)
