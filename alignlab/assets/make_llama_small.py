@@ -2,8 +2,9 @@
 
     python -m alignlab.assets.make_llama_small
 
-The tokenizer is a 512-token byte-level BPE trained on the toy world's strings, so any text
-(including hub datasets) still tokenises, byte by byte where needed. The chat template is
+The tokenizer is a 1024-token byte-level BPE trained on the toy world's strings, so any text
+(including hub datasets) still tokenises, byte by byte where needed, while every toy-world
+word is one token (short sequences keep CPU training fast). The chat template is
 ChatML-style with ``{% generation %}`` markers so TRL's ``assistant_only_loss`` works.
 """
 
@@ -36,7 +37,7 @@ CONFIG = {
     "num_attention_heads": 4,
     "num_key_value_heads": 4,
     "max_position_embeddings": 512,
-    "vocab_size": 512,
+    "vocab_size": None,  # set from the trained tokenizer
     "rms_norm_eps": 1e-5,
     "rope_theta": 10000.0,
     "tie_word_embeddings": True,
@@ -58,18 +59,21 @@ def main() -> None:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=CONFIG["vocab_size"], special_tokens=specials,
+    trainer = trainers.BpeTrainer(vocab_size=1024, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    texts = [*list(corpus()), "user", "assistant", "system", "\n"]
-    tok.train_from_iterator(texts * 4, trainer=trainer)
+    # Role names open every chat turn: weight them so each becomes one token.
+    texts = [*list(corpus()) * 4, *["user\n", "assistant\n", "system\n"] * 2000]
+    tok.train_from_iterator(texts, trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
                                    pad_token="<|endoftext|>", model_max_length=512)
     fast.chat_template = CHAT_TEMPLATE
     assert fast.convert_tokens_to_ids("<|im_end|>") == CONFIG["eos_token_id"]
     assert fast.convert_tokens_to_ids("<|endoftext|>") == CONFIG["pad_token_id"]
+    # Embedding rows for the tokens that exist, rounded up to a multiple of 64 for fast matmuls.
+    config = {**CONFIG, "vocab_size": -(-tok.get_vocab_size() // 64) * 64}
     HERE.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(HERE)
-    (HERE / "config.json").write_text(json.dumps(CONFIG, indent=2) + "\n")
+    (HERE / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     print(f"wrote {HERE} (vocab {tok.get_vocab_size()})")
 
 
