@@ -49,7 +49,7 @@ def _overrides(argv: list[str]) -> list[str]:
 # Free-form mappings: their keys are validated by alignlab (against TRL's dataclasses, peft's
 # LoraConfig...), so a new key needs no Hydra ``+`` prefix, as users of TRL's CLI expect.
 _OPEN_MAPPINGS = re.compile(r"^(method\.args|hardware\.args|model\.train_args|model\.lora|"
-                            r"constitution)\.[^=]+=")
+                            r"constitution|inputs|stages\.[^.=]+\.(args|data|model))\.[^=]+=")
 
 
 def open_mapping_overrides(argv: list[str]) -> list[str]:
@@ -123,6 +123,10 @@ def compose(overrides: list[str]) -> Any:
     finally:
         GlobalHydra.instance().clear()
     config.validate(cfg)
+    if cfg.recipe.name:
+        from alignlab import pipeline
+
+        pipeline.check(cfg)
     return cfg
 
 
@@ -132,7 +136,15 @@ def _task(cfg: Any) -> None:
     existed = (run_dir / "config.yaml").exists()
     try:
         config.validate(cfg)
-        metrics = run_stage(cfg, run_dir)
+        config.apply_hardware(cfg)
+        if cfg.recipe.name:
+            from alignlab import pipeline
+
+            metrics = pipeline.run(cfg, run_dir, run_stage)
+        else:
+            metrics = run_stage(cfg, run_dir)
+        if runs.is_main_process():
+            write_report(run_dir)
     except AlignlabError as err:
         if not existed:
             _remove_unfinished(run_dir)
@@ -142,7 +154,7 @@ def _task(cfg: Any) -> None:
           f"[alignlab] run directory: {run_dir}")
 
 
-def run_stage(cfg: Any, run_dir: Path) -> dict[str, Any]:
+def run_stage(cfg: Any, run_dir: Path, fingerprint: str | None = None) -> dict[str, Any]:
     """Run the configured method into ``run_dir`` and leave its metrics and marker there."""
     from alignlab import methods
 
@@ -152,8 +164,18 @@ def run_stage(cfg: Any, run_dir: Path) -> dict[str, Any]:
     metrics = stage.run(cfg, run_dir)
     if runs.is_main_process():
         runs.write_json(run_dir / "metrics.json", metrics)
-        runs.mark_done(run_dir, {"method": cfg.method.name})
+        runs.mark_done(run_dir, {"method": cfg.method.name, "fingerprint": fingerprint})
     return metrics
+
+
+def write_report(run_dir: Path) -> None:
+    """Render report.md/html; a report that fails never fails the finished run."""
+    from alignlab.report import render_report
+
+    try:
+        print(f"[alignlab] report: {render_report(run_dir)}")
+    except Exception as err:
+        log.warning("could not render the report for %s: %s", run_dir, err)
 
 
 def _remove_unfinished(run_dir: Path) -> None:
@@ -198,9 +220,13 @@ def main(argv: list[str] | None = None) -> None:
     flags = set(argv)
     if not flags & (_FLAGS_WITHOUT_RUN | _MULTIRUN):
         try:
-            compose(_overrides(argv))
+            cfg = compose(_overrides(argv))
         except AlignlabError as err:
             fail(err)
+        from alignlab import launch
+
+        if "--cfg" not in flags and "-c" not in flags and launch.needs_launch(cfg.hardware):
+            sys.exit(launch.relaunch(cfg.hardware, argv))
     sys.argv = [sys.argv[0], *argv]
     app = hydra.main(config_path=str(config.conf_dir()), config_name="config",
                      version_base=None)(_task)

@@ -94,12 +94,38 @@ class MethodConfig:
 class HardwareConfig:
     name: str = "cpu"
     device: str = "cpu"  # cpu | cuda
-    num_processes: int = 1
+    num_processes: int = 1  # processes per machine; 0 = one per visible GPU
+    # ddp | fsdp | zero2 | zero3 (files in alignlab/accelerate/), or a path to your own
     accelerate_config: str | None = None
+    num_machines: int = 1
+    machine_rank: int = 0
+    main_process_ip: str | None = None
+    main_process_port: int = 29500
     # Trainer arguments this hardware implies (method.args wins over them).
     args: dict[str, Any] = field(default_factory=dict)
     # Model-loading settings it implies (e.g. quantization for qlora).
     model: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StageConfig:
+    """One stage of a recipe: a method plus its own settings; links name earlier stages."""
+
+    method: str = "sft"
+    args: dict[str, Any] = field(default_factory=dict)  # this stage's method.args
+    init: str | None = None  # stage whose model starts this one (model.path)
+    reference: str | None = None  # stage whose model is the reference (method.reference)
+    reward_model: str | None = None  # stage whose model is the reward (method.reward_model)
+    reward_funcs: list[str] = field(default_factory=list)
+    data_from: str | None = None  # stage whose ``dataset/`` this stage trains on (data.path)
+    data: dict[str, Any] = field(default_factory=dict)  # overrides of the data group
+    model: dict[str, Any] = field(default_factory=dict)  # overrides of the model group
+
+
+@dataclass
+class RecipeConfig:
+    name: str | None = None
+    stages: list[str] = field(default_factory=list)  # run order
 
 
 @dataclass
@@ -110,13 +136,18 @@ class Config:
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     # Principles for Constitutional AI / RLAIF (conf/constitution/*.yaml, or a user's file).
     constitution: dict[str, Any] = field(default_factory=dict)
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
+    stages: dict[str, StageConfig] = field(default_factory=dict)
+    from_stage: str | None = None  # start a recipe here, taking earlier outputs from ``inputs``
+    inputs: dict[str, str] = field(default_factory=dict)  # stage name -> existing output dir
     seed: int = 42
     resume: bool = False
+    quick_eval: bool = True  # score a trained policy with the toy judge at the end (toy data)
     report_to: str = "none"
     run_dir: str = "${hydra:runtime.output_dir}"
 
 
-GROUPS = ("model", "data", "method", "hardware", "constitution")
+GROUPS = ("model", "data", "method", "hardware", "constitution", "recipe")
 
 
 def register() -> None:
@@ -252,6 +283,24 @@ def normalize_lora(lora: Any) -> dict[str, Any]:
                         "keys such as model.lora.r=8 model.lora.alpha=16.")
 
 
+def apply_hardware(cfg: Any) -> None:
+    """Fold the model settings a hardware preset implies (e.g. qlora: 4-bit + LoRA) into
+    ``cfg.model``, where the user has not set them."""
+    for key, value in (cfg.hardware.model or {}).items():
+        if key == "lora":
+            lora = normalize_lora(_plain(cfg.model.lora))
+            lora["enabled"] = lora["enabled"] or bool(value)
+            cfg.model.lora = lora
+        elif cfg.model.get(key) in (None, "auto"):
+            cfg.model[key] = value
+
+
+def _plain(node: Any) -> Any:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(node) if OmegaConf.is_config(node) else node
+
+
 def cuda_present() -> bool:
     """Whether an NVIDIA GPU looks usable, without importing torch."""
     return Path("/dev/nvidiactl").exists() or shutil.which("nvidia-smi") is not None
@@ -295,14 +344,7 @@ def validate(cfg: Any) -> None:
         raise AlignlabError(f"method={info.name} needs a reward. Set method.reward_model="
                             "<reward run>/model or method.reward_funcs=[toy_judge].")
 
-    hw = c["hardware"]
-    if hw["device"] == "cuda" and not cuda_present():
-        raise AlignlabError(f"hardware={hw['name']} needs an NVIDIA GPU with CUDA, and this "
-                            "machine has none. Use hardware=cpu (the default).")
-    quant = c["model"].get("quantization") or hw.get("model", {}).get("quantization")
-    if quant not in (None, "4bit", "8bit"):
-        raise AlignlabError(f"model.quantization={quant!r} is not supported. Use 4bit, 8bit "
-                            "or null.")
+    _validate_hardware(c)
     data = c["data"]
     formats = ("toy", "hh-rlhf", "ultrafeedback", "cai", "trl")
     if data["format"] not in formats:
@@ -311,6 +353,30 @@ def validate(cfg: Any) -> None:
     if data["format"] != "toy" and not data.get("path"):
         raise AlignlabError(f"data={data['name']} needs data.path (a hub dataset id or a local "
                             ".json/.jsonl/.parquet file or folder).")
+
+
+def _validate_hardware(c: dict[str, Any]) -> None:
+    hw = c["hardware"]
+    quant = c["model"].get("quantization") or hw.get("model", {}).get("quantization")
+    if hw["device"] == "cuda" and not cuda_present():
+        fix = " (or hardware.device=cpu to try QLoRA, slowly, on the CPU)" if quant else ""
+        raise AlignlabError(f"hardware={hw['name']} needs an NVIDIA GPU with CUDA, and this "
+                            f"machine has none. Use hardware=cpu (the default){fix}.")
+    if quant not in (None, "4bit", "8bit"):
+        raise AlignlabError(f"model.quantization={quant!r} is not supported. Use 4bit, 8bit "
+                            "or null.")
+    sharded = hw.get("accelerate_config") in ("fsdp", "zero3")
+    if quant and sharded:
+        raise AlignlabError(f"Quantized (QLoRA) training with hardware={hw['name']} is not "
+                            "supported: 4-bit weights cannot be sharded reliably. Use "
+                            "hardware=qlora on one GPU, or hardware=multi-gpu (DDP) with QLoRA.")
+    if str(hw.get("accelerate_config", "")).startswith("zero") \
+            and importlib.util.find_spec("deepspeed") is None:
+        raise AlignlabError(f"hardware={hw['name']} needs DeepSpeed. Install it with "
+                            "`.venv/bin/pip install deepspeed`, or use hardware=fsdp.")
+    if hw["num_machines"] > 1 and not hw.get("main_process_ip"):
+        raise AlignlabError("hardware.num_machines > 1 needs hardware.main_process_ip (the "
+                            "address of machine rank 0) on every machine.")
 
 
 def builtin_models() -> list[str]:

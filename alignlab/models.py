@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from alignlab.config import normalize_lora
+from alignlab.config import _plain, normalize_lora
 from alignlab.errors import AlignlabError
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -110,7 +110,7 @@ def torch_dtype(name: str) -> Any:
 
 def quantization_config(model_cfg: Any, hardware: Any) -> Any:
     """A bitsandbytes config for 4-bit NF4 or 8-bit loading, or None."""
-    quant = model_cfg.quantization or hardware.model.get("quantization")
+    quant = model_cfg.quantization
     if not quant:
         return None
     import torch
@@ -161,10 +161,7 @@ def _local_device(hardware: Any) -> Any:
 
 def lora_config(model_cfg: Any, task_type: str = "CAUSAL_LM") -> Any:
     """A peft LoraConfig when ``model.lora`` is enabled, else None."""
-    from omegaconf import OmegaConf
-
-    lora = normalize_lora(OmegaConf.to_container(model_cfg.lora)
-                          if OmegaConf.is_config(model_cfg.lora) else model_cfg.lora)
+    lora = normalize_lora(_plain(model_cfg.lora))
     if not lora.pop("enabled"):
         return None
     from peft import LoraConfig

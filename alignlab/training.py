@@ -17,16 +17,46 @@ from alignlab.errors import AlignlabError
 
 log = logging.getLogger("alignlab")
 KILL_ENV = "ALIGNLAB_KILL_AFTER_STEP"
+RANK_CHECK_ENV = "ALIGNLAB_RANK_CHECK"  # test hook: every rank writes a hash of its weights
 
 
-def kill_after_step() -> int | None:
-    """Test hook: ``ALIGNLAB_KILL_AFTER_STEP=N`` ends the process (exit 75) after update N,
-    once any checkpoint due at N is on disk, as a real kill would at that moment."""
-    value = os.environ.get(KILL_ENV)
-    return int(value) if value else None
+def peak_memory() -> dict[str, float]:
+    """Peak resident memory of this process, and peak GPU memory allocated when on CUDA."""
+    import resource
+
+    import torch
+
+    out = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if torch.cuda.is_available():
+        out["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
 
 
-def _callbacks() -> list[Any]:
+def write_rank_fingerprint(model: Any, run_dir: Path, rank: int, world: int) -> None:
+    """``run_dir/ranks/rank-<i>.json``: world size and a hash of this rank's parameters, so a
+    test can prove DDP kept every replica identical."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, param in sorted(model.named_parameters()):
+        digest.update(name.encode())
+        digest.update(param.detach().float().cpu().numpy().tobytes())
+    runs.write_json(run_dir / "ranks" / f"rank-{rank}.json",
+                    {"rank": rank, "world_size": world, "params_sha256": digest.hexdigest()})
+
+
+def kill_after_step(method: str) -> int | None:
+    """Test hook: ``ALIGNLAB_KILL_AFTER_STEP=N`` (or ``<method>:N`` to hit one stage of a
+    recipe) ends the process with exit code 75 after update N, once any checkpoint due at N is
+    on disk, as a real kill would at that moment."""
+    value = os.environ.get(KILL_ENV, "")
+    target, _, step = value.rpartition(":")
+    if not step or (target and target != method):
+        return None
+    return int(step)
+
+
+def _callbacks(method: str) -> list[Any]:
     from transformers import TrainerCallback
 
     class LogToFile(TrainerCallback):
@@ -48,8 +78,11 @@ def _callbacks() -> list[Any]:
             if state.global_step >= self.step:
                 os._exit(75)
 
-    step = kill_after_step()
+    step = kill_after_step(method)
     return [LogToFile()] + ([KillAfterStep(step)] if step is not None else [])
+
+
+_CPU_SAFE = {"use_cpu": True, "bf16": False, "fp16": False}
 
 
 def merged_args(cfg: Any, args_class: str) -> dict[str, Any]:
@@ -64,6 +97,8 @@ def merged_args(cfg: Any, args_class: str) -> dict[str, Any]:
     for source in (by_model.get("default", {}), by_model.get(cfg.method.name, {}),
                    OmegaConf.to_container(cfg.hardware.args, resolve=True)):
         merged.update({k: v for k, v in (source or {}).items() if k in fields})
+    if cfg.hardware.device == "cpu":  # whatever a GPU preset said: no bf16 autocast on a CPU
+        merged.update({k: v for k, v in _CPU_SAFE.items() if k in fields})
     merged.update(OmegaConf.to_container(cfg.method.args, resolve=True))
     return merged
 
@@ -92,15 +127,19 @@ def train(trainer: Any, cfg: Any, run_dir: Path) -> dict[str, Any]:
     checkpoint = runs.last_checkpoint(run_dir) if cfg.resume else None
     if checkpoint is not None:
         print(f"[alignlab] resuming from {checkpoint}")
-    for callback in _callbacks():
+    for callback in _callbacks(cfg.method.name):
         trainer.add_callback(callback)
     start = time.time()
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     out = run_dir / "model"
     trainer.save_model(str(out))  # safetensors + tokenizer; adapters only when LoRA
+    world = trainer.accelerator.num_processes
     metrics = {"method": cfg.method.name, "train": dict(result.metrics),
-               "log_history": trainer.state.log_history,
+               "log_history": trainer.state.log_history, "world_size": world,
                "wall_seconds": round(time.time() - start, 2)}
+    metrics.update(peak_memory())
+    if os.environ.get(RANK_CHECK_ENV):
+        write_rank_fingerprint(trainer.model, run_dir, trainer.accelerator.process_index, world)
     if runs.is_main_process():
         write_model_card(out, cfg, metrics)
     return metrics
@@ -125,7 +164,7 @@ def train_policy(trainer: Any, cfg: Any, run_dir: Path) -> dict[str, Any]:
     from alignlab import evaluation
 
     metrics = train(trainer, cfg, run_dir)
-    if cfg.data.format == "toy":
+    if cfg.quick_eval and cfg.data.format == "toy" and runs.is_main_process():
         metrics["judge"] = evaluation.toy_judge(trainer.model, trainer.processing_class, cfg.data,
                                                 seed=cfg.seed)
     return metrics

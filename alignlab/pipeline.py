@@ -1,0 +1,178 @@
+"""Recipes: a list of stages run in order, each stage's output feeding the next by name.
+
+A finished stage leaves a marker (``DONE``, holding a fingerprint of the stage's config). Running
+the recipe again skips finished stages, resumes a half-finished one from its last checkpoint,
+and refuses to mix in a stage that was made with a different config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from alignlab import config, runs
+from alignlab.errors import AlignlabError, did_you_mean
+
+log = logging.getLogger("alignlab")
+
+# Fields of a stage that name an earlier stage, and where that stage's output goes.
+_LINKS = {"init": "model.path", "reference": "method.reference",
+          "reward_model": "method.reward_model"}
+# Keys that differ between runs without changing what a stage computes.
+_NOT_FINGERPRINTED = ("run_dir", "resume", "recipe", "stages", "from_stage", "inputs")
+
+
+def stage_dir(run_dir: Path, name: str) -> Path:
+    return run_dir / name
+
+
+def output_model(path: Path) -> Path:
+    """A stage's model folder: ``<stage>/model``, or the folder itself if given directly."""
+    return path / "model" if (path / "model").is_dir() else path
+
+
+def check(cfg: Any) -> None:
+    """Recipe-level validation (cheap): stage names, links and inputs make sense."""
+    order = list(cfg.recipe.stages)
+    stages = cfg.stages
+    for name in order:
+        if name not in stages:
+            raise AlignlabError(f"Recipe '{cfg.recipe.name}' lists stage '{name}' but defines no "
+                                f"stages.{name}. Add it to the recipe file.")
+    for name in order:
+        stage = stages[name]
+        for link in (*_LINKS, "data_from"):
+            target = stage.get(link)
+            if target and target not in order[:order.index(name)]:
+                raise AlignlabError(f"stages.{name}.{link}='{target}' must name an earlier stage."
+                                    f"{did_you_mean(target, order[:order.index(name)])}")
+    if cfg.from_stage:
+        if cfg.from_stage not in order:
+            raise AlignlabError(f"from_stage='{cfg.from_stage}' is not a stage of this recipe."
+                                f"{did_you_mean(cfg.from_stage, order)}")
+        start = order.index(cfg.from_stage)
+        needed = {stages[n].get(k) for n in order[start:] for k in (*_LINKS, "data_from")}
+        for name in order[:start]:
+            if name in needed and name not in cfg.inputs:
+                raise AlignlabError(f"from_stage={cfg.from_stage} skips stage '{name}', which "
+                                    f"a later stage needs. Pass its output: inputs.{name}=<dir>.")
+    for name, path in (cfg.inputs or {}).items():
+        if not Path(path).expanduser().exists():
+            raise AlignlabError(f"inputs.{name}='{path}' does not exist. Point it at the run "
+                                "directory (or model folder) of that stage.")
+
+
+def stage_config(cfg: Any, name: str, outputs: dict[str, Path]) -> Any:
+    """The full single-stage config of recipe stage ``name``."""
+    stage = cfg.stages[name]
+    method_yaml = config.conf_dir() / "method" / f"{stage.method}.yaml"
+    if not method_yaml.exists():
+        raise AlignlabError(f"stages.{name}.method='{stage.method}' is not a method."
+                            f"{did_you_mean(stage.method, config.group_options('method'))}")
+    base = OmegaConf.to_container(cfg, resolve=False)
+    for key in ("recipe", "stages", "from_stage", "inputs"):
+        base.pop(key, None)
+    out = OmegaConf.merge(OmegaConf.structured(config.Config), base)
+    out.method = OmegaConf.merge(OmegaConf.structured(config.MethodConfig),
+                                 OmegaConf.load(method_yaml))
+    out.method.args = OmegaConf.merge(out.method.args, stage.args or {})
+    if stage.reward_funcs:
+        out.method.reward_funcs = list(stage.reward_funcs)
+    for link, target in _LINKS.items():
+        if stage.get(link):
+            OmegaConf.update(out, target, str(output_model(outputs[stage[link]])))
+    if stage.get("data_from"):
+        out.data.path = str(outputs[stage.data_from] / "dataset")
+    if stage.data:
+        out.data = OmegaConf.merge(out.data, stage.data)
+    if stage.model:
+        out.model = OmegaConf.merge(out.model, stage.model)
+    out.run_dir = str(stage_dir(Path(cfg.run_dir), name))
+    config.apply_hardware(out)
+    return out
+
+
+def fingerprint(cfg: Any) -> str:
+    """A hash of what a stage computes (its resolved config minus run-specific keys)."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    for key in _NOT_FINGERPRINTED:
+        container.pop(key, None)
+    blob = json.dumps(container, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def run(cfg: Any, run_dir: Path, run_stage: Any) -> dict[str, Any]:
+    """Run every stage of the recipe in ``run_dir``; ``run_stage(cfg, dir)`` runs one."""
+    check(cfg)
+    order = list(cfg.recipe.stages)
+    start = order.index(cfg.from_stage) if cfg.from_stage else 0
+    outputs = {n: Path(p).expanduser() for n, p in (cfg.inputs or {}).items()}
+    if runs.is_main_process():
+        runs.write_config(run_dir, cfg)
+        runs.atomic_write(run_dir / "recipe.yaml", OmegaConf.to_yaml(
+            {"name": cfg.recipe.name, "stages": order[start:]}))
+    summary: dict[str, Any] = {}
+    for name in order[start:]:
+        stage_cfg = stage_config(cfg, name, outputs)
+        config.validate(stage_cfg)
+        out = stage_dir(run_dir, name)
+        digest = fingerprint(stage_cfg)
+        if runs.is_done(out):
+            made_with = runs.read_json(out / runs.MARKER).get("fingerprint")
+            if made_with != digest:
+                raise AlignlabError(
+                    f"Stage '{name}' in {out} was made with a different config. Use a new run "
+                    "directory (hydra.run.dir=...), or delete that stage's folder to redo it.")
+            print(f"[alignlab] stage {name}: already finished, skipping ({out})")
+            outputs[name] = out
+            summary[name] = runs.read_json(out / "metrics.json") \
+                if (out / "metrics.json").exists() else {}
+            continue
+        stage_cfg.resume = runs.last_checkpoint(out) is not None or bool(cfg.resume)
+        print(f"[alignlab] stage {name}: {stage_cfg.method.name}"
+              + (" (resuming)" if stage_cfg.resume and out.exists() else ""))
+        summary[name] = run_stage(stage_cfg, out, fingerprint=digest)
+        outputs[name] = out
+    table = results_table(run_dir, order[start:])
+    if table:
+        print(table)
+    return {"recipe": cfg.recipe.name, "stages": {k: _brief(v) for k, v in summary.items()}}
+
+
+def _brief(metrics: dict[str, Any]) -> dict[str, Any]:
+    keep = ("judge", "reward", "eval", "wall_seconds")
+    return {k: metrics[k] for k in keep if k in metrics}
+
+
+def _fmt(section: dict[str, Any] | None, key: str, ci: bool = True) -> str:
+    if not section or section.get(key) is None:
+        return "–"
+    text = f"{section[key]:.3f}"
+    if ci and section.get("ci_low") is not None:
+        text += f" [{section['ci_low']:.2f}, {section['ci_high']:.2f}]"
+    return text
+
+
+def results_table(run_dir: Path, stages: list[str]) -> str:
+    """A Markdown table of every evaluated stage: judge, win rate, KL, reward."""
+    rows = []
+    for name in stages:
+        path = stage_dir(run_dir, name) / "eval.json"
+        if not path.exists():
+            continue
+        ev = runs.read_json(path)
+        policy = Path(ev.get("policy", "")).parent.name or name
+        reference = Path(ev.get("win_rate", {}).get("reference", "")).parent.name or "–"
+        rows.append(f"| {name} | {policy} | {_fmt(ev.get('judge'), 'score')} | "
+                    f"{_fmt(ev.get('win_rate'), 'win_rate')} vs {reference} | "
+                    f"{_fmt(ev.get('kl'), 'kl', ci=False)} | {_fmt(ev.get('reward'), 'mean')} |")
+    if not rows:
+        return ""
+    head = ("| stage | policy | toy judge [95% CI] | win rate [95% CI] | KL | RM score |\n"
+            "|---|---|---|---|---|---|")
+    return "\n".join([head, *rows])

@@ -1,0 +1,90 @@
+"""Recipes: stages chained by name, markers, skip/resume after a kill, refusal to mix configs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import alignlab
+
+# Small but real stages: SFT that learns, a short DPO, a quick evaluation.
+SMALL = ["data.toy.n_sft=1500", "stages.sft.args.num_train_epochs=3",
+         "stages.sft.args.per_device_train_batch_size=64", "stages.sft.args.learning_rate=3e-3",
+         "stages.sft.args.save_strategy=no", "stages.eval.args.num_samples=2"]
+
+
+def _done(stage: Path) -> dict:
+    return json.loads((stage / "DONE").read_text())
+
+
+def test_dpo_recipe_end_to_end_then_skips_finished_stages(tmp_path: Path) -> None:
+    out = tmp_path / "dpo"
+    args = [f"hydra.run.dir={out}", "recipe=dpo", *SMALL, "stages.dpo.args.max_steps=40",
+            "stages.dpo.args.save_strategy=no"]
+    proc = alignlab(*args)
+    for stage in ("sft", "dpo", "eval"):
+        assert _done(out / stage)["fingerprint"], stage
+    assert (out / "sft/model/model.safetensors").exists()
+    assert (out / "dpo/model/model.safetensors").exists()
+    evaluation = json.loads((out / "eval/eval.json").read_text())
+    # the eval stage compared the DPO policy with the SFT reference, by name, no paths typed
+    assert evaluation["policy"].endswith("dpo/model")
+    assert evaluation["win_rate"]["reference"].endswith("sft/model")
+    assert evaluation["win_rate"]["win_rate"] > 0.5
+    assert (out / "report.md").exists() and (out / "recipe.yaml").exists()
+    assert "stage dpo" in proc.stdout
+
+    again = alignlab(*args)
+    assert again.stdout.count("already finished, skipping") == 3
+
+    changed = alignlab(*args[:-2], "stages.dpo.args.max_steps=41",
+                       "stages.dpo.args.save_strategy=no", check=False)
+    assert changed.returncode == 2 and "different config" in changed.stderr
+
+
+def test_from_stage_takes_an_existing_sft_model(sft_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "from"
+    alignlab(f"hydra.run.dir={out}", "recipe=dpo", "from_stage=dpo", f"inputs.sft={sft_run}",
+             "stages.dpo.args.max_steps=5", "stages.dpo.args.save_strategy=no",
+             "stages.eval.args.num_samples=1", "stages.eval.args.max_prompts=8")
+    assert not (out / "sft").exists()
+    assert (out / "dpo/DONE").exists() and (out / "eval/DONE").exists()
+    missing = alignlab(f"hydra.run.dir={tmp_path / 'x'}", "recipe=dpo", "from_stage=dpo",
+                       check=False)
+    assert missing.returncode == 2 and "inputs.sft" in missing.stderr
+
+
+@pytest.mark.parametrize("recipe", ["instructgpt"])
+def test_killed_recipe_resumes_to_the_same_result(recipe: str, tmp_path: Path) -> None:
+    """Kill during the reward stage; re-run: SFT skipped, RM resumes, PPO runs; the artifacts
+    equal those of a run that was never killed (same seed, CPU)."""
+    import torch
+    from safetensors.torch import load_file
+
+    common = [f"recipe={recipe}", *SMALL, "stages.reward.args.max_steps=12",
+              "stages.reward.args.save_strategy=steps", "stages.reward.args.save_steps=4",
+              "stages.ppo.args.total_episodes=64", "stages.eval.args.max_prompts=8"]
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    proc = alignlab(f"hydra.run.dir={killed}", *common,
+                    env={"ALIGNLAB_KILL_AFTER_STEP": "reward:6"}, check=False)
+    assert proc.returncode == 75, proc.stderr[-2000:]
+    assert (killed / "sft/DONE").exists() and not (killed / "reward/DONE").exists()
+    sft_mtime = (killed / "sft/model/model.safetensors").stat().st_mtime
+
+    resumed = alignlab(f"hydra.run.dir={killed}", *common)
+    assert "stage sft: already finished, skipping" in resumed.stdout
+    assert "stage reward: reward (resuming)" in resumed.stdout
+    assert (killed / "sft/model/model.safetensors").stat().st_mtime == sft_mtime
+    steps = [e["step"] for e in json.loads((killed / "reward/metrics.json").read_text())
+             ["log_history"] if "loss" in e]
+    assert steps == sorted(set(steps)) and steps[-1] == 12
+
+    alignlab(f"hydra.run.dir={clean}", *common)
+    for stage in ("sft", "reward"):
+        a = load_file(killed / stage / "model/model.safetensors")
+        b = load_file(clean / stage / "model/model.safetensors")
+        assert all(torch.equal(a[k], b[k]) for k in a), stage
+    for stage in ("ppo", "eval"):
+        assert (killed / stage / "DONE").exists()
