@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hydra.experimental.callback import Callback
+
 from alignlab import config, runs
 from alignlab.errors import AlignlabError, did_you_mean
 
@@ -176,6 +178,14 @@ def write_report(run_dir: Path) -> None:
         print(f"[alignlab] report: {render_report(run_dir)}")
     except Exception as err:
         log.warning("could not render the report for %s: %s", run_dir, err)
+
+
+class SweepReport(Callback):
+    """Hydra callback: after a ``-m`` sweep, render the sweep report (reward-vs-KL frontier)."""
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        if runs.is_main_process():
+            write_report(Path(config.hydra.sweep.dir))
 
 
 def _remove_unfinished(run_dir: Path) -> None:

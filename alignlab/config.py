@@ -57,9 +57,9 @@ class ToyConfig:
     n_sft: int = 4000
     n_pairs: int = 2000
     n_prompts: int = 1000
-    error_rate: float = 0.3  # share of sum/animal demos with a wrong answer
-    comply_rate: float = 0.6  # share of harmful demos that comply
-    refuse_rate: float = 0.5  # share of borderline demos that refuse
+    error_rate: float = 0.35  # share of sum/animal demos with a wrong answer
+    comply_rate: float = 0.65  # share of harmful demos that comply
+    refuse_rate: float = 0.55  # share of borderline demos that refuse
     test_fraction: float = 0.2  # share of the world's prompts held out
 
 
@@ -143,7 +143,7 @@ class Config:
     seed: int = 42
     resume: bool = False
     quick_eval: bool = True  # score a trained policy with the toy judge at the end (toy data)
-    report_to: str = "none"
+    report_to: str = "tensorboard"
     run_dir: str = "${hydra:runtime.output_dir}"
 
 

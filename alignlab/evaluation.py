@@ -1,39 +1,11 @@
-"""Quick evaluations a stage reports at its end: toy-judge score and reward-model accuracy."""
+"""Evaluation shared by ``method=eval`` and the quick evaluation at the end of each stage."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
-
-
-def toy_judge(model: Any, tokenizer: Any, data_cfg: Any, *, samples: int = 3,
-              temperature: float = 0.7, seed: int = 0) -> dict[str, Any]:
-    """Rule-judge score of sampled responses on the toy world's held-out prompts.
-
-    Sampling (T=0.7, several samples per prompt) rather than greedy decoding, because greedy
-    takes the majority answer and hides how mixed the policy still is.
-    """
-    from alignlab.data import load, toy
-    from alignlab.generation import generate
-
-    prompts = load(data_cfg, "prompts", "test")["prompt"]
-    responses = generate(model, tokenizer, prompts, num_samples=samples,
-                         temperature=temperature, seed=seed)
-    flat_p = [p for p, rs in zip(prompts, responses, strict=True) for _ in rs]
-    flat_r = [r for rs in responses for r in rs]
-    result = toy.score(flat_p, flat_r)
-    return {"score": result["score"], "n": result["n"], "per_category": result["per_category"],
-            "samples": samples, "temperature": temperature}
-
-
-def reward_accuracy(model: Any, tokenizer: Any, pairs: Any) -> float:
-    """Share of held-out pairs where the reward model scores ``chosen`` above ``rejected``."""
-    def reply(column: str) -> list[str]:
-        return [c[-1]["content"] for c in pairs[column]]
-
-    chosen = reward_scores(model, tokenizer, pairs["prompt"], reply("chosen"))
-    rejected = reward_scores(model, tokenizer, pairs["prompt"], reply("rejected"))
-    return sum(c > r for c, r in zip(chosen, rejected, strict=True)) / max(1, len(chosen))
 
 
 @dataclass
@@ -49,6 +21,97 @@ class EvalArgs:
         "help": "Who decides wins: toy (the toy world's rule), reward (the reward model), or "
                 "auto (toy on the toy world, else reward)."})
     num_examples: int = field(default=8, metadata={"help": "Samples shown in the report."})
+
+
+def evaluate(cfg: Any, policy: Any, tokenizer: Any, args: EvalArgs | None = None, *,
+             reference: Any = None, sample_reference: bool = False, reward_model: Any = None,
+             reward_tokenizer: Any = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Sample ``policy`` on the held-out prompts and measure it; returns (eval.json, samples).
+
+    - toy world: the rule judge's score with a 95 % CI, overall and per category. Sampled
+      (T=0.7, several samples per prompt), because greedy decoding takes the majority answer
+      and hides how mixed a policy still is;
+    - ``reward_model``: its mean score on the samples and its accuracy on held-out pairs;
+    - ``reference``: sequence KL(policy || reference) on the policy's own samples, and with
+      ``sample_reference`` the win rate vs the reference's samples (ties count half).
+    """
+    from alignlab import data, stats
+    from alignlab.data import toy
+    from alignlab.generation import generate
+
+    args = args or EvalArgs()
+    toy_world = cfg.data.format == "toy"
+    judge = args.judge if args.judge != "auto" else ("toy" if toy_world else "reward")
+    if judge == "reward" and reward_model is None:
+        from alignlab.errors import AlignlabError
+
+        raise AlignlabError("Evaluation needs a judge: set method.reward_model=<reward run>/model "
+                            "(or use data=toy, whose rule judge needs no model).")
+    prompts_ds = data.load(cfg.data, "prompts", "test", keep_extra=True)
+    if args.max_prompts:
+        prompts_ds = prompts_ds.select(range(min(args.max_prompts, len(prompts_ds))))
+    prompts = list(prompts_ds["prompt"])
+    flat = [p for p in prompts for _ in range(args.num_samples)]
+
+    def sample(model: Any) -> list[str]:
+        out = generate(model, tokenizer, prompts, num_samples=args.num_samples,
+                       temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+                       batch_size=args.batch_size, seed=cfg.seed, progress=True)
+        return [r for rs in out for r in rs]
+
+    responses = sample(policy)
+    lengths = [len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in responses]
+    result: dict[str, Any] = {"n_prompts": len(prompts), "samples_per_prompt": args.num_samples,
+                              "temperature": args.temperature,
+                              "length": {"mean": sum(lengths) / max(1, len(lengths))}}
+    scores: dict[str, list[float]] = {}
+    if toy_world:
+        scores["toy"] = [toy.judge(p, r) for p, r in zip(flat, responses, strict=True)]
+        ci = stats.mean_ci(scores["toy"])
+        result["judge"] = {"score": ci["mean"], **ci,
+                           "per_category": toy.score(flat, responses)["per_category"]}
+    if reward_model is not None:
+        scores["reward"] = reward_scores(reward_model, reward_tokenizer, flat, responses)
+        pairs = data.load(cfg.data, "pairs", "test")
+        result["reward"] = {**stats.mean_ci(scores["reward"]),
+                            "accuracy": reward_accuracy(reward_model, reward_tokenizer, pairs)}
+    ref_responses: list[str] | None = None
+    if reference is not None:
+        result["kl"] = stats.sequence_kl(sequence_logprobs(policy, tokenizer, flat, responses),
+                                         sequence_logprobs(reference, tokenizer, flat, responses))
+        if sample_reference:
+            ref_responses = sample(reference)
+            ref_scores = [toy.judge(p, r) for p, r in zip(flat, ref_responses, strict=True)] \
+                if judge == "toy" else reward_scores(reward_model, reward_tokenizer, flat,
+                                                     ref_responses)
+            outcomes = stats.outcomes_from_scores(scores[judge], ref_scores)
+            result["win_rate"] = {**stats.win_rate(outcomes), "judge": judge}
+    categories = prompts_ds["category"] if "category" in prompts_ds.column_names else None
+    samples = [{"prompt": p[-1]["content"], "response": r,
+                "reference_response": ref_responses[i] if ref_responses else None,
+                "score": scores[judge][i] if judge in scores else None,
+                "category": categories[i // args.num_samples] if categories else None}
+               for i, (p, r) in enumerate(zip(flat, responses, strict=True))]
+    return result, samples
+
+
+def write(run_dir: Path, result: dict[str, Any], samples: list[dict[str, Any]]) -> None:
+    """``eval.json`` and ``samples.jsonl`` in the run directory."""
+    from alignlab import runs
+
+    runs.write_json(run_dir / "eval.json", result)
+    runs.atomic_write(run_dir / "samples.jsonl",
+                      "".join(json.dumps(s) + "\n" for s in samples))
+
+
+def reward_accuracy(model: Any, tokenizer: Any, pairs: Any) -> float:
+    """Share of held-out pairs where the reward model scores ``chosen`` above ``rejected``."""
+    def reply(column: str) -> list[str]:
+        return [c[-1]["content"] for c in pairs[column]]
+
+    chosen = reward_scores(model, tokenizer, pairs["prompt"], reply("chosen"))
+    rejected = reward_scores(model, tokenizer, pairs["prompt"], reply("rejected"))
+    return sum(c > r for c, r in zip(chosen, rejected, strict=True)) / max(1, len(chosen))
 
 
 def sequence_logprobs(model: Any, tokenizer: Any, prompts: list, responses: list[str],

@@ -112,6 +112,8 @@ def trainer_config(cfg: Any, args_class: str, run_dir: Path, **fixed: Any) -> An
             "disable_tqdm": False, **merged_args(cfg, args_class), **fixed}
     if args.get("report_to") in (None, "none"):
         args["report_to"] = "none"
+    if "tensorboard" in str(args["report_to"]):  # event files beside the run's other logs
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
     try:
         return cls(**args)
     except (TypeError, ValueError) as err:
@@ -160,11 +162,17 @@ def write_model_card(out: Path, cfg: Any, metrics: dict[str, Any]) -> None:
 
 
 def train_policy(trainer: Any, cfg: Any, run_dir: Path) -> dict[str, Any]:
-    """``train`` for a policy stage, plus the toy judge's score when on the toy world."""
+    """``train`` for a policy stage, then a quick evaluation on the toy world (judge score and
+    KL to the reference, written to ``eval.json``) unless ``quick_eval=false``."""
     from alignlab import evaluation
 
     metrics = train(trainer, cfg, run_dir)
     if cfg.quick_eval and cfg.data.format == "toy" and runs.is_main_process():
-        metrics["judge"] = evaluation.toy_judge(trainer.model, trainer.processing_class, cfg.data,
-                                                seed=cfg.seed)
+        reference = getattr(trainer, "ref_model", None)
+        result, samples = evaluation.evaluate(cfg, trainer.model, trainer.processing_class,
+                                              reference=reference)
+        evaluation.write(run_dir, result, samples)
+        metrics["judge"] = result["judge"]
+        if "kl" in result:
+            metrics["kl"] = result["kl"]
     return metrics

@@ -31,8 +31,8 @@ HAND_WRITTEN = textwrap.dedent("""
     from alignlab.data import toy
 
     model_dir, out, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    world = dict(n_sft=4000, n_pairs=2000, n_prompts=1000, error_rate=0.3, comply_rate=0.6,
-                 refuse_rate=0.5, test_fraction=0.2)
+    world = dict(n_sft=4000, n_pairs=2000, n_prompts=1000, error_rate=0.35, comply_rate=0.65,
+                 refuse_rate=0.55, test_fraction=0.2)
     rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")}
             for r in toy.generate("pairs", "train", world, seed=42)]
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -86,7 +86,7 @@ def main() -> None:
             rows["alignlab"].append(measure([
                 sys.executable, "-m", "alignlab", "method=dpo", f"hydra.run.dir={tmp}/a{i}",
                 f"method.args.max_steps={opts.steps}", "method.args.save_strategy=no",
-                "quick_eval=false"]))
+                "quick_eval=false", "report_to=none"]))
             rows["hand-written TRL"].append(measure([
                 sys.executable, str(script), str(model_dir), f"{tmp}/h{i}", str(opts.steps)]))
     med = {k: {m: statistics.median(r[m] for r in v) for m in ("wall", "rss_mib")}

@@ -38,7 +38,7 @@ def run_and_list_modules(*args: str) -> tuple[int, str, str, set[str]]:
 
 def test_help_is_light() -> None:
     code, out, _, heavy = run_and_list_modules("--help")
-    assert code == 0 and "method" in out and "Compose" in out or "override" in out.lower()
+    assert (code == 0 and "method" in out and "Compose" in out) or "override" in out.lower()
     assert not heavy
 
 
@@ -62,7 +62,7 @@ def test_cfg_job_is_light_and_shows_overrides() -> None:
     (["model=smollm"], "Did you mean 'smollm2-135m'"),
 ])
 def test_config_errors_are_one_clear_line(args: list[str], expect: str) -> None:
-    code, out, err, heavy = run_and_list_modules(*args)
+    code, _, err, heavy = run_and_list_modules(*args)
     assert code == 2
     assert expect in err
     assert "Traceback" not in err and err.count("\n") <= 1

@@ -31,12 +31,13 @@ def test_sft_learns_and_leaves_a_complete_run_dir(sft_run: Path) -> None:
     tok = AutoTokenizer.from_pretrained(sft_run / "model")
     assert model.num_parameters() > 500_000 and tok.chat_template
     judge = metrics(sft_run)["judge"]
-    assert 0.3 < judge["score"] < 0.9  # learned the world, but the mixed demos show
+    assert 0.3 < judge["score"] < 0.85  # learned the world, but the mixed demos show
+    assert judge["per_category"]["helpful"] > 0.4
 
 
 def test_reward_model_ranks_held_out_pairs(reward_run: Path) -> None:
     reward = metrics(reward_run)["reward"]
-    assert reward["accuracy"] > 0.85 and reward["accuracy"] > reward["accuracy_before"] + 0.2
+    assert reward["accuracy"] > 0.75 and reward["accuracy"] > reward["accuracy_before"] + 0.2
     from transformers import AutoModelForSequenceClassification
 
     rm = AutoModelForSequenceClassification.from_pretrained(reward_run / "model")
@@ -58,9 +59,10 @@ def test_dpo_from_sft_beats_sft_on_the_judge(sft_run: Path, tmp_path: Path) -> N
 def test_kto_trains_from_sft(sft_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "kto"
     alignlab(f"hydra.run.dir={out}", "method=kto", f"model.path={sft_run}/model",
-             "method.args.save_strategy=no", "method.args.max_steps=30")
+             "method.args.save_strategy=no")
     margins = logged(out, "rewards/margins")
     assert margins and margins[-1] > margins[0]
+    # KTO moves slowly at this lr (3e-4 collapsed into garbled text); it must not break it
     assert metrics(out)["judge"]["score"] >= metrics(sft_run)["judge"]["score"] - 0.05
 
 

@@ -10,9 +10,9 @@ import pytest
 from tests.conftest import alignlab
 
 # Small but real stages: SFT that learns, a short DPO, a quick evaluation.
-SMALL = ["data.toy.n_sft=1500", "stages.sft.args.num_train_epochs=3",
-         "stages.sft.args.per_device_train_batch_size=64", "stages.sft.args.learning_rate=3e-3",
-         "stages.sft.args.save_strategy=no", "stages.eval.args.num_samples=2"]
+SMALL = ["data.toy.n_sft=1500", "stages.sft.args.num_train_epochs=4",
+         "stages.sft.args.save_strategy=no", "stages.eval.args.num_samples=2",
+         "report_to=none"]
 
 
 def _done(stage: Path) -> dict:
@@ -88,3 +88,31 @@ def test_killed_recipe_resumes_to_the_same_result(recipe: str, tmp_path: Path) -
         assert all(torch.equal(a[k], b[k]) for k in a), stage
     for stage in ("ppo", "eval"):
         assert (killed / stage / "DONE").exists()
+
+
+def test_sweep_gets_a_frontier_report(sft_run: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    alignlab("-m", "method=dpo", "method.args.beta=0.05,0.5", f"model.path={sft_run}/model",
+             "method.args.max_steps=8", "method.args.save_strategy=no", "report_to=none",
+             f"hydra.sweep.dir={sweep}")
+    for member in ("0", "1"):
+        ev = json.loads((sweep / member / "eval.json").read_text())
+        assert "kl" in ev and "judge" in ev
+    report = (sweep / "report.md").read_text()
+    assert "0.05" in report and "0.5" in report
+    png = sweep / "frontier.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_command_rerenders_from_files(sft_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(sft_run, copy, ignore=shutil.ignore_patterns("model", "checkpoints"))
+    for name in ("report.md", "report.html"):
+        (copy / name).unlink(missing_ok=True)
+    proc = alignlab("report", str(copy))
+    assert (copy / "report.md").exists() and (copy / "report.html").exists()
+    assert "report.md" in proc.stdout
+    bad = alignlab("report", str(tmp_path / "nope"), check=False)
+    assert bad.returncode == 2 and "alignlab: error:" in bad.stderr

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from alignlab.data import toy
 
-TOY = {"n_sft": 400, "n_pairs": 200, "n_prompts": 100, "error_rate": 0.3, "comply_rate": 0.6,
-       "refuse_rate": 0.5, "test_fraction": 0.2}
+TOY = {"n_sft": 400, "n_pairs": 200, "n_prompts": 100, "error_rate": 0.35,
+       "comply_rate": 0.65, "refuse_rate": 0.55, "test_fraction": 0.2}
 
 
 def test_judge_on_hand_written_answers() -> None:

@@ -49,6 +49,10 @@ CONFIG = {
 }
 
 
+MEDIUM = {"hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 6,
+          "num_attention_heads": 8, "num_key_value_heads": 8}
+
+
 def main() -> None:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -74,7 +78,11 @@ def main() -> None:
     HERE.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(HERE)
     (HERE / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    print(f"wrote {HERE} (vocab {tok.get_vocab_size()})")
+    # llama-medium: the same tokenizer, ~5.5x the parameters (the "bigger unaligned model").
+    medium = HERE.parent / "llama-medium"
+    fast.save_pretrained(medium)
+    (medium / "config.json").write_text(json.dumps({**config, **MEDIUM}, indent=2) + "\n")
+    print(f"wrote {HERE} and {medium} (vocab {tok.get_vocab_size()})")
 
 
 if __name__ == "__main__":
