@@ -113,6 +113,7 @@ def compose(overrides: list[str]) -> Any:
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    config.register()
     _check_group_choices(overrides)
     GlobalHydra.instance().clear()
     try:
