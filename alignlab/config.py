@@ -54,7 +54,7 @@ class ModelConfig:
 
 @dataclass
 class ToyConfig:
-    n_sft: int = 4000
+    n_sft: int = 3000
     n_pairs: int = 2000
     n_prompts: int = 1000
     error_rate: float = 0.35  # share of sum/animal demos with a wrong answer

@@ -31,7 +31,7 @@ HAND_WRITTEN = textwrap.dedent("""
     from alignlab.data import toy
 
     model_dir, out, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    world = dict(n_sft=4000, n_pairs=2000, n_prompts=1000, error_rate=0.35, comply_rate=0.65,
+    world = dict(n_sft=3000, n_pairs=2000, n_prompts=1000, error_rate=0.35, comply_rate=0.65,
                  refuse_rate=0.55, test_fraction=0.2)
     rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")}
             for r in toy.generate("pairs", "train", world, seed=42)]
