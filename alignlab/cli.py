@@ -114,6 +114,7 @@ def compose(overrides: list[str]) -> Any:
     from hydra.core.global_hydra import GlobalHydra
 
     config.register()
+    overrides = open_mapping_overrides(overrides)
     _check_group_choices(overrides)
     GlobalHydra.instance().clear()
     try:

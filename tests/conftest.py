@@ -42,7 +42,12 @@ def run_inprocess(run_dir: Path, *overrides: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def sft_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished SFT run of llama-small on the toy world (run dir; model in ``model/``)."""
+    """A finished SFT run of llama-small on the toy world (run dir; model in ``model/``).
+
+    ``ALIGNLAB_TEST_SFT_RUN=<dir>`` reuses an earlier run made with SMALL_SFT (local speed-up).
+    """
+    if os.environ.get("ALIGNLAB_TEST_SFT_RUN"):
+        return Path(os.environ["ALIGNLAB_TEST_SFT_RUN"])
     out = tmp_path_factory.mktemp("sft") / "run"
     alignlab(f"hydra.run.dir={out}", *SMALL_SFT)
     return out
@@ -53,5 +58,5 @@ def reward_run(tmp_path_factory: pytest.TempPathFactory, sft_run: Path) -> Path:
     """A reward model trained from the SFT model on the toy pairs."""
     out = tmp_path_factory.mktemp("reward") / "run"
     alignlab(f"hydra.run.dir={out}", "method=reward", f"model.path={sft_run}/model",
-             "method.args.save_strategy=no", "method.args.num_train_epochs=1")
+             "method.args.save_strategy=no", "report_to=none")
     return out
