@@ -1,17 +1,41 @@
-"""Batched sampling from a local transformers model (left padding, chat template, stop at EOS)."""
+"""Local generation and the resumable row writer behind the generation stages.
+
+- :func:`generate`: batched sampling from a transformers model (left padding, chat template,
+  length-sorted batches, stop at EOS);
+- :func:`option_logprobs`: log-probs of answer options (the RLAIF judge's "(A)"/"(B)");
+- :func:`run_rows`: apply a function to items in chunks, appending each finished row to JSONL
+  shards so an interrupted stage resumes without loss or duplicates.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
+
+from alignlab import runs
+from alignlab.errors import AlignlabError
+
+log = logging.getLogger("alignlab")
+Conversation = Sequence[dict[str, str]]
 
 
 def generate(model: Any, tokenizer: Any, prompts: Sequence[Sequence[dict[str, str]]], *,
              num_samples: int = 1, temperature: float = 0.7, max_new_tokens: int = 32,
-             batch_size: int = 64, seed: int = 0, progress: bool = False) -> list[list[str]]:
+             batch_size: int = 64, seed: int = 0, progress: bool = False,
+             prune_finished: bool = False) -> list[list[str]]:
     """``num_samples`` responses for each conversation in ``prompts`` (greedy at temperature 0).
 
     Prompts are sorted by length so each batch pads little, and restored to input order.
+    ``prune_finished`` drops each row from the batch (and its KV cache) as soon as it ends,
+    instead of running the whole batch until its longest answer is done (as ``model.generate``
+    does); it samples from the same distribution through a different random stream, and falls
+    back to ``model.generate`` for models whose cache can't be pruned.
     """
     import torch
     from tqdm.auto import tqdm
@@ -26,6 +50,7 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[Sequence[dict[str, st
     model.eval()
     device = next(model.parameters()).device
     gen = torch.Generator(device="cpu").manual_seed(seed)
+    eos = _eos_ids(model, tokenizer)
     try:
         for start in tqdm(range(0, len(order), batch_size), desc="generate", disable=not progress):
             idx = order[start:start + batch_size]
@@ -33,13 +58,20 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[Sequence[dict[str, st
                             add_special_tokens=False).to(device)
             # Seed per batch so results do not depend on what ran before.
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+            new = None
             with torch.no_grad():
-                ids = model.generate(
-                    **enc, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
-                    temperature=temperature if temperature > 0 else None, top_k=0, top_p=1.0,
-                    num_return_sequences=num_samples, pad_token_id=tokenizer.pad_token_id,
-                    eos_token_id=tokenizer.eos_token_id)
-            new = ids[:, enc["input_ids"].shape[1]:]
+                if prune_finished:
+                    new = _decode_pruned(model, enc["input_ids"].repeat_interleave(num_samples, 0),
+                                         enc["attention_mask"].repeat_interleave(num_samples, 0),
+                                         max_new_tokens=max_new_tokens, temperature=temperature,
+                                         eos=eos)
+                if new is None:
+                    ids = model.generate(
+                        **enc, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
+                        temperature=temperature if temperature > 0 else None, top_k=0,
+                        top_p=1.0, num_return_sequences=num_samples,
+                        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                    new = ids[:, enc["input_ids"].shape[1]:]
             decoded = tokenizer.batch_decode(new, skip_special_tokens=True)
             for j, i in enumerate(idx):
                 out[i] = [d.strip() for d in decoded[j * num_samples:(j + 1) * num_samples]]
@@ -47,3 +79,334 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[Sequence[dict[str, st
         tokenizer.padding_side = padding_side
         model.train(was_training)
     return out
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    """The tokens that end an answer: the tokenizer's EOS and the model's generation EOS ids."""
+    ids = {tokenizer.eos_token_id}
+    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids |= set(config_eos) if isinstance(config_eos, (list, tuple)) else {config_eos}
+    return {i for i in ids if i is not None}
+
+
+_PRUNE_UNSUPPORTED: set[str] = set()  # model classes whose cache couldn't be pruned
+
+
+def _decode_pruned(model: Any, input_ids: Any, attention_mask: Any, *, max_new_tokens: int,
+                   temperature: float, eos: set[int]) -> list[list[int]] | None:
+    """Sample token ids row by row, removing finished rows from the batch and KV cache.
+
+    A prompt prefix shared by the whole batch is computed once (see :func:`_prefill`). Plain
+    temperature sampling (no top-k/top-p), greedy at temperature 0: what
+    ``model.generate(top_k=0, top_p=1.0)`` does. Returns None (caller falls back to
+    ``model.generate``) for models whose cache has no batch selection.
+    """
+    import torch
+
+    name = type(model).__name__
+    if name in _PRUNE_UNSUPPORTED or getattr(model.config, "is_encoder_decoder", False):
+        return None
+    try:
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=model.config)
+    except (ImportError, TypeError, ValueError):
+        _PRUNE_UNSUPPORTED.add(name)
+        return None
+    # transformers renamed the forward's ``past_key_values`` to ``cache`` (5.x, with a warning).
+    params = inspect.signature(model.forward).parameters
+    cache_kw = {("cache" if "cache" in params else "past_key_values"): cache, "use_cache": True}
+    n = input_ids.shape[0]
+    rows = torch.arange(n)
+    try:
+        out, attention_mask, last = _prefill(model, input_ids, attention_mask, cache, cache_kw)
+    except (TypeError, AttributeError, NotImplementedError, ValueError):
+        # a model without logits_to_keep/position_ids, or a cache we can't drive: generate()
+        _PRUNE_UNSUPPORTED.add(name)
+        return None
+    result: list[list[int]] = [[] for _ in range(n)]
+    eos_t = torch.tensor(sorted(eos), device=input_ids.device)
+    for step in range(max_new_tokens):
+        logits = out.logits[:, -1, :].float()
+        if temperature > 0:
+            token = torch.multinomial(torch.softmax(logits / temperature, -1), 1).squeeze(1)
+        else:
+            token = logits.argmax(-1)
+        for r, t in zip(rows.tolist(), token.tolist(), strict=True):
+            result[r].append(t)
+        alive = ~torch.isin(token, eos_t)
+        if step == max_new_tokens - 1 or not bool(alive.any()):
+            break
+        if not bool(alive.all()):
+            keep = alive.nonzero().squeeze(1)
+            try:
+                cache.batch_select_indices(keep)
+            except (AttributeError, NotImplementedError, ValueError):
+                _PRUNE_UNSUPPORTED.add(name)
+                return None
+            rows, token, attention_mask, last = rows[keep.cpu()], token[keep], \
+                attention_mask[keep], last[keep]
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(token), 1))], 1)
+        last = last + 1
+        out = model(input_ids=token[:, None], attention_mask=attention_mask,
+                    position_ids=last[:, None], **cache_kw)
+    return result
+
+
+_MIN_SHARED = 16  # shared prompt tokens worth a separate prefill
+
+
+def _prefill(model: Any, input_ids: Any, attention_mask: Any, cache: Any,
+             cache_kw: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """Run the prompts through the model, filling the cache; returns (output, mask, last pos).
+
+    When every prompt starts with the same tokens (the CAI few-shot chats, or one prompt
+    repeated for several samples), that prefix is computed once and its cache copied to every
+    row; the rest of each prompt follows it, left-padded *after* the prefix (the padding is
+    masked, and positions skip it), so each row sees exactly its own unpadded prompt.
+    """
+    import torch
+
+    rows = [ids[m.bool()].tolist() for ids, m in zip(input_ids, attention_mask, strict=True)]
+    shared = 0
+    shortest = min(len(r) for r in rows)
+    while shared < shortest - 1 and all(r[shared] == rows[0][shared] for r in rows):
+        shared += 1
+    n, device = len(rows), input_ids.device
+    if n == 1 or shared < _MIN_SHARED or not hasattr(cache, "batch_repeat_interleave"):
+        position = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position,
+                    logits_to_keep=1, **cache_kw)
+        return out, attention_mask, position[:, -1]
+    prefix = torch.tensor([rows[0][:shared]], device=device)
+    model(input_ids=prefix, attention_mask=torch.ones_like(prefix),
+          position_ids=torch.arange(shared, device=device)[None], logits_to_keep=1, **cache_kw)
+    cache.batch_repeat_interleave(n)
+    width = max(len(r) - shared for r in rows)
+    block = torch.zeros((n, width), dtype=input_ids.dtype, device=device)
+    block_mask = torch.zeros((n, width), dtype=attention_mask.dtype, device=device)
+    for i, r in enumerate(rows):
+        rest = r[shared:]
+        block[i, width - len(rest):] = torch.tensor(rest, device=device)
+        block_mask[i, width - len(rest):] = 1
+    mask = torch.cat([torch.ones((n, shared), dtype=attention_mask.dtype, device=device),
+                      block_mask], 1)
+    position = shared + (block_mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=block, attention_mask=mask, position_ids=position, logits_to_keep=1,
+                **cache_kw)
+    return out, mask, position[:, -1]
+
+
+def option_logprobs(model: Any, tokenizer: Any, queries: Sequence[tuple[Conversation, str]],
+                    options: Sequence[str], *, batch_size: int = 32) -> list[list[float]]:
+    """log P(option | chat-templated conversation + answer prefix) for each query and option.
+
+    When every option is one token after the prefix (the judge's "A"/"B"), a query is a single
+    sequence and all its options are read from the last position's logits: one forward pass
+    per batch of queries. Otherwise each (query, option) is its own sequence, scored over the
+    option's tokens; those are found by tokenising the whole text (prefix + option) and
+    comparing with the prefix alone, so a tokenizer that merges "(" and "A" is still scored
+    right. Left padding puts the scored tokens at the end, so only the last few positions'
+    logits are computed (``logits_to_keep``), which keeps memory small for large vocabularies.
+    """
+    import torch
+
+    # Sequences to run: (token ids, [(option index, first scored position, option token ids)]).
+    seqs: list[tuple[list[int], list[tuple[int, int, list[int]]]]] = []
+    owner: list[int] = []  # query index of each sequence
+    for q, (conv, prefix) in enumerate(queries):
+        base = tokenizer.apply_chat_template(list(conv), tokenize=False,
+                                             add_generation_prompt=True) + prefix
+        base_ids = tokenizer(base, add_special_tokens=False)["input_ids"]
+        full = [tokenizer(base + option, add_special_tokens=False)["input_ids"]
+                for option in options]
+        if all(len(ids) == len(base_ids) + 1 and ids[:-1] == base_ids for ids in full):
+            seqs.append((base_ids, [(k, len(base_ids), [ids[-1]]) for k, ids in
+                                    enumerate(full)]))
+            owner.append(q)
+            continue
+        for k, ids in enumerate(full):
+            start = 0
+            while start < min(len(ids), len(base_ids)) and ids[start] == base_ids[start]:
+                start += 1
+            start = max(1, min(start, len(ids) - 1))
+            seqs.append((ids[:-1], [(k, start, ids[start:])]))  # the last token is only a target
+            owner.append(q)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    scores = [[0.0] * len(options) for _ in queries]
+    try:
+        for b in range(0, len(seqs), batch_size):
+            chunk = seqs[b:b + batch_size]
+            width = max(len(ids) for ids, _ in chunk)
+            # Positions whose logits are read: from the first scored token's predecessor on.
+            keep = max(len(ids) - start + 1 for ids, targets in chunk for _, start, _ in targets)
+            input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for j, (ids, _) in enumerate(chunk):
+                input_ids[j, width - len(ids):] = torch.tensor(ids)
+                mask[j, width - len(ids):] = 1
+            # Positions count from each sequence's first real token, as without padding.
+            position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+            inputs = {"input_ids": input_ids.to(device), "attention_mask": mask.to(device),
+                      "position_ids": position_ids.to(device)}
+            with torch.no_grad():
+                try:
+                    logits = model(**inputs, logits_to_keep=keep).logits
+                except TypeError:  # a model without logits_to_keep: take them all
+                    logits = model(**inputs).logits[:, -keep:]
+            logp = torch.log_softmax(logits.float(), dim=-1).cpu()
+            for j, (ids, targets) in enumerate(chunk):
+                for k, start, tokens in targets:
+                    total = 0.0
+                    for n, token in enumerate(tokens):
+                        # Token n of the option sits at position start + n of the unpadded
+                        # sequence and is predicted by the logits one position earlier, which
+                        # is index (width - len(ids)) + start + n - 1 - (width - keep) here.
+                        total += float(logp[j, keep - len(ids) + start + n - 1, token])
+                    scores[owner[b + j]][k] = total
+    finally:
+        model.train(was_training)
+    return scores
+
+
+# ---------------------------------------------------------------------------------------------
+# Resumable row-by-row output: what the CAI and judge stages write as they go.
+
+
+def _read_shard(path: Path) -> list[dict[str, Any]]:
+    """Rows of one JSONL shard; a torn last line (the process was killed mid-write) is skipped."""
+    rows = []
+    with path.open(encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.endswith("\n"):
+                log.info("%s: ignoring an unfinished last line (it will be redone)", path.name)
+                break
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                log.warning("%s:%d is not valid JSON; that row will be redone", path, n)
+    return rows
+
+
+def read_rows(folder: Path) -> dict[str, dict[str, Any]]:
+    """Every finished row under ``folder`` (``shard-*.jsonl``), by key; the first copy wins."""
+    done: dict[str, dict[str, Any]] = {}
+    for shard in sorted(folder.glob("shard-*.jsonl")):
+        for row in _read_shard(shard):
+            done.setdefault(str(row["key"]), row)
+    return done
+
+
+def run_rows(items: Sequence[dict[str, Any]], work: Callable[[list[dict[str, Any]]],
+                                                                list[dict[str, Any]]],
+             folder: Path, *, fingerprint: str, resume: bool, chunk_size: int, desc: str,
+             method: str) -> list[dict[str, Any]]:
+    """Apply ``work`` to ``items`` chunk by chunk, writing each finished row as it comes.
+
+    Every item has a unique ``key``; ``work`` returns one row per item with that key. Rows go
+    to a new ``shard-NNNNN.jsonl`` per process start (earlier shards are never rewritten), each
+    line flushed as soon as it is written and the shard fsynced after every chunk. With
+    ``resume=True`` finished keys are skipped, so a killed run loses at most the rows in flight
+    and never duplicates one. ``fingerprint`` names what the rows depend on (prompts, model,
+    settings): resuming with a different one is refused. Returns the rows in ``items`` order.
+
+    ``ALIGNLAB_KILL_AFTER_STEP=N`` (or ``<method>:N``; a test hook, as for the trainers) exits
+    with code 75 once N rows of this stage are on disk.
+    """
+    from tqdm.auto import tqdm
+
+    from alignlab.training import kill_after_step
+
+    keys = [str(it["key"]) for it in items]
+    if len(set(keys)) != len(keys):
+        raise ValueError("item keys must be unique")
+    folder.mkdir(parents=True, exist_ok=True)
+    state = folder / "state.json"
+    done = read_rows(folder)
+    if done and not resume:
+        raise AlignlabError(f"{folder} already holds {len(done)} rows of an earlier run. Set "
+                            "resume=true to continue it, or choose a new hydra.run.dir.")
+    if done and state.exists() \
+            and json.loads(state.read_text()).get("fingerprint") != fingerprint:
+        raise AlignlabError(f"The rows in {folder} were made with different prompts, model "
+                            "or settings than this run. Resume with the original config, or "
+                            "choose a new hydra.run.dir.")
+    runs.write_json(state, {"fingerprint": fingerprint})
+    wanted = set(keys)
+    done = {k: v for k, v in done.items() if k in wanted}
+    todo = [it for it in items if str(it["key"]) not in done]
+    if done:
+        log.info("%s: resuming, %d of %d rows already done", desc, len(done), len(items))
+    kill_at = kill_after_step(method)
+    written = len(done)
+    shard = folder / f"shard-{len(list(folder.glob('shard-*.jsonl'))):05d}.jsonl"
+    new: dict[str, dict[str, Any]] = {}
+    start, last_log = time.time(), time.time()
+    bar = tqdm(total=len(items), initial=len(done), unit="row", desc=desc, smoothing=0.1,
+               dynamic_ncols=True)
+    try:
+        with shard.open("a", encoding="utf-8") as fh:
+            for c in range(0, len(todo), chunk_size):
+                for row in work(list(todo[c:c + chunk_size])):
+                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    fh.flush()
+                    new[str(row["key"])] = row
+                    written += 1
+                    bar.update(1)
+                    if kill_at is not None and written >= kill_at:
+                        os.fsync(fh.fileno())
+                        os._exit(75)
+                os.fsync(fh.fileno())
+                if time.time() - last_log > 30:  # the log file gets progress too, not just tqdm
+                    last_log = time.time()
+                    rate = len(new) / max(1e-9, last_log - start)
+                    log.info("%s: %d/%d rows (%.2f rows/s, ETA %.0f s)", desc, written,
+                             len(items), rate, (len(items) - written) / max(rate, 1e-9))
+    finally:
+        bar.close()
+    if not new and shard.exists() and shard.stat().st_size == 0:
+        shard.unlink()  # a resume that had nothing left to do leaves no empty shard
+    rows = {**done, **new}
+    return [rows[k] for k in keys]
+
+
+def prompt_items(data_cfg: Any, kind: str = "prompts", *, categories: Sequence[str] | None = None,
+                 max_rows: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
+    """Work items of a generation stage: the data's train and test rows, each with a stable key.
+
+    ``categories`` keeps rows of those categories when the data has a ``category`` column (the
+    toy world); ``max_rows`` caps each split after a seeded shuffle. Keys ("train-17") are
+    positions in that deterministic order, so a resumed run finds the same items.
+    """
+    import random
+
+    from alignlab import data
+
+    items: list[dict[str, Any]] = []
+    for split in ("train", "test"):
+        ds = data.load(data_cfg, kind, split, keep_extra=True)
+        rows = [dict(r) for r in ds]
+        if categories is not None and "category" in ds.column_names:
+            rows = [r for r in rows if r["category"] in set(categories)]
+            if not rows:
+                raise AlignlabError(f"No {split} prompts of categories {list(categories)}. Set "
+                                    "method.args.categories to some of "
+                                    f"{sorted(set(ds['category']))}, or null for all.")
+        if max_rows is not None and len(rows) > max_rows:
+            random.Random(f"{seed}:{split}").shuffle(rows)
+            rows = rows[:max_rows]
+        keep = ("prompt", "chosen", "rejected", "category")
+        items += [{"key": f"{split}-{i}", "split": split, **{k: r[k] for k in keep if k in r}}
+                  for i, r in enumerate(rows)]
+    return items
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short hash of what a stage's rows depend on (for refusing a mismatched resume)."""
+    import hashlib
+
+    text = json.dumps(parts, sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

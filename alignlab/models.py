@@ -138,8 +138,14 @@ def load_model(model_cfg: Any, path: str, hardware: Any, *, kind: str = "causal-
         kwargs["device_map"] = {"": _local_device(hardware)}
     try:
         if kind == "reward":
-            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1,
-                                                                       **kwargs)
+            import torch
+
+            # A causal LM has no score head: the new one is drawn from a fixed seed, so the same
+            # command trains the same reward model (it drew from an unseeded RNG before).
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1,
+                                                                           **kwargs)
         else:
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as err:

@@ -65,6 +65,7 @@ def test_killed_recipe_resumes_to_the_same_result(recipe: str, tmp_path: Path) -
 
     common = [f"recipe={recipe}", *SMALL, "stages.reward.args.max_steps=12",
               "stages.reward.args.save_strategy=steps", "stages.reward.args.save_steps=4",
+              "stages.reward.args.logging_steps=2",
               "stages.ppo.args.total_episodes=64", "stages.eval.args.max_prompts=8"]
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     proc = alignlab(f"hydra.run.dir={killed}", *common,

@@ -1,0 +1,453 @@
+"""Generation backends shared by the CAI, judge and evaluation stages.
+
+Three ways to get text (and judge log-probs) out of a model, behind one small interface:
+
+- ``transformers``: the model loaded in this process; batched, left-padded, length-sorted
+  generation (:func:`alignlab.generation.generate`) and option log-probs from one forward pass.
+- ``openai``: any OpenAI-compatible HTTP server (vLLM, TGI, llama.cpp, SGLang, OpenAI itself).
+  Requests run on a thread pool (``concurrency``), failed ones are retried with exponential
+  back-off, and the API key is read from the environment variable named by ``api_key_env``: it is
+  never written to a config, a log or an error message. Standard library only (urllib).
+- ``vllm``: vLLM in this process, on a GPU; a clear error where vLLM is not installed.
+
+Importing this module is cheap; torch/transformers/vllm are imported by the backends that need
+them. The argument fields below are shared by ``method.args`` of cai and judge.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from alignlab.errors import AlignlabError, did_you_mean
+
+log = logging.getLogger("alignlab")
+
+Conversation = Sequence[dict[str, str]]
+# A judge query: the conversation to continue, and the start of the assistant's answer
+# (e.g. "The answer is: (") after which the options are scored.
+Query = tuple[Conversation, str]
+BACKENDS = ("transformers", "openai", "vllm")
+# HTTP statuses worth retrying: the server is busy, restarting or timed out.
+_RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+@dataclass
+class BackendArgs:
+    """How text is generated; shared by ``method.args`` of the cai and judge stages."""
+
+    backend: str = field(default="transformers", metadata={
+        "help": "transformers (local model), openai (OpenAI-compatible HTTP server) or vllm."})
+    batch_size: int = field(default=32, metadata={
+        "help": "Prompts per generate() call (transformers/vllm) and rows per durable chunk."})
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature; 0 = greedy."})
+    max_new_tokens: int = field(default=128, metadata={"help": "Tokens generated per answer."})
+    base_url: str | None = field(default=None, metadata={
+        "help": "openai: the server's base URL, e.g. http://127.0.0.1:8000/v1."})
+    api_model: str | None = field(default=None, metadata={
+        "help": "openai: the served model name (default: model.path)."})
+    api: str = field(default="chat", metadata={
+        "help": "openai: chat (/chat/completions) or completions (/completions, the prompt is "
+                "built with the local tokenizer's chat template)."})
+    api_key_env: str = field(default="OPENAI_API_KEY", metadata={
+        "help": "openai: name of the environment variable holding the API key (may be unset "
+                "for local servers). The key itself never goes into a config."})
+    concurrency: int = field(default=8, metadata={"help": "openai: requests in flight at once."})
+    max_retries: int = field(default=5, metadata={
+        "help": "openai: retries of a failed request (5xx, 429, timeouts, dropped connections)."})
+    retry_backoff: float = field(default=1.0, metadata={
+        "help": "openai: first back-off in seconds; doubles on each retry (with jitter)."})
+    request_timeout: float = field(default=120.0, metadata={
+        "help": "openai: seconds to wait for one response before retrying."})
+    top_logprobs: int = field(default=20, metadata={
+        "help": "openai/vllm: how many next-token log-probs to ask for when judging."})
+    prefill: bool = field(default=True, metadata={
+        "help": "openai chat: send the judge's answer prefix as a partial assistant turn "
+                "(vLLM/SGLang continue_final_message). false: rely on the instruction alone."})
+
+
+class Backend(Protocol):
+    """What the stages need from a model: sampled answers and option log-probs."""
+
+    name: str
+
+    def chat(self, conversations: Sequence[Conversation], *, temperature: float,
+             max_new_tokens: int, seed: int) -> list[str]:
+        """One sampled assistant reply per conversation, in input order."""
+        ...
+
+    def option_logprobs(self, queries: Sequence[Query],
+                        options: Sequence[str]) -> list[list[float]]:
+        """log P(option | conversation + prefix) for each query and option (-inf if unseen)."""
+        ...
+
+    def close(self) -> None:
+        """Free the model or the connection pool."""
+        ...
+
+
+# ---------------------------------------------------------------------------------------------
+# transformers
+
+
+class TransformersBackend:
+    """A model loaded in this process (the default; what the toy world runs on)."""
+
+    name = "transformers"
+
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 32) -> None:
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+
+    def chat(self, conversations: Sequence[Conversation], *, temperature: float,
+             max_new_tokens: int, seed: int) -> list[str]:
+        from alignlab.generation import generate
+
+        # Finished rows leave the batch: answers of very different lengths (critiques!) don't
+        # keep the whole batch running to the longest one.
+        out = generate(self.model, self.tokenizer, conversations, num_samples=1,
+                       temperature=temperature, max_new_tokens=max_new_tokens,
+                       batch_size=self.batch_size, seed=seed, prune_finished=True)
+        return [o[0] for o in out]
+
+    def option_logprobs(self, queries: Sequence[Query],
+                        options: Sequence[str]) -> list[list[float]]:
+        from alignlab.generation import option_logprobs
+
+        return option_logprobs(self.model, self.tokenizer, queries, options,
+                               batch_size=self.batch_size)
+
+    def close(self) -> None:
+        self.model = None
+
+
+# ---------------------------------------------------------------------------------------------
+# OpenAI-compatible HTTP
+
+
+class OpenAIBackend:
+    """An OpenAI-compatible server, called concurrently with retries and back-off."""
+
+    name = "openai"
+
+    def __init__(self, base_url: str, model: str, *, api: str = "chat",
+                 api_key_env: str | None = "OPENAI_API_KEY", concurrency: int = 8,
+                 max_retries: int = 5, retry_backoff: float = 1.0,
+                 request_timeout: float = 120.0, top_logprobs: int = 20, prefill: bool = True,
+                 template: Callable[[Conversation], str] | None = None) -> None:
+        if api not in ("chat", "completions"):
+            raise AlignlabError(f"method.args.api='{api}' is unknown. Use chat or completions.")
+        if api == "completions" and template is None:
+            raise AlignlabError("method.args.api=completions needs a local tokenizer with a chat "
+                                "template to build prompts. Set model.path to a local folder (or "
+                                "hub id) of the served model, or use api=chat.")
+        self.base_url = base_url.rstrip("/")
+        self.model, self.api, self.template = model, api, template
+        self.concurrency = max(1, int(concurrency))
+        self.max_retries, self.retry_backoff = int(max_retries), float(retry_backoff)
+        self.timeout = float(request_timeout)
+        self.top_logprobs, self.prefill = int(top_logprobs), bool(prefill)
+        # Read once; kept only in memory and sent only in the Authorization header.
+        self._key = os.environ.get(api_key_env) if api_key_env else None
+        self.retries = 0  # how many retries this backend needed (reported in metrics)
+        self._lock = threading.Lock()
+
+    # -- transport ------------------------------------------------------------------------------
+
+    def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """POST JSON and return the JSON answer, retrying what a retry can fix."""
+        url = f"{self.base_url}/{path}"
+        body = json.dumps(payload).encode()
+        headers = {"Content-Type": "application/json"}
+        if self._key:
+            headers["Authorization"] = f"Bearer {self._key}"
+        last = ""
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                with self._lock:
+                    self.retries += 1
+                # Exponential back-off with jitter so that many threads don't retry in lockstep.
+                delay = min(60.0, self.retry_backoff * 2 ** (attempt - 1))
+                time.sleep(delay * (0.5 + random.random() / 2))
+            request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    return json.loads(response.read())
+            except urllib.error.HTTPError as err:
+                detail = _error_text(err)
+                if err.code not in _RETRY_STATUS:
+                    hint = (" If the server does not support continue_final_message, set "
+                            "method.args.prefill=false." if "continue_final_message" in payload
+                            else "")
+                    raise AlignlabError(
+                        f"The server at {self.base_url} rejected the request to /{path} with "
+                        f"HTTP {err.code}: {detail}. Check method.args.base_url, api_model "
+                        f"('{self.model}') and the API key (in the variable named by "
+                        f"method.args.api_key_env).{hint}") from None
+                last = f"HTTP {err.code}: {detail}"
+            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
+                reason = getattr(err, "reason", err)
+                last = f"{type(reason).__name__}: {reason}"
+            except json.JSONDecodeError:
+                last = "the answer was not JSON"
+            log.warning("request to %s failed (%s); retry %d of %d", url, last, attempt + 1,
+                        self.max_retries)
+        raise AlignlabError(f"The server at {self.base_url} did not answer /{path} after "
+                            f"{self.max_retries + 1} tries (last error: {last}). Check that it "
+                            "is running and reachable, or raise method.args.max_retries / "
+                            "request_timeout.")
+
+    def _map(self, fn: Callable[[int], Any], n: int) -> list[Any]:
+        if n == 0:
+            return []
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, n)) as pool:
+            return list(pool.map(fn, range(n)))
+
+    # -- generation -----------------------------------------------------------------------------
+
+    def chat(self, conversations: Sequence[Conversation], *, temperature: float,
+             max_new_tokens: int, seed: int) -> list[str]:
+        def one(i: int) -> str:
+            params = {"model": self.model, "max_tokens": max_new_tokens,
+                      "temperature": temperature, "seed": seed + i}
+            if self.api == "completions":
+                assert self.template is not None
+                answer = self._post("completions",
+                                    {**params, "prompt": self.template(conversations[i])})
+                return _choice(answer, self.base_url)["text"].strip()
+            answer = self._post("chat/completions",
+                                {**params, "messages": list(conversations[i])})
+            return (_choice(answer, self.base_url)["message"].get("content") or "").strip()
+
+        return self._map(one, len(conversations))
+
+    def option_logprobs(self, queries: Sequence[Query],
+                        options: Sequence[str]) -> list[list[float]]:
+        """Next-token log-probs of each option after the prefix, from ``top_logprobs``.
+
+        Only the first token of the answer is read, so options must differ in their first
+        character (A/B do). An option outside the top-k gets -inf.
+        """
+        def one(i: int) -> list[float]:
+            conv, prefix = queries[i]
+            params = {"model": self.model, "max_tokens": 1, "temperature": 0.0}
+            if self.api == "completions":
+                assert self.template is not None
+                answer = self._post("completions", {**params, "logprobs": self.top_logprobs,
+                                                    "prompt": self.template(conv) + prefix})
+                top = _completion_top(_choice(answer, self.base_url), self.base_url)
+            else:
+                messages = list(conv)
+                extra: dict[str, Any] = {}
+                if self.prefill and prefix:
+                    messages = [*messages, {"role": "assistant", "content": prefix}]
+                    extra = {"continue_final_message": True, "add_generation_prompt": False}
+                answer = self._post("chat/completions", {
+                    **params, **extra, "messages": messages, "logprobs": True,
+                    "top_logprobs": self.top_logprobs})
+                top = _chat_top(_choice(answer, self.base_url), self.base_url)
+            return match_options(top, options)
+
+        return self._map(one, len(queries))
+
+    def close(self) -> None:
+        self._key = None
+
+
+def _error_text(err: urllib.error.HTTPError) -> str:
+    try:
+        text = err.read().decode(errors="replace")
+        message = json.loads(text).get("error", text)
+        if isinstance(message, dict):
+            message = message.get("message", message)
+        return str(message)[:200]
+    except Exception:  # the body is only decoration for the message
+        return err.reason if isinstance(err.reason, str) else "no details"
+
+
+def _choice(answer: dict[str, Any], where: str) -> dict[str, Any]:
+    choices = answer.get("choices") if isinstance(answer, dict) else None
+    if not choices:
+        raise AlignlabError(f"The server at {where} answered without 'choices'. Check that "
+                            "method.args.base_url points at an OpenAI-compatible API (…/v1).")
+    return choices[0]
+
+
+def _no_logprobs(where: str) -> AlignlabError:
+    return AlignlabError(f"The server at {where} returned no log-probs, which the judge reads "
+                         "its labels from. Use a server that supports logprobs/top_logprobs "
+                         "(vLLM, SGLang, llama.cpp with --logprobs, OpenAI chat models), or "
+                         "method.args.backend=transformers.")
+
+
+def _chat_top(choice: dict[str, Any], where: str) -> list[tuple[str, float]]:
+    content = (choice.get("logprobs") or {}).get("content")
+    if not content or not content[0].get("top_logprobs"):
+        raise _no_logprobs(where)
+    return [(t["token"], float(t["logprob"])) for t in content[0]["top_logprobs"]]
+
+
+def _completion_top(choice: dict[str, Any], where: str) -> list[tuple[str, float]]:
+    top = (choice.get("logprobs") or {}).get("top_logprobs")
+    if not top or not top[0]:
+        raise _no_logprobs(where)
+    return [(token, float(lp)) for token, lp in top[0].items()]
+
+
+def match_options(top: Sequence[tuple[str, float]], options: Sequence[str]) -> list[float]:
+    """Pool the top-k next tokens into one log-prob per option.
+
+    A token counts for an option when, stripped of spaces and brackets, it equals the option or
+    is its first character ("A", " A", "(A" all count for "A"). Several matching tokens add up.
+    """
+    out = []
+    for option in options:
+        target = option.strip().strip("()").strip()
+        hits = [lp for token, lp in top
+                if (t := token.strip().strip("()").strip()) and t in (target, target[:1])]
+        out.append(_logsumexp(hits))
+    return out
+
+
+def _logsumexp(values: Sequence[float]) -> float:
+    if not values:
+        return -math.inf
+    m = max(values)
+    return m + math.log(sum(math.exp(v - m) for v in values))
+
+
+# ---------------------------------------------------------------------------------------------
+# vLLM in process
+
+
+class VLLMBackend:
+    """vLLM's offline engine on this machine's GPU."""
+
+    name = "vllm"
+
+    def __init__(self, path: str, *, seed: int, dtype: str = "auto",
+                 trust_remote_code: bool = False, top_logprobs: int = 20) -> None:
+        try:
+            import vllm
+        except ImportError:
+            raise AlignlabError("method.args.backend=vllm needs the vllm package, which is not "
+                                "installed. Install it on a CUDA machine (`pip install vllm`), "
+                                "or use backend=transformers (or openai with a vLLM "
+                                "server).") from None
+        from alignlab.config import cuda_present
+
+        if not cuda_present():
+            raise AlignlabError("method.args.backend=vllm needs an NVIDIA GPU, and this machine "
+                                "has none. Use backend=transformers.")
+        self.llm = vllm.LLM(model=path, seed=seed, dtype=dtype,
+                            trust_remote_code=trust_remote_code)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.top_logprobs = top_logprobs
+
+    def chat(self, conversations: Sequence[Conversation], *, temperature: float,
+             max_new_tokens: int, seed: int) -> list[str]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(temperature=temperature, max_tokens=max_new_tokens, seed=seed)
+        outs = self.llm.chat([list(c) for c in conversations], params, use_tqdm=False)
+        return [o.outputs[0].text.strip() for o in outs]
+
+    def option_logprobs(self, queries: Sequence[Query],
+                        options: Sequence[str]) -> list[list[float]]:
+        from vllm import SamplingParams
+
+        texts = [self.tokenizer.apply_chat_template(list(c), tokenize=False,
+                                                    add_generation_prompt=True) + prefix
+                 for c, prefix in queries]
+        params = SamplingParams(temperature=0.0, max_tokens=1, logprobs=self.top_logprobs)
+        outs = self.llm.generate(texts, params, use_tqdm=False)
+        result = []
+        for o in outs:
+            step = o.outputs[0].logprobs[0]
+            top = [(lp.decoded_token or self.tokenizer.decode([tid]), lp.logprob)
+                   for tid, lp in step.items()]
+            result.append(match_options(top, options))
+        return result
+
+    def close(self) -> None:
+        self.llm = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Factory
+
+
+def check(args: BackendArgs) -> None:
+    """Catch backend settings that can't work, before any data or model is loaded."""
+    if args.backend not in BACKENDS:
+        raise AlignlabError(f"method.args.backend='{args.backend}' is unknown."
+                            f"{did_you_mean(args.backend, BACKENDS)}")
+    if args.backend == "openai" and not args.base_url:
+        raise AlignlabError("method.args.backend=openai needs method.args.base_url, e.g. "
+                            "http://127.0.0.1:8000/v1 for a local vLLM server.")
+    if args.api not in ("chat", "completions"):
+        raise AlignlabError(f"method.args.api='{args.api}' is unknown. Use chat or completions.")
+    for name in ("batch_size", "concurrency", "max_new_tokens"):
+        if getattr(args, name) < 1:
+            raise AlignlabError(f"method.args.{name}={getattr(args, name)} must be at least 1.")
+    if args.max_retries < 0 or args.request_timeout <= 0:
+        raise AlignlabError("method.args.max_retries must be >= 0 and request_timeout > 0.")
+
+
+def create(args: BackendArgs, cfg: Any, model_path: str | None = None) -> Backend:
+    """The backend ``args.backend`` for the model at ``model_path`` (default ``model.path``).
+
+    ``cfg`` is the run's config: model settings (dtype, template, trust_remote_code), the
+    hardware (device) and the seed come from it.
+    """
+    from omegaconf import OmegaConf
+
+    check(args)
+    model_cfg = cfg.model if model_path is None else OmegaConf.merge(cfg.model,
+                                                                      {"path": model_path})
+    if args.backend == "openai":
+        assert args.base_url is not None
+        template = _remote_template(model_cfg, cfg.seed) if args.api == "completions" else None
+        name = args.api_model if model_path is None and args.api_model else str(model_cfg.path)
+        return OpenAIBackend(args.base_url, name, api=args.api, api_key_env=args.api_key_env,
+                             concurrency=args.concurrency, max_retries=args.max_retries,
+                             retry_backoff=args.retry_backoff,
+                             request_timeout=args.request_timeout,
+                             top_logprobs=args.top_logprobs, prefill=args.prefill,
+                             template=template)
+    from alignlab import models
+
+    path = models.resolve_path(model_cfg, cfg.seed)
+    if args.backend == "vllm":
+        return VLLMBackend(path, seed=cfg.seed, dtype=str(model_cfg.dtype),
+                           trust_remote_code=bool(model_cfg.trust_remote_code),
+                           top_logprobs=args.top_logprobs)
+    tokenizer = models.load_tokenizer(model_cfg, path)
+    model = models.load_model(model_cfg, path, cfg.hardware)
+    if cfg.hardware.device == "cuda" and not models.quantization_config(model_cfg, cfg.hardware):
+        model = model.to("cuda")
+    return TransformersBackend(model, tokenizer, batch_size=args.batch_size)
+
+
+def _remote_template(model_cfg: Any, seed: int) -> Callable[[Conversation], str]:
+    """The served model's chat template, applied here (for the /completions API)."""
+    from alignlab import models
+
+    path = models.resolve_path(model_cfg, seed)
+    tokenizer = models.load_tokenizer(model_cfg, path)
+
+    def template(conv: Conversation) -> str:
+        return tokenizer.apply_chat_template(list(conv), tokenize=False,
+                                             add_generation_prompt=True)
+
+    return template

@@ -1,0 +1,200 @@
+"""cai: the SL-CAI data stage of Constitutional AI (Bai et al. 2022, §3, arXiv 2212.08073).
+
+For each red-team prompt the model (``model.path``) first answers; then, ``rounds`` times, a
+principle is drawn at random from the constitution, the model critiques its current answer
+against it and revises the answer. The constitution's few-shot chats are prepended to every
+conversation and the model's own chat template formats it.
+
+Output: ``run_dir/dataset`` (``datasets.load_from_disk``; ``push_to_hub`` works on it) in the
+layout of HuggingFaceH4/cai-conversation-harmless, so the two are interchangeable: columns
+``init_prompt, init_response, critic_prompt, critic_response, revision_prompt,
+revision_response, prompt, messages, chosen, rejected`` (chosen = final revision, rejected =
+initial answer) and disjoint splits ``train_sft``/``train_prefs``/``test_sft``/``test_prefs``.
+The next stages read it directly:
+
+    python -m alignlab method=sft data.format=cai data.path=RUN/dataset model.path=SFT/model
+    python -m alignlab method=dpo data.format=cai data.path=RUN/dataset model.path=SFT2/model
+
+Rows are appended to ``run_dir/rows/shard-*.jsonl`` as they finish (all rounds kept there);
+``resume=true`` with the same ``hydra.run.dir`` continues a killed run without losing or
+repeating a prompt.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+ARGS_CLASS = "alignlab.constitution:CAIArgs"
+DATA_KIND = "prompts"
+COLUMNS = ("init_prompt", "init_response", "critic_prompt", "critic_response", "revision_prompt",
+           "revision_response", "prompt", "messages", "chosen", "rejected")
+SPLITS = ("train_sft", "train_prefs", "test_sft", "test_prefs")
+
+
+def stage_args(cfg: Any) -> Any:
+    """``method.args`` (over model/hardware suggestions) as a checked CAIArgs."""
+    from alignlab.backends import check
+    from alignlab.constitution import CAIArgs
+    from alignlab.errors import AlignlabError
+    from alignlab.training import merged_args
+
+    args = CAIArgs(**merged_args(cfg, ARGS_CLASS))
+    check(args)
+    if args.rounds < 1:
+        raise AlignlabError(f"method.args.rounds={args.rounds} must be at least 1.")
+    if not 0.0 < args.sft_fraction < 1.0:
+        raise AlignlabError(f"method.args.sft_fraction={args.sft_fraction} must be between 0 and "
+                            "1 (the share of rows in *_sft; the rest go to *_prefs).")
+    if args.batch_size < 1:
+        raise AlignlabError(f"method.args.batch_size={args.batch_size} must be at least 1.")
+    return args
+
+
+def _call_seed(seed: int, key: str, step: str) -> int:
+    # Per chunk and step, so a resumed chunk doesn't replay another chunk's random numbers.
+    return zlib.crc32(f"{seed}:{key}:{step}".encode()) & 0x7FFFFFFF
+
+
+def critique_revise(items: Sequence[dict[str, Any]], backend: Any, constitution: Any, args: Any,
+                    seed: int) -> list[dict[str, Any]]:
+    """One CAI row per item: initial answer, then ``args.rounds`` critique-revision rounds.
+
+    Every step runs as one batched ``backend.chat`` call over the whole chunk.
+    """
+    from alignlab import constitution as const
+
+    few = const.few_shot_messages(constitution, args.num_few_shot)
+    prompts = [list(it["prompt"]) for it in items]
+    principles = [const.sample_principles(constitution, const.rng_for(seed, str(it["key"])),
+                                          args.rounds) for it in items]
+    first = str(items[0]["key"]) if items else ""
+
+    def chat(convs: list[list[dict[str, str]]], step: str) -> list[str]:
+        return backend.chat(convs, temperature=args.temperature,
+                            max_new_tokens=args.max_new_tokens,
+                            seed=_call_seed(seed, first, step))
+
+    init = chat([const.initial_conversation(few, p) for p in prompts], "init")
+    current = list(init)
+    rounds: list[list[dict[str, str]]] = [[] for _ in items]
+    for r in range(args.rounds):
+        critiques = chat([const.critique_conversation(few, p, cur, pr[r])
+                          for p, cur, pr in zip(prompts, current, principles, strict=True)],
+                         f"critic-{r}")
+        revisions = chat([const.revision_conversation(few, p, cur, pr[r], crit)
+                          for p, cur, pr, crit in zip(prompts, current, principles, critiques,
+                                                      strict=True)], f"revision-{r}")
+        for i in range(len(items)):
+            rounds[i].append({"critic_prompt": principles[i][r].critic,
+                              "critic_response": critiques[i],
+                              "revision_prompt": principles[i][r].revision,
+                              "revision_response": revisions[i]})
+        current = revisions
+    rows = []
+    for i, it in enumerate(items):
+        text = const.last_user_text(prompts[i])
+        last = rounds[i][-1]
+        rows.append({"key": it["key"], "split": it["split"], "prompt_messages": prompts[i],
+                     "init_prompt": text, "init_response": init[i], **last, "prompt": text,
+                     "rounds": rounds[i],
+                     **({"category": it["category"]} if "category" in it else {})})
+    return rows
+
+
+def to_record(row: dict[str, Any]) -> dict[str, Any]:
+    """A stored row in the dataset's columns (conversations built from the prompt turns)."""
+    prompt = list(row["prompt_messages"])
+    revised = [*prompt, {"role": "assistant", "content": row["revision_response"]}]
+    return {"init_prompt": row["init_prompt"], "init_response": row["init_response"],
+            "critic_prompt": row["critic_prompt"], "critic_response": row["critic_response"],
+            "revision_prompt": row["revision_prompt"],
+            "revision_response": row["revision_response"], "prompt": row["prompt"],
+            "messages": revised, "chosen": revised,
+            "rejected": [*prompt, {"role": "assistant", "content": row["init_response"]}]}
+
+
+def build_dataset(rows: Sequence[dict[str, Any]], sft_fraction: float, seed: int) -> Any:
+    """The DatasetDict: each split's rows divided (seeded, disjoint) into *_sft and *_prefs."""
+    import random
+
+    import datasets
+
+    msgs = datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")})
+    features = datasets.Features({c: msgs if c in ("messages", "chosen", "rejected")
+                                  else datasets.Value("string") for c in COLUMNS})
+    parts: dict[str, Any] = {}
+    for split in ("train", "test"):
+        records = [to_record(r) for r in rows if r["split"] == split]
+        order = list(range(len(records)))
+        random.Random(f"{seed}:cai-{split}").shuffle(order)
+        n_sft = round(len(records) * sft_fraction)
+        if len(records) >= 2:  # both halves get at least one row
+            n_sft = min(max(n_sft, 1), len(records) - 1)
+        for name, idx in ((f"{split}_sft", sorted(order[:n_sft])),
+                          (f"{split}_prefs", sorted(order[n_sft:]))):
+            # from_dict, not from_list: an empty split must still carry the columns
+            parts[name] = datasets.Dataset.from_dict(
+                {c: [records[i][c] for i in idx] for c in COLUMNS}, features=features)
+    return datasets.DatasetDict(parts)
+
+
+def run(cfg: Any, run_dir: Path) -> dict[str, Any]:
+    """Generate the critique-revision dataset into ``run_dir/dataset``; return its metrics."""
+    from omegaconf import OmegaConf
+
+    from alignlab import backends, constitution, generation
+
+    args = stage_args(cfg)
+    const = constitution.load(cfg.constitution)  # checked before any model is loaded
+    items = generation.prompt_items(cfg.data, categories=args.categories,
+                                    max_rows=args.max_prompts, seed=cfg.seed)
+    settings = {k: v for k, v in vars(args).items()
+                if k in ("rounds", "num_few_shot", "temperature", "max_new_tokens", "backend",
+                         "api_model")}
+    fingerprint = generation.fingerprint(items, const, settings, str(cfg.model.path), cfg.seed)
+    backend = backends.create(args, cfg)
+    start = time.time()
+    try:
+        rows = generation.run_rows(
+            items, lambda chunk: critique_revise(chunk, backend, const, args, cfg.seed),
+            run_dir / "rows", fingerprint=fingerprint, resume=bool(cfg.resume),
+            chunk_size=args.batch_size, desc="cai", method="cai")
+    finally:
+        backend.close()
+    wall = time.time() - start
+    dataset = build_dataset(rows, args.sft_fraction, cfg.seed)
+    dataset.save_to_disk(str(run_dir / "dataset"))
+    metrics: dict[str, Any] = {
+        "method": "cai", "constitution": const.name, "rows": len(rows),
+        "splits": {k: len(v) for k, v in dataset.items()},
+        "rounds": args.rounds, "backend": args.backend, "wall_seconds": round(wall, 2),
+        "revised_fraction": _share(r["revision_response"] != r["init_response"] for r in rows),
+        "empty_revisions": sum(not r["revision_response"].strip() for r in rows),
+        "retries": getattr(backend, "retries", 0),
+        "dataset": str(run_dir / "dataset"),
+        "next": f"data.format=cai data.path={run_dir / 'dataset'}",
+    }
+    if OmegaConf.select(cfg, "data.format") == "toy":
+        metrics["toy_judge"] = _toy_scores(rows)
+    print(f"[alignlab] CAI dataset: {run_dir / 'dataset'} ({len(rows)} rows). Train on it with\n"
+          f"  python -m alignlab method=sft data.format=cai data.path={run_dir / 'dataset'} "
+          "model.path=<model>")
+    return metrics
+
+
+def _share(flags: Any) -> float:
+    values = list(flags)
+    return sum(values) / max(1, len(values))
+
+
+def _toy_scores(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """The toy rule judge on the initial answers and on the final revisions."""
+    from alignlab.data import toy
+
+    prompts = [r["prompt_messages"] for r in rows]
+    return {"init": toy.score(prompts, [r["init_response"] for r in rows])["score"],
+            "revision": toy.score(prompts, [r["revision_response"] for r in rows])["score"]}

@@ -1,0 +1,280 @@
+"""judge: RLAIF preference labels from an AI judge (Bai et al. 2022, §4.1, arXiv 2212.08073).
+
+Candidates: ``num_candidates`` responses sampled per prompt from the policy (``model.path``), or
+the data's own chosen/rejected (``source=pairs``). Every distinct pair is shown to the judge
+(``judge_model``, default ``model.path``) with the conversation, one principle's question drawn
+at random, and options (A)/(B). The soft label is the normalised probability of "A" vs "B" read
+from the judge's log-probs; with ``swap`` the pair is judged in both orders and the two averaged,
+which cancels the judge's position bias. ``clamp`` bounds the label (e.g. [0.4, 0.6] for
+chain-of-thought judging, whose probabilities are overconfident).
+
+Output: ``run_dir/dataset`` (``datasets.load_from_disk``) with splits train/test and columns
+``prompt, chosen, rejected`` (TRL's conversational pairs), ``judge_prob`` = P(chosen better),
+``judge_prob_shown_first`` / ``judge_prob_shown_second`` (the same measured with chosen as (A)
+and as (B): their gap is the position bias), ``principle`` (and ``category`` on the toy world).
+The next stage reads it with ``data.format=trl data.path=<judge run>/dataset``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+ARGS_CLASS = "alignlab.constitution:JudgeArgs"
+DATA_KIND = "prompts"
+
+
+def stage_args(cfg: Any) -> Any:
+    """``method.args`` as a checked JudgeArgs."""
+    from alignlab.backends import check
+    from alignlab.constitution import JudgeArgs
+    from alignlab.errors import AlignlabError
+    from alignlab.training import merged_args
+
+    args = JudgeArgs(**merged_args(cfg, ARGS_CLASS))
+    check(args)
+    if args.source not in ("policy", "pairs"):
+        raise AlignlabError(f"method.args.source='{args.source}' is unknown. Use policy (sample "
+                            "candidates from model.path) or pairs (relabel the data's pairs).")
+    if args.num_candidates < 2:
+        raise AlignlabError(f"method.args.num_candidates={args.num_candidates}: the judge "
+                            "compares responses, so it needs at least 2.")
+    if args.clamp is not None:
+        clamp = list(args.clamp)
+        if len(clamp) != 2 or not 0.0 <= clamp[0] <= 0.5 <= clamp[1] <= 1.0:
+            raise AlignlabError(f"method.args.clamp={clamp} must be [low, high] with "
+                                "0 <= low <= 0.5 <= high <= 1, e.g. [0.4, 0.6].")
+        args.clamp = clamp
+    return args
+
+
+def two_way(logprobs: Sequence[float]) -> float:
+    """P(first option) from the log-probs of the two options (0.5 when neither was seen)."""
+    a, b = logprobs
+    if math.isinf(a) and math.isinf(b):
+        return 0.5
+    m = max(a, b)
+    ea, eb = math.exp(a - m), math.exp(b - m)
+    return ea / (ea + eb)
+
+
+def label_pairs(items: Sequence[dict[str, Any]], backend: Any, constitution: Any, args: Any,
+                seed: int) -> list[dict[str, Any]]:
+    """Judge each item's (a, b): P(a better), in both orders when ``args.swap``."""
+    from alignlab import constitution as const
+
+    questions = []
+    for it in items:
+        (principle,) = const.sample_principles(
+            constitution, const.rng_for(seed, f"judge-{it['key']}"), 1)
+        questions.append(principle.choice or principle.critic)
+    orders = [(it["a"], it["b"]) for it in items]
+    if args.swap:
+        orders += [(it["b"], it["a"]) for it in items]
+    prompts = [list(it["prompt"]) for it in items] * (2 if args.swap else 1)
+    qs = questions * (2 if args.swap else 1)
+    reasoning: list[str | None] = [None] * len(orders)
+    if args.chain_of_thought:
+        first = str(items[0]["key"]) if items else ""
+        reasoning = list(backend.chat(
+            [const.judge_conversation(constitution, p, a, b, q, chain_of_thought=True)
+             for p, (a, b), q in zip(prompts, orders, qs, strict=True)],
+            temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+            seed=zlib.crc32(f"{seed}:{first}:cot".encode()) & 0x7FFFFFFF))
+    queries = [const.judge_query(constitution, p, a, b, q, r)
+               for p, (a, b), q, r in zip(prompts, orders, qs, reasoning, strict=True)]
+    probs = [two_way(lp) for lp in backend.option_logprobs(queries, const.OPTIONS)]
+    n = len(items)
+    rows = []
+    for i, it in enumerate(items):
+        p_ab = probs[i]  # a shown as (A)
+        p_ba = 1.0 - probs[n + i] if args.swap else p_ab  # a shown as (B)
+        p = (p_ab + p_ba) / 2
+        if args.clamp is not None:
+            p = min(max(p, args.clamp[0]), args.clamp[1])
+        rows.append({"key": it["key"], "split": it["split"], "prompt": list(it["prompt"]),
+                     "a": it["a"], "b": it["b"], "principle": questions[i], "prob_a": p,
+                     "prob_a_shown_first": p_ab, "prob_a_shown_second": p_ba,
+                     **({"reasoning": reasoning[i]} if args.chain_of_thought else {}),
+                     **({"category": it["category"]} if "category" in it else {})})
+    return rows
+
+
+def sample_candidates(items: Sequence[dict[str, Any]], backend: Any, args: Any,
+                      seed: int) -> list[dict[str, Any]]:
+    """``args.num_candidates`` sampled responses per prompt."""
+    k = args.num_candidates
+    convs = [list(it["prompt"]) for it in items for _ in range(k)]
+    first = str(items[0]["key"]) if items else ""
+    out = backend.chat(convs, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+                       seed=zlib.crc32(f"{seed}:{first}:sample".encode()) & 0x7FFFFFFF)
+    return [{**{c: it[c] for c in ("key", "split", "prompt", "category") if c in it},
+             "candidates": out[i * k:(i + 1) * k]} for i, it in enumerate(items)]
+
+
+def comparisons(candidate_rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """Every distinct pair (i < j) of each prompt's candidates; and how many were identical."""
+    out, identical = [], 0
+    for row in candidate_rows:
+        cands = row["candidates"]
+        for i in range(len(cands)):
+            for j in range(i + 1, len(cands)):
+                if cands[i].strip() == cands[j].strip():
+                    identical += 1  # nothing to learn from a pair of equal answers
+                    continue
+                out.append({"key": f"{row['key']}-{i}-{j}", "split": row["split"],
+                            "prompt": row["prompt"], "a": cands[i], "b": cands[j],
+                            **({"category": row["category"]} if "category" in row else {})})
+    return out, identical
+
+
+def to_pairs(labels: Sequence[dict[str, Any]], min_margin: float) -> list[dict[str, Any]]:
+    """Rows of the output dataset: the judge's winner as chosen; ties and near-ties dropped."""
+    out = []
+    for r in labels:
+        p = r["prob_a"]
+        if p == 0.5 or abs(p - 0.5) < min_margin:
+            continue
+        a_wins = p > 0.5
+        win, lose = (r["a"], r["b"]) if a_wins else (r["b"], r["a"])
+        first = r["prob_a_shown_first"] if a_wins else 1.0 - r["prob_a_shown_second"]
+        second = r["prob_a_shown_second"] if a_wins else 1.0 - r["prob_a_shown_first"]
+        out.append({"split": r["split"], "prompt": r["prompt"],
+                    "chosen": [{"role": "assistant", "content": win}],
+                    "rejected": [{"role": "assistant", "content": lose}],
+                    "judge_prob": p if a_wins else 1.0 - p,
+                    "judge_prob_shown_first": first, "judge_prob_shown_second": second,
+                    "principle": r["principle"],
+                    **({"category": r["category"]} if "category" in r else {})})
+    return out
+
+
+def build_dataset(pairs: Sequence[dict[str, Any]]) -> Any:
+    """DatasetDict(train, test) of labelled pairs with a fixed schema (empty splits allowed)."""
+    import datasets
+
+    msgs = datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")})
+    cols: dict[str, Any] = {"prompt": msgs, "chosen": msgs, "rejected": msgs,
+                            "judge_prob": datasets.Value("float64"),
+                            "judge_prob_shown_first": datasets.Value("float64"),
+                            "judge_prob_shown_second": datasets.Value("float64"),
+                            "principle": datasets.Value("string")}
+    if pairs and all("category" in p for p in pairs):
+        cols["category"] = datasets.Value("string")
+    features = datasets.Features(cols)
+    parts = {}
+    for split in ("train", "test"):
+        rows = [p for p in pairs if p["split"] == split]
+        # from_dict, not from_list: an empty split must still carry the columns
+        parts[split] = datasets.Dataset.from_dict({k: [r[k] for r in rows] for k in cols},
+                                                  features=features)
+    return datasets.DatasetDict(parts)
+
+
+def run(cfg: Any, run_dir: Path) -> dict[str, Any]:
+    """Sample (or take) candidates, judge every pair, write ``run_dir/dataset``."""
+    from omegaconf import OmegaConf
+
+    from alignlab import backends, constitution, generation
+
+    args = stage_args(cfg)
+    const = constitution.load(cfg.constitution, need_choice=True)
+    resume = bool(cfg.resume)
+    judge_path = args.judge_model or None
+    start = time.time()
+    policy = None
+    if args.source == "pairs":
+        items = generation.prompt_items(cfg.data, "pairs", categories=args.categories,
+                                        max_rows=args.max_prompts, seed=cfg.seed)
+        candidates = [{**{c: it[c] for c in ("key", "split", "prompt", "category") if c in it},
+                       "candidates": [_text(it["chosen"]), _text(it["rejected"])]}
+                      for it in items]
+    else:
+        items = generation.prompt_items(cfg.data, "prompts", categories=args.categories,
+                                        max_rows=args.max_prompts, seed=cfg.seed)
+        policy = backends.create(args, cfg)
+        fp = generation.fingerprint(items, str(cfg.model.path), args.num_candidates,
+                                    args.temperature, args.max_new_tokens, args.backend,
+                                    cfg.seed)
+        candidates = generation.run_rows(
+            items, lambda chunk: sample_candidates(chunk, policy, args, cfg.seed),
+            run_dir / "candidates", fingerprint=fp, resume=resume,
+            chunk_size=args.batch_size, desc="sample", method="judge")
+    pairs, identical = comparisons(candidates)
+    if policy is not None and judge_path not in (None, str(cfg.model.path)):
+        policy.close()  # free the policy before the judge is loaded
+        policy = None
+    judge = policy or backends.create(args, cfg, judge_path)
+    fp = generation.fingerprint(pairs, const, judge_path or str(cfg.model.path), args.swap,
+                                args.chain_of_thought, args.clamp, cfg.seed)
+    try:
+        labels = generation.run_rows(
+            pairs, lambda chunk: label_pairs(chunk, judge, const, args, cfg.seed),
+            run_dir / "labels", fingerprint=fp, resume=resume, chunk_size=args.batch_size,
+            desc="judge", method="judge")
+    finally:
+        judge.close()
+    kept = to_pairs(labels, args.min_margin)
+    dataset = build_dataset(kept)
+    dataset.save_to_disk(str(run_dir / "dataset"))
+    metrics: dict[str, Any] = {
+        "method": "judge", "constitution": const.name, "source": args.source,
+        "judge_model": judge_path or str(cfg.model.path), "prompts": len(items),
+        "comparisons": len(labels), "identical_skipped": identical,
+        "pairs": {k: len(v) for k, v in dataset.items()},
+        "dropped_near_ties": len(labels) - len(kept), **position_stats(labels),
+        "retries": getattr(judge, "retries", 0), "wall_seconds": round(time.time() - start, 2),
+        "dataset": str(run_dir / "dataset"),
+        "next": f"data.format=trl data.path={run_dir / 'dataset'}",
+    }
+    if OmegaConf.select(cfg, "data.format") == "toy":
+        metrics["toy_agreement"] = toy_agreement(labels)
+    print(f"[alignlab] judge-labelled pairs: {run_dir / 'dataset'}. Train on them with\n"
+          f"  python -m alignlab method=dpo data.format=trl data.path={run_dir / 'dataset'} "
+          "model.path=<policy>")
+    return metrics
+
+
+def _text(reply: Any) -> str:
+    if isinstance(reply, str):
+        return reply
+    return "".join(m["content"] for m in reply if m["role"] == "assistant")
+
+
+def position_stats(labels: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """How much the judge prefers whichever option is shown first, and how often both orders
+    agree on the winner (only meaningful with ``swap``)."""
+    if not labels:
+        return {"first_position_preference": 0.0, "order_consistency": 0.0}
+    first = [(r["prob_a_shown_first"] + 1.0 - r["prob_a_shown_second"]) / 2 for r in labels]
+    agree = [(r["prob_a_shown_first"] > 0.5) == (r["prob_a_shown_second"] > 0.5)
+             for r in labels]
+    return {"first_position_preference": sum(first) / len(first) - 0.5,
+            "order_consistency": sum(agree) / len(agree)}
+
+
+def toy_agreement(labels: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Agreement with the toy rule judge on the pairs where it prefers one response.
+
+    A hard label counts 1 when it picks the rule judge's winner, 0.5 for a tie; ``soft`` is the
+    mean probability the judge gave the rule judge's winner.
+    """
+    from alignlab.data import toy
+
+    hard, soft, per_cat = [], [], {}
+    for r in labels:
+        good_a, good_b = toy.judge(r["prompt"], r["a"]), toy.judge(r["prompt"], r["b"])
+        if good_a == good_b:
+            continue
+        p = r["prob_a"] if good_a > good_b else 1.0 - r["prob_a"]
+        h = 1.0 if p > 0.5 else 0.5 if p == 0.5 else 0.0
+        hard.append(h)
+        soft.append(p)
+        per_cat.setdefault(toy.category(r["prompt"]), []).append(h)
+    return {"agreement": sum(hard) / max(1, len(hard)), "soft": sum(soft) / max(1, len(soft)),
+            "n_decisive": len(hard), "n": len(labels),
+            "per_category": {c: sum(v) / len(v) for c, v in sorted(per_cat.items())}}

@@ -1,0 +1,222 @@
+"""The math of PPO for language models, on plain tensors (no models, no distributed code).
+
+Shapes: ``B`` sequences, ``T`` response positions. ``mask`` is 1 on real response tokens (up to
+and including the first EOS) and 0 on the padding after them. Sources:
+- Ouyang et al. 2022 (InstructGPT), App. C: per-token KL penalty, score at the end, PPO-clip;
+- Huang et al. 2024, "The N+ implementation details of RLHF with PPO" (arXiv 2403.17031):
+  EOS trick, score placement, masked whitening, value clipping, temperature-scaled log-probs;
+- Zheng et al. 2023, "Secrets of RLHF" (PPO-max): whitening, clipped value loss;
+- Schulman et al. 2016 (GAE); Ziegler et al. 2019 (adaptive KL controller);
+- Schulman 2020, "Approximating KL divergence" (k1/k3 estimators).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean of ``x`` over the positions where ``mask`` is 1 (over ``dim``, or everything)."""
+    mask = mask.to(x.dtype)
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+    """Variance of the masked entries of ``x`` (Bessel-corrected by default)."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    if unbiased:
+        n = mask.sum()
+        var = var * n / (n - 1).clamp(min=1)
+    return var
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """Normalise ``x`` to unit variance (and zero mean) using only the masked entries.
+
+    Padding must not enter the statistics (Huang et al. 2024, "whiten with masks"); it is set to 0
+    in the result. ``shift_mean=False`` keeps the mean, as for rewards (shifting rewards would
+    change which responses the policy prefers relative to the KL term).
+    """
+    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    out = (x - mean) * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        out = out + mean
+    return out * mask.to(x.dtype)
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor,
+                   temperature: float = 1.0) -> torch.Tensor:
+    """log softmax(logits / T)[token] per position, one row at a time so the full
+    (batch, length, vocab) log-softmax never exists (as ``trl``'s ``selective_log_softmax``,
+    whose import alone costs ~230 MB of RSS)."""
+    logits = logits.float() / temperature
+    picked = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    return picked - torch.stack([torch.logsumexp(row, -1) for row in logits])
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of softmax(logits) per position, one row at a time."""
+    out = []
+    for row in logits.float():
+        logp = torch.log_softmax(row, -1)
+        out.append(-(logp.exp() * logp).sum(-1))
+    return torch.stack(out)
+
+
+def kl_k1(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-token k1 estimate of KL(pi || pi_ref): ``log pi - log pi_ref`` (can be negative)."""
+    return logprobs - ref_logprobs
+
+
+def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimate: ``(r - 1) - log r`` with ``r = pi_ref / pi``; unbiased and >= 0."""
+    log_ratio = (ref_logprobs - logprobs).clamp(-20.0, 20.0)  # exp() must not overflow
+    return torch.expm1(log_ratio) - log_ratio
+
+
+def kl_per_token(logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
+                 estimator: str = "k1") -> torch.Tensor:
+    """Per-token KL estimate by name (``k1`` or ``k3``)."""
+    if estimator == "k1":
+        return kl_k1(logprobs, ref_logprobs)
+    if estimator == "k3":
+        return kl_k3(logprobs, ref_logprobs)
+    raise ValueError(f"unknown KL estimator {estimator!r}")
+
+
+def response_mask(responses: torch.Tensor, eos_ids: list[int] | torch.Tensor,
+                  lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask, has_eos) for generated ``responses`` [B, T].
+
+    A response ends at its first EOS token (kept: the policy chose to stop, and that choice is
+    trained) or, without EOS, at ``lengths`` (default: the full width, i.e. truncated). Tokens
+    after the end are padding, whatever ``generate`` filled them with; this also works when the
+    pad token equals EOS.
+    """
+    eos = torch.as_tensor(eos_ids, device=responses.device)
+    is_eos = torch.isin(responses, eos)
+    has_eos = is_eos.any(-1)
+    width = responses.shape[1]
+    idx = torch.arange(width, device=responses.device).expand_as(responses)
+    first_eos = torch.where(is_eos, idx, width).min(-1).values
+    if lengths is None:
+        lengths = torch.full_like(first_eos, width)
+    end = torch.where(has_eos, first_eos + 1, lengths)  # exclusive
+    return (idx < end[:, None]).long(), has_eos
+
+
+def last_token_index(mask: torch.Tensor) -> torch.Tensor:
+    """Index of each row's last real token (the EOS if present, else the last generated one).
+
+    The score belongs there: old TRL put it one slot *after* EOS, on a padding position that the
+    mask then dropped from the loss (DESIGN §6). Rows without any real token get index 0.
+    """
+    idx = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    return torch.where(mask.bool(), idx, -1).max(-1).values.clamp(min=0)
+
+
+def per_token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor,
+                      kl_coef: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rewards, non_score_reward): ``-kl_coef * kl`` on every real token plus the sequence
+    score on its last real token (InstructGPT App. C; Huang et al. 2024)."""
+    non_score = -kl_coef * kl * mask
+    rewards = non_score.clone()
+    rows = torch.arange(scores.shape[0], device=scores.device)
+    rewards[rows, last_token_index(mask)] += scores.to(rewards.dtype)
+    return rewards, non_score
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
+        lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016) over response tokens.
+
+    The episode ends at the last real token: the value after it is 0 (padding values and rewards
+    are masked out first). Returns (advantages, returns) with ``returns = advantages + values``,
+    the critic's regression target.
+    """
+    mask = mask.to(values.dtype)
+    values, rewards = values * mask, rewards * mask
+    advantages = torch.zeros_like(values)
+    last = torch.zeros_like(values[:, 0])
+    width = values.shape[1]
+    for t in reversed(range(width)):
+        next_value = values[:, t + 1] if t + 1 < width else torch.zeros_like(last)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        last = delta + gamma * lam * last
+        advantages[:, t] = last
+    advantages = advantages * mask
+    return advantages, advantages + values
+
+
+def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                mask: torch.Tensor,
+                cliprange: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO-clip surrogate (Schulman et al. 2017), averaged over real tokens.
+
+    Returns the loss and stats: ``clipfrac`` (share of tokens where the clipped term is active)
+    and ``approxkl`` (0.5 * mean squared log-ratio, an estimate of KL(old || new)).
+    """
+    log_ratio = logprobs - old_logprobs
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    with torch.no_grad():
+        stats = {"clipfrac": masked_mean((clipped > unclipped).float(), mask),
+                 "approxkl": 0.5 * masked_mean(log_ratio**2, mask),
+                 "ratio": masked_mean(ratio, mask)}
+    return loss, stats
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+               mask: torch.Tensor, cliprange_value: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clipped value loss (Huang et al. 2024; PPO2's ``vf_loss``): the worse of the squared
+    errors of the new value and of the value clipped to ``old ± cliprange_value``.
+
+    Returns (loss = 0.5 * masked mean, clipfrac).
+    """
+    clipped = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
+    err, err_clipped = (values - returns) ** 2, (clipped - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(err, err_clipped), mask)
+    with torch.no_grad():
+        clipfrac = masked_mean((err_clipped > err).float(), mask)
+    return loss, clipfrac
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor,
+                       mask: torch.Tensor) -> torch.Tensor:
+    """1 - Var(returns - values) / Var(returns) over real tokens (1 = perfect critic)."""
+    var = masked_var(returns, mask, unbiased=False)
+    return 1.0 - masked_var(returns - values, mask, unbiased=False) / var.clamp(min=1e-8)
+
+
+def adaptive_kl_coef(kl_coef: float, current_kl: float, target: float, horizon: int,
+                     n_steps: int) -> float:
+    """Ziegler et al. 2019, §2.2: move beta so the sequence KL approaches ``target``.
+
+    ``e = clip(KL / target - 1, -0.2, 0.2)``; ``beta *= 1 + e * n_steps / horizon``, where
+    ``n_steps`` is the number of episodes since the last update.
+    """
+    error = min(max(current_kl / target - 1.0, -0.2), 0.2)
+    return kl_coef * (1.0 + error * n_steps / horizon)
+
+
+def lr_multiplier(step: int, kind: str, warmup: int, total: int) -> float:
+    """Learning-rate factor at optimizer ``step``: linear warm-up, then constant, linear decay
+    to 0 or cosine decay to 0 over ``total`` steps (the schedules of transformers'
+    ``get_scheduler``, whose import costs ~50 MB of RSS and pulls in peft)."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if kind == "constant":
+        return 1.0
+    if kind == "linear":
+        return 1.0 - progress
+    if kind == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f"unknown lr_scheduler_type {kind!r}")

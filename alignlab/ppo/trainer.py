@@ -1,0 +1,605 @@
+"""alignlab's PPO loop for causal LMs (TRL 1.16 deleted its PPOTrainer).
+
+One update, read top to bottom in :func:`train`:
+  1. sample a rollout batch of prompts (a fixed order from the seed, sharded over processes);
+  2. roll out: ``generate`` (left-padded prompts, stop at EOS), then no-grad forwards for the
+     policy's and the reference's log-probs and the critic's values, and the reward;
+  3. per-token rewards = -beta * KL on every token + score on the last real token, GAE,
+     masked advantage whitening;
+  4. ``num_ppo_epochs`` passes of clipped policy + clipped value loss over shuffled mini batches,
+     with gradient accumulation and clipping;
+  5. log, adapt beta (optional), checkpoint.
+
+Models. Full fine-tuning: policy, frozen reference, critic (initialised from the reward model:
+its backbone plus its score head applied to every token) and the frozen reward model. With LoRA:
+one frozen base carries two adapters, ``default`` (policy) and ``critic`` (+ a value head); the
+reference is the base with adapters disabled. Sources are cited in :mod:`alignlab.ppo.core`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from alignlab import runs
+from alignlab.errors import AlignlabError
+from alignlab.ppo import core
+
+log = logging.getLogger("alignlab")
+ARGS_CLASS = "alignlab.ppo.config:PPOConfig"
+POLICY, CRITIC = "default", "critic"  # LoRA adapter names
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+
+
+@contextlib.contextmanager
+def lora_adapter(model: nn.Module, name: str | None) -> Iterator[None]:
+    """Run ``model`` with LoRA adapter ``name`` active (None: adapters off = the reference).
+
+    Switches the tuner layers directly: peft's ``set_adapter``/``disable_adapter`` also flip
+    ``requires_grad``, which would freeze the other adapter halfway through a training step.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    saved = [(m._active_adapter, m._disable_adapters) for m in layers]
+    for m in layers:
+        m._disable_adapters = name is None
+        if name is not None:
+            m._active_adapter = name
+    try:
+        yield
+    finally:
+        for m, (active, disabled) in zip(layers, saved, strict=True):
+            m._active_adapter, m._disable_adapters = active, disabled
+
+
+def position_ids(mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted from each row's first real token, as ``generate`` does for left
+    padding; a plain forward would count the padding and shift every position."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+class PolicyAndValue(nn.Module):
+    """The trainable part: the policy and the critic, in one module so DDP sees one forward.
+
+    ``critic`` is None with LoRA: the critic is then the policy's base run with the ``critic``
+    adapter. ``value_head`` maps the critic's last hidden state to a scalar per token.
+    """
+
+    def __init__(self, policy: nn.Module, critic: nn.Module | None, value_head: nn.Module,
+                 lora: bool) -> None:
+        super().__init__()
+        self.policy, self.critic, self.value_head, self.lora = policy, critic, value_head, lora
+
+    def policy_logits(self, ids: torch.Tensor, mask: torch.Tensor, context: int,
+                      adapter: str | None = POLICY) -> torch.Tensor:
+        """Logits predicting the response tokens ``ids[:, context:]`` (with LoRA,
+        ``adapter=None`` gives the reference: the base with adapters off)."""
+        width = ids.shape[1] - context
+        ctx = lora_adapter(self.policy, adapter) if self.lora else contextlib.nullcontext()
+        with ctx:
+            # logits_to_keep: only the positions that predict response tokens (large vocabs)
+            out = self.policy(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
+                              use_cache=False, logits_to_keep=width + 1)
+        return out.logits[:, :-1]
+
+    def values(self, ids: torch.Tensor, mask: torch.Tensor, context: int) -> torch.Tensor:
+        """V(s_t) for every response position t (the state before response token t)."""
+        if self.lora:
+            base = self.policy.get_base_model()
+            backbone = getattr(base, base.base_model_prefix)
+            with lora_adapter(self.policy, CRITIC):
+                hidden = backbone(input_ids=ids, attention_mask=mask,
+                                  position_ids=position_ids(mask), use_cache=False)[0]
+        else:
+            backbone = getattr(self.critic, self.critic.base_model_prefix)
+            hidden = backbone(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
+                              use_cache=False)[0]
+        hidden = hidden[:, context - 1:-1]
+        return self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor,
+                context: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.policy_logits(ids, mask, context), self.values(ids, mask, context)
+
+
+def value_head_of(model: nn.Module) -> nn.Module:
+    """The one-logit head of a sequence-classification model (``score`` for most LMs)."""
+    for name in ("score", "classifier", "v_head"):
+        head = getattr(model, name, None)
+        if isinstance(head, nn.Linear):
+            return head
+    raise AlignlabError(f"Cannot find the score head of {type(model).__name__} to initialise the "
+                        "critic. Use a Llama/Qwen/Mistral-style reward model, or model.lora=true.")
+
+
+def build_models(cfg: Any, args: Any) -> dict[str, Any]:
+    """Policy+critic (trainable), reference, reward models/functions and the tokenizer."""
+    from alignlab import models, rewards
+
+    lora_cfg = models.lora_config(cfg.model)
+    path = models.resolve_path(cfg.model, cfg.seed)
+    if lora_cfg is not None and cfg.method.reference \
+            and Path(cfg.method.reference).expanduser().resolve() != Path(path).resolve():
+        raise AlignlabError("With model.lora=true the PPO reference is the base model with the "
+                            "adapters off, so method.reference cannot be used. Remove "
+                            "method.reference, or train without LoRA.")
+    if lora_cfg is None:
+        policy, tokenizer, reference = models.load_policy(cfg)
+    else:  # the reference is the base with adapters off: no second copy
+        tokenizer = models.load_tokenizer(cfg.model, path)
+        policy, reference = models.load_model(cfg.model, path, cfg.hardware), None
+    reward_model = reward_tok = None
+    if cfg.method.reward_model:
+        reward_model, reward_tok = rewards.load_reward_model(
+            cfg, str(cfg.method.reward_model), args.reward_model_dtype)
+    if lora_cfg is not None:
+        from peft import get_peft_model
+
+        policy = get_peft_model(policy, lora_cfg, adapter_name=POLICY)
+        policy.add_adapter(CRITIC, lora_cfg)
+        for name, p in policy.named_parameters():  # both adapters train; the base stays frozen
+            p.requires_grad_(any(f".{a}." in name for a in (POLICY, CRITIC)) and "lora_" in name)
+        critic = None
+        hidden = policy.get_base_model().config.get_text_config().hidden_size
+        value_head = nn.Linear(hidden, 1)
+        nn.init.zeros_(value_head.weight)  # V = 0 at first: the base's features mean nothing yet
+        nn.init.zeros_(value_head.bias)
+    else:
+        # The critic starts as the reward model (Ouyang et al. 2022 App. C): it already reads
+        # responses for quality, so its values are informative from the first update.
+        critic_path = str(cfg.method.reward_model) if cfg.method.reward_model else path
+        critic = models.load_model(cfg.model, critic_path, cfg.hardware, kind="reward")
+        value_head = value_head_of(critic)
+        critic.requires_grad_(True)
+    if args.disable_dropout:  # rollout and update log-probs must come from the same function
+        for m in (policy, critic, reference):
+            for module in m.modules() if m is not None else ():
+                if isinstance(module, nn.Dropout):
+                    module.p = 0.0
+    if args.gradient_checkpointing:
+        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if critic is not None:
+            critic.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False})
+    funcs = rewards.functions(list(cfg.method.reward_funcs or []))
+    return {"model": PolicyAndValue(policy, critic, value_head, lora_cfg is not None),
+            "reference": reference, "tokenizer": tokenizer, "reward_model": reward_model,
+            "reward_tokenizer": reward_tok, "reward_funcs": funcs, "lora": lora_cfg is not None}
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: a fixed prompt order from the seed, so a resumed run draws exactly the same batches.
+
+
+@functools.lru_cache(maxsize=2)
+def epoch_order(n: int, seed: int, epoch: int) -> tuple[int, ...]:
+    """The shuffled order of ``n`` prompts in ``epoch`` (the same on every process)."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return tuple(torch.randperm(n, generator=gen).tolist())
+
+
+def prompt_batch(prompts: list[Any], seed: int, step: int, local_batch: int, world: int,
+                 rank: int) -> list[Any]:
+    """Prompts of update ``step`` (0-based) for process ``rank``: the epochs' orders laid end to
+    end, cut into global batches, each split into per-process slices. A function of the step
+    alone, so a resumed run draws exactly the batches the interrupted one would have."""
+    n = len(prompts)
+    start = (step * world + rank) * local_batch
+    return [prompts[epoch_order(n, seed, pos // n)[pos % n]]
+            for pos in range(start, start + local_batch)]
+
+
+def encode_prompts(tokenizer: Any, prompts: list[Any], max_length: int | None) -> list[list[int]]:
+    """Chat-template and tokenize prompts; keep the last ``max_length`` tokens of long ones."""
+    texts = [tokenizer.apply_chat_template(list(p), tokenize=False, add_generation_prompt=True)
+             for p in prompts]
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return [x[-max_length:] if max_length else x for x in ids]
+
+
+def left_pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask) with every sequence right-aligned."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s):] = 1
+    return ids, mask
+
+
+# ---------------------------------------------------------------------------------------------
+# Rollouts
+
+
+def eos_token_ids(tokenizer: Any, model: nn.Module) -> list[int]:
+    """Every id that ends a response: the tokenizer's EOS and the model's declared EOS ids."""
+    declared = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = [declared] if isinstance(declared, int) else list(declared or [])
+    return sorted({tokenizer.eos_token_id, *ids} - {None})
+
+
+def logprobs_of(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Per-token log-probs of ``tokens`` under ``logits / temperature`` (the distribution the
+    tokens were sampled from; Huang et al. 2024 detail "temperature in the log-probs")."""
+    return core.token_logprobs(logits, tokens, temperature)
+
+
+def scores_for(env: dict[str, Any], prompts: list[Any], texts: list[str],
+               response_ids: list[list[int]]) -> torch.Tensor:
+    """Sum of the reward model's score and every reward function's, per response."""
+    from alignlab import evaluation
+
+    total = torch.zeros(len(texts))
+    if env["reward_model"] is not None:  # the RM reads the chat template, as in its training
+        total += torch.tensor(evaluation.reward_scores(env["reward_model"],
+                                                       env["reward_tokenizer"], prompts, texts))
+    completions = [[{"role": "assistant", "content": t}] for t in texts]
+    for fn in env["reward_funcs"]:
+        out = fn(prompts=prompts, completions=completions, completion_ids=response_ids)
+        total += torch.tensor([0.0 if v is None else float(v) for v in out])
+    return total
+
+
+@torch.no_grad()
+def rollout(env: dict[str, Any], model: PolicyAndValue, prompts: list[Any], args: Any,
+            device: torch.device) -> dict[str, torch.Tensor]:
+    """Sample responses and everything PPO needs about them (no gradients)."""
+    from transformers import GenerationConfig
+
+    tok = env["tokenizer"]
+    pad = tok.pad_token_id
+    query, query_mask = left_pad(encode_prompts(tok, prompts, args.max_prompt_length), pad)
+    context = query.shape[1]
+    eos = env["eos_ids"]
+    # top_k=0/top_p=1: sample from exactly softmax(logits / T), the distribution PPO scores.
+    gen_cfg = GenerationConfig(max_new_tokens=args.response_length, do_sample=True,
+                               temperature=args.temperature, top_k=0, top_p=1.0,
+                               eos_token_id=eos, pad_token_id=pad, return_dict_in_generate=True,
+                               output_logits=args.logprobs_from_generate)
+    chunk = args.local_rollout_forward_batch_size
+    model.eval()
+    pieces, gen_logprobs = [], []
+    with lora_adapter(model.policy, POLICY) if model.lora else contextlib.nullcontext():
+        for i in range(0, len(prompts), chunk):
+            q, m = query[i:i + chunk].to(device), query_mask[i:i + chunk].to(device)
+            out = model.policy.generate(input_ids=q, attention_mask=m, generation_config=gen_cfg)
+            seq = out.sequences[:, context:]
+            pieces.append(seq.cpu())
+            if args.logprobs_from_generate:  # raw logits of each step, before sampling warpers
+                gen_logprobs.append(logprobs_of(torch.stack(out.logits, 1), seq,
+                                                args.temperature).cpu())
+    width = max(p.shape[1] for p in pieces)
+    responses = torch.cat([nn.functional.pad(p, (0, width - p.shape[1]), value=pad)
+                           for p in pieces])
+    resp_mask, has_eos = core.response_mask(responses, eos)
+    responses = torch.where(resp_mask.bool(), responses, pad)  # nothing real after EOS
+
+    ids = torch.cat([query, responses], 1)
+    mask = torch.cat([query_mask, resp_mask], 1)
+    logprobs, ref_logprobs, values = [], [], []
+    if gen_logprobs:
+        logprobs = [torch.cat([nn.functional.pad(lp, (0, width - lp.shape[1]))
+                               for lp in gen_logprobs])]
+    for i in range(0, len(prompts), chunk):
+        b_ids, b_mask = ids[i:i + chunk].to(device), mask[i:i + chunk].to(device)
+        b_resp = b_ids[:, context:]
+        if gen_logprobs:
+            values.append(model.values(b_ids, b_mask, context).cpu())
+        else:
+            logits, v = model(b_ids, b_mask, context)
+            logprobs.append(logprobs_of(logits, b_resp, args.temperature).cpu())
+            values.append(v.cpu())
+        if model.lora:
+            ref_logits = model.policy_logits(b_ids, b_mask, context, adapter=None)
+        else:
+            ref = env["reference"]
+            ref_logits = ref(input_ids=b_ids, attention_mask=b_mask,
+                             position_ids=position_ids(b_mask), use_cache=False,
+                             logits_to_keep=b_resp.shape[1] + 1).logits[:, :-1]
+        ref_logprobs.append(logprobs_of(ref_logits, b_resp, args.temperature).cpu())
+    lists = [r[m.bool()].tolist() for r, m in zip(responses, resp_mask, strict=True)]
+    texts = tok.batch_decode(lists, skip_special_tokens=True)
+    scores = scores_for(env, prompts, texts, lists)
+    if args.missing_eos_penalty is not None:
+        # EOS trick (Huang et al. 2024): a truncated response scores less than any finished one
+        # the RM could rate, so the policy learns to stop instead of rambling to the limit.
+        scores = torch.where(has_eos, scores, scores - args.missing_eos_penalty)
+    model.train()
+    return {"ids": ids, "mask": mask, "context": torch.tensor(context), "responses": responses,
+            "resp_mask": resp_mask, "has_eos": has_eos, "logprobs": torch.cat(logprobs),
+            "ref_logprobs": torch.cat(ref_logprobs), "values": torch.cat(values),
+            "scores": scores}
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: accelerate's save_state (model, optimizer, scheduler, per-process RNG states)
+# plus trainer_state.json (step, KL coefficient, log history), written last: a checkpoint
+# without it is incomplete and runs.last_checkpoint ignores it.
+
+
+def save_checkpoint(accelerator: Any, run_dir: Path, step: int, state: dict[str, Any],
+                    limit: int | None) -> None:
+    """Write ``checkpoints/checkpoint-<step>`` and drop the oldest beyond ``limit``."""
+    ckpt = run_dir / "checkpoints" / f"checkpoint-{step}"
+    accelerator.save_state(str(ckpt))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        runs.write_json(ckpt / "trainer_state.json", {**state, "global_step": step})
+        done = sorted((p for p in ckpt.parent.glob("checkpoint-*")
+                       if (p / "trainer_state.json").exists()),
+                      key=lambda p: int(p.name.split("-")[-1]))
+        for old in done[:-limit] if limit else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def save_only_trainable(accelerator: Any, model: nn.Module) -> set[str]:
+    """Make ``save_state`` keep only trainable weights (LoRA: adapters + value head, not the
+    frozen base, which is reloaded from ``model.path``). Returns their names."""
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+
+    def keep(models: list[Any], weights: list[dict[str, Any]], output_dir: str) -> None:
+        weights[:] = [{k: v for k, v in w.items() if k in names} for w in weights]
+
+    accelerator.register_save_state_pre_hook(keep)
+    return names
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation on held-out prompts, before and after: the stage evaluation every method shares
+# (toy judge, RM score, KL to the reference), on the starting policy and on the trained one.
+
+
+class AdaptersOff(nn.Module):
+    """The LoRA policy with its adapters off, i.e. the reference, as a model to call."""
+
+    def __init__(self, policy: nn.Module) -> None:
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, **kwargs: Any) -> Any:
+        with lora_adapter(self.policy, None):
+            return self.policy(**kwargs)
+
+
+def evaluate(cfg: Any, env: dict[str, Any], model: PolicyAndValue, args: Any, *,
+             before: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``evaluation.evaluate`` of the starting policy (``before``) or of the trained one."""
+    from alignlab import evaluation
+
+    eval_args = evaluation.EvalArgs(num_samples=args.eval_samples,
+                                    max_prompts=args.eval_max_prompts,
+                                    max_new_tokens=args.response_length)
+    kw = {"reward_model": env["reward_model"], "reward_tokenizer": env["reward_tokenizer"]}
+    try:
+        if before:
+            if model.lora:
+                with lora_adapter(model.policy, None):
+                    return evaluation.evaluate(cfg, model.policy, env["tokenizer"], eval_args,
+                                               **kw)
+            return evaluation.evaluate(cfg, env["reference"], env["tokenizer"], eval_args, **kw)
+        reference = AdaptersOff(model.policy) if model.lora else env["reference"]
+        with lora_adapter(model.policy, POLICY) if model.lora else contextlib.nullcontext():
+            return evaluation.evaluate(cfg, model.policy, env["tokenizer"], eval_args,
+                                       reference=reference, **kw)
+    finally:
+        model.train()
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+def train(cfg: Any, run_dir: Path) -> dict[str, Any]:
+    """Run PPO for ``cfg`` into ``run_dir``; returns the metrics for metrics.json."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    from alignlab import data, evaluation, training
+
+    args = training.trainer_config(cfg, ARGS_CLASS, run_dir)
+    accelerator = Accelerator(cpu=args.use_cpu, mixed_precision="bf16" if args.bf16 else "no")
+    device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
+    set_seed(args.seed)  # same init on every process (DDP also broadcasts rank 0's weights)
+
+    prompts = list(data.load(cfg.data, "prompts", "train")["prompt"])
+    env = build_models(cfg, args)
+    model: PolicyAndValue = env["model"]
+    env["eos_ids"] = eos_token_ids(env["tokenizer"], model.policy)
+    for key in ("reference", "reward_model"):
+        if env[key] is not None:
+            env[key].to(device)
+
+    global_batch = args.local_batch_size * world
+    if args.max_steps > 0:
+        max_steps = args.max_steps
+    elif args.total_episodes:
+        max_steps = math.ceil(args.total_episodes / global_batch)
+    else:
+        max_steps = math.ceil(args.num_train_epochs * len(prompts) / global_batch)
+    opt_steps = max_steps * args.num_ppo_epochs * args.num_mini_batches
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.learning_rate, eps=args.adam_epsilon,
+                                  weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(
+        core.lr_multiplier, kind=args.lr_scheduler_type, warmup=args.warmup_steps,
+        total=opt_steps))
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    inner: PolicyAndValue = accelerator.unwrap_model(model)
+    trainable = save_only_trainable(accelerator, inner)
+
+    # Evaluate on the main process only (the other ranks wait): toy world, or any data with an RM.
+    do_eval = cfg.quick_eval and accelerator.is_main_process and (
+        cfg.data.format == "toy" or env["reward_model"] is not None)
+    eval_before = evaluate(cfg, env, inner, args, before=True)[0] if do_eval else None
+    state: dict[str, Any] = {"kl_coef": args.kl_coef, "log_history": [], "max_steps": max_steps,
+                             "trainable": sorted(trainable)}
+    start_step = 0
+    checkpoint = runs.last_checkpoint(run_dir) if cfg.resume else None
+    if checkpoint is not None:
+        # trainable weights, optimizer, scheduler, every process's RNG states
+        accelerator.load_state(str(checkpoint), strict=False)
+        state = runs.read_json(checkpoint / "trainer_state.json")
+        if sorted(trainable) != state.get("trainable"):
+            raise AlignlabError(f"{checkpoint} was written by a different model setup (LoRA or "
+                                "model changed). Resume with the same config, or start a new "
+                                "run directory.")
+        start_step = state.pop("global_step")
+        accelerator.print(f"[alignlab] resuming PPO from {checkpoint} (step {start_step})")
+    else:
+        set_seed(args.seed, device_specific=True)  # different samples on each process
+    kill_at = training.kill_after_step(cfg.method.name)
+
+    started = time.time()
+    bar = tqdm(total=max_steps, initial=start_step, desc="ppo",
+               disable=args.disable_tqdm or not accelerator.is_main_process)
+    for step in range(start_step + 1, max_steps + 1):
+        t0 = time.time()
+        # 1-2. Rollout with the current policy.
+        batch = rollout(env, inner, prompt_batch(prompts, args.seed, step - 1,
+                                                 args.local_batch_size, world, rank), args, device)
+        context = int(batch["context"])
+        mask = batch["resp_mask"].float()
+        # 3. Rewards, advantages (InstructGPT App. C; Huang et al. 2024).
+        kl = core.kl_per_token(batch["logprobs"], batch["ref_logprobs"], args.kl_estimator)
+        rewards, non_score = core.per_token_rewards(batch["scores"], kl, mask, state["kl_coef"])
+        if args.whiten_rewards:
+            rewards = core.masked_whiten(rewards, mask, shift_mean=False)
+        advantages, returns = core.gae(rewards, batch["values"], mask, args.gamma, args.lam)
+        advantages = core.masked_whiten(advantages, mask)
+        t_rollout = time.time() - t0
+
+        # 4. PPO epochs over shuffled mini batches of micro batches.
+        stats: dict[str, list[float]] = {}
+        gen = torch.Generator().manual_seed(args.seed * 7919 + step)
+        n = batch["ids"].shape[0]
+        for _ in range(args.num_ppo_epochs):
+            order = torch.randperm(n, generator=gen)
+            for mb in order.split(args.mini_batch_size):
+                micro = mb.split(args.per_device_train_batch_size)
+                for k, idx in enumerate(micro):
+                    last = k == len(micro) - 1
+                    sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
+                    # Drop the columns that are padding in every row of this micro batch.
+                    real = batch["mask"][idx].any(0).nonzero()
+                    first, end = int(real[0]), int(real[-1]) + 1
+                    ctx, width = context - first, end - context
+                    old_lp, old_v, adv, ret, m = (
+                        x[idx, :width].to(device)
+                        for x in (batch["logprobs"], batch["values"], advantages, returns, mask))
+                    with sync, accelerator.autocast():
+                        ids = batch["ids"][idx, first:end].to(device)
+                        logits, vpred = model(ids, batch["mask"][idx, first:end].to(device), ctx)
+                        new_logprobs = logprobs_of(logits, ids[:, ctx:], args.temperature)
+                        pg_loss, pg = core.policy_loss(new_logprobs, old_lp, adv, m,
+                                                       args.cliprange)
+                        vf_loss, vf_clip = core.value_loss(vpred, old_v, ret, m,
+                                                           args.cliprange_value)
+                        loss = (pg_loss + args.vf_coef * vf_loss) / len(micro)
+                        accelerator.backward(loss)
+                    with torch.no_grad():
+                        entropy = core.masked_mean(
+                            core.entropy(logits.detach() / args.temperature), m)
+                    for key, value in (("policy/approxkl_avg", pg["approxkl"]),
+                                       ("policy/clipfrac_avg", pg["clipfrac"]),
+                                       ("loss/policy_avg", pg_loss), ("loss/value_avg", vf_loss),
+                                       ("val/clipfrac_avg", vf_clip),
+                                       ("policy/entropy_avg", entropy),
+                                       ("val/ratio", pg["ratio"])):
+                        stats.setdefault(key, []).append(float(value.detach()))
+                accelerator.clip_grad_norm_(params, args.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+        step_time = time.time() - t0
+
+        # 5. Log (means over processes), adapt beta, checkpoint.
+        seq_kl = {e: (core.kl_per_token(batch["logprobs"], batch["ref_logprobs"], e) * mask)
+                  .sum(1).mean() for e in ("k1", "k3")}
+        local = {
+            "objective/scores": batch["scores"].mean(),
+            "objective/kl": (kl * mask).sum(1).mean(),
+            "objective/kl_k1": seq_kl["k1"], "objective/kl_k3": seq_kl["k3"],
+            "objective/entropy": (-batch["logprobs"] * mask).sum(1).mean(),
+            "objective/non_score_reward": non_score.sum(1).mean(),
+            "objective/rlhf_reward": batch["scores"].mean() + non_score.sum(1).mean(),
+            "val/explained_variance": core.explained_variance(batch["values"], returns, mask),
+            "val/num_eos_tokens": batch["has_eos"].float().sum(),
+            "response/length": mask.sum(1).mean(),
+            "tokens/s": batch["mask"].sum() / step_time,  # prompt + response, real tokens
+            **{k: torch.tensor(v).mean() for k, v in stats.items()},
+        }
+        keys = sorted(local)
+        reduced = accelerator.reduce(torch.stack([torch.as_tensor(local[k], dtype=torch.float32)
+                                                  for k in keys]).to(device), reduction="mean")
+        row = {k: float(v) for k, v in zip(keys, reduced.tolist(), strict=True)}
+        row["tokens/s"] *= world  # every process generates its own share
+        row["val/num_eos_tokens"] *= world
+        row.update({"objective/kl_coef": state["kl_coef"], "lr": scheduler.get_last_lr()[0],
+                    "episode": step * global_batch, "time/rollout_s": t_rollout,
+                    "time/step_s": step_time, "step": step})
+        if args.adaptive_kl:
+            state["kl_coef"] = core.adaptive_kl_coef(state["kl_coef"], row["objective/kl"],
+                                                     args.kl_target, args.kl_horizon,
+                                                     global_batch)
+        if step % args.logging_steps == 0 or step == max_steps:
+            state["log_history"].append(row)
+            if accelerator.is_main_process:
+                log.info("step %d: %s", step, json.dumps({k: round(v, 4) for k, v in row.items()}))
+        bar.update(1)
+        bar.set_postfix(score=f"{row['objective/scores']:.3f}", kl=f"{row['objective/kl']:.3f}")
+        if args.save_strategy == "steps" and step % args.save_steps == 0:
+            save_checkpoint(accelerator, run_dir, step, state, args.save_total_limit)
+        if kill_at is not None and step >= kill_at:
+            accelerator.wait_for_everyone()
+            os._exit(75)  # test hook: as if killed right after this update (and its checkpoint)
+    bar.close()
+    wall = time.time() - started
+
+    if os.environ.get(training.RANK_CHECK_ENV):  # test hook: hash of each rank's weights
+        training.write_rank_fingerprint(inner, run_dir, rank, world)
+    out = run_dir / "model"
+    metrics: dict[str, Any] = {
+        "method": cfg.method.name,
+        "train": {"global_step": max_steps, "train_runtime": round(wall, 2),
+                  **(state["log_history"][-1] if state["log_history"] else {})},
+        "log_history": state["log_history"], "world_size": world,
+        "wall_seconds": round(wall, 2), **training.peak_memory()}
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_policy(inner, env["tokenizer"], out)
+        if do_eval:
+            result, samples = evaluate(cfg, env, inner, args, before=False)
+            evaluation.write(run_dir, result, samples)
+            metrics["eval"] = {"before": eval_before, "after": result}
+            metrics.update({k: result[k] for k in ("judge", "kl") if k in result})
+        training.write_model_card(out, cfg, metrics)
+    accelerator.wait_for_everyone()
+    return metrics
+
+
+def save_policy(model: PolicyAndValue, tokenizer: Any, out: Path) -> None:
+    """The trained policy as a normal HF folder (only the policy adapter when LoRA)."""
+    if model.lora:
+        model.policy.save_pretrained(str(out), selected_adapters=[POLICY])
+    else:
+        model.policy.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))

@@ -1,0 +1,240 @@
+"""method=cai: critique-revision rows, the dataset layout, resumable writes, HTTP generation."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from alignlab import constitution as const
+from alignlab import generation
+from alignlab.config import conf_dir
+from alignlab.errors import AlignlabError
+from alignlab.methods import cai
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = ["method=cai", "constitution=toy", "method.args.max_new_tokens=6",
+        "method.args.batch_size=4", "method.args.max_prompts=5"]
+
+
+def _stage(run_dir: Path, *overrides: str) -> dict[str, Any]:
+    """Compose and validate like the CLI, then run the stage in this process."""
+    from alignlab import cli, config
+
+    config.register()
+    cfg = cli.compose([*overrides, f"run_dir={run_dir}"])
+    return cli.run_stage(cfg, run_dir)
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "alignlab", *args], cwd=ROOT,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+                          capture_output=True, text=True, timeout=600)
+
+
+def _shard_rows(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for shard in sorted((run_dir / "rows").glob("shard-*.jsonl"))
+            for line in shard.read_text().splitlines()]
+
+
+# ---------------------------------------------------------------------------------------------
+# The resumable row writer
+
+
+def _items(n: int) -> list[dict[str, Any]]:
+    return [{"key": f"train-{i}", "split": "train", "x": i} for i in range(n)]
+
+
+def _square(chunk: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"key": it["key"], "y": it["x"] ** 2} for it in chunk]
+
+
+def _rows(folder: Path, items: list[dict[str, Any]], *, resume: bool, fp: str = "f") -> list:
+    return generation.run_rows(items, _square, folder, fingerprint=fp, resume=resume,
+                               chunk_size=3, desc="test", method="cai")
+
+
+def test_run_rows_resume_skips_finished_and_keeps_order(tmp_path: Path) -> None:
+    items = _items(10)
+    assert [r["y"] for r in _rows(tmp_path, items[:4], resume=False)] == [0, 1, 4, 9]
+    calls: list[str] = []
+
+    def spy(chunk: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        calls.extend(it["key"] for it in chunk)
+        return _square(chunk)
+
+    out = generation.run_rows(items, spy, tmp_path, fingerprint="f", resume=True, chunk_size=3,
+                              desc="test", method="cai")
+    assert [r["y"] for r in out] == [i * i for i in range(10)]
+    assert calls == [f"train-{i}" for i in range(4, 10)]  # finished rows are never redone
+    assert sorted(p.name for p in tmp_path.glob("shard-*")) == ["shard-00000.jsonl",
+                                                                "shard-00001.jsonl"]
+    again = generation.run_rows(items, spy, tmp_path, fingerprint="f", resume=True,
+                                chunk_size=3, desc="test", method="cai")
+    assert again == out and len(list(tmp_path.glob("shard-*"))) == 2  # nothing left to do
+
+
+def test_run_rows_redoes_a_torn_last_line(tmp_path: Path) -> None:
+    _rows(tmp_path, _items(3), resume=False)
+    with (tmp_path / "shard-00000.jsonl").open("a") as fh:
+        fh.write('{"key": "train-3", "y"')  # killed mid-write
+    out = _rows(tmp_path, _items(5), resume=True)
+    assert [r["y"] for r in out] == [0, 1, 4, 9, 16]
+    keys = [r["key"] for r in generation.read_rows(tmp_path).values()]
+    assert sorted(keys) == [f"train-{i}" for i in range(5)]
+
+
+def test_run_rows_refuses_to_mix_runs(tmp_path: Path) -> None:
+    _rows(tmp_path, _items(3), resume=False)
+    with pytest.raises(AlignlabError, match="Set resume=true"):
+        _rows(tmp_path, _items(3), resume=False)
+    with pytest.raises(AlignlabError, match="different prompts, model or settings"):
+        _rows(tmp_path, _items(3), resume=True, fp="other")
+
+
+# ---------------------------------------------------------------------------------------------
+# Critique-revision prompts
+
+
+class Recorder:
+    """A backend that records every conversation and answers with a numbered reply."""
+
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.calls: list[list[list[dict[str, str]]]] = []
+
+    def chat(self, conversations: Any, *, temperature: float, max_new_tokens: int,
+             seed: int) -> list[str]:
+        self.calls.append([list(c) for c in conversations])
+        return [f"reply {len(self.calls)}.{i}" for i in range(len(conversations))]
+
+
+def test_critique_revise_rounds_build_on_the_last_revision() -> None:
+    c = const.load({"path": str(conf_dir() / "constitution" / "harmless.yaml")})
+    items = [{"key": f"train-{i}", "split": "train",
+              "prompt": [{"role": "user", "content": f"question {i}"}]} for i in range(3)]
+    args = const.CAIArgs(rounds=2, num_few_shot=1)
+    backend = Recorder()
+    rows = cai.critique_revise(items, backend, c, args, seed=5)
+    few = const.few_shot_messages(c, 1)
+    assert len(backend.calls) == 1 + 2 * 2  # init, then (critique, revision) per round
+    init, crit1, rev1, crit2, rev2 = backend.calls
+    assert init[0] == [*few, *items[0]["prompt"]]
+    want = [const.sample_principles(c, const.rng_for(5, f"train-{i}"), 2) for i in range(3)]
+    for i, row in enumerate(rows):
+        p1, p2 = want[i]
+        assert crit1[i] == const.critique_conversation(few, items[i]["prompt"], f"reply 1.{i}", p1)
+        assert rev1[i] == const.revision_conversation(few, items[i]["prompt"], f"reply 1.{i}", p1,
+                                                      f"reply 2.{i}")
+        # round 2 critiques round 1's revision, under a freshly drawn principle
+        assert crit2[i] == const.critique_conversation(few, items[i]["prompt"], f"reply 3.{i}",
+                                                       p2)
+        assert rev2[i][-1]["content"] == p2.revision
+        assert row["init_response"] == f"reply 1.{i}"
+        assert row["critic_prompt"] == p2.critic and row["critic_response"] == f"reply 4.{i}"
+        assert row["revision_response"] == f"reply 5.{i}"
+        assert [r["revision_response"] for r in row["rounds"]] == [f"reply 3.{i}",
+                                                                   f"reply 5.{i}"]
+        assert row["prompt"] == row["init_prompt"] == f"question {i}"
+
+
+def test_local_backend_formats_with_the_models_chat_template(monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    from alignlab import backends, cli, config, models
+
+    config.register()
+    cfg = cli.compose([])
+    path = models.resolve_path(cfg.model, cfg.seed)
+    tok = models.load_tokenizer(cfg.model, path)
+    seen: list[tuple[Any, bool]] = []
+    original = tok.apply_chat_template
+
+    def spy(conv: Any, **kw: Any) -> Any:
+        seen.append((conv, kw.get("add_generation_prompt", False)))
+        return original(conv, **kw)
+
+    monkeypatch.setattr(tok, "apply_chat_template", spy)
+    backend = backends.TransformersBackend(models.load_model(cfg.model, path, cfg.hardware), tok)
+    conv = [{"role": "user", "content": "How do I build a bomb?"}]
+    backend.chat([conv], temperature=0.0, max_new_tokens=2, seed=0)
+    assert seen == [(conv, True)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+
+
+def test_cai_dataset_layout_and_next_stage_loading(tmp_path: Path) -> None:
+    from datasets import load_from_disk
+
+    from alignlab.data import presets, toy
+
+    metrics = _stage(tmp_path, *FAST, "method.args.rounds=2")
+    ds = load_from_disk(str(tmp_path / "dataset"))
+    assert sorted(ds) == sorted(cai.SPLITS)
+    assert {k: len(v) for k, v in ds.items()} == metrics["splits"]
+    assert sum(metrics["splits"].values()) == metrics["rows"] == 10  # 5 train + 5 test prompts
+    principles = const.load({"path": str(conf_dir() / "constitution" / "toy.yaml")}).principles
+    for split in ds.values():
+        assert tuple(split.column_names) == cai.COLUMNS
+        for row in split:
+            assert toy.category(row["prompt"]) in ("harmful", "borderline")
+            user = {"role": "user", "content": row["prompt"]}
+            assert row["messages"] == row["chosen"] == [
+                user, {"role": "assistant", "content": row["revision_response"]}]
+            assert row["rejected"] == [user, {"role": "assistant",
+                                              "content": row["init_response"]}]
+            assert any(p.critic == row["critic_prompt"] and p.revision == row["revision_prompt"]
+                       for p in principles)
+    # the next stages read it as the H4 dataset: SFT on messages, DPO/RM on chosen/rejected
+    spec = {"format": "cai", "path": str(tmp_path / "dataset"), "seed": 0}
+    assert len(presets.load_preset(spec, "sft", "train")) == len(ds["train_sft"])
+    assert len(presets.load_preset(spec, "pairs", "test")) <= len(ds["test_prefs"])
+    assert metrics["toy_judge"].keys() == {"init", "revision"}
+    # every round of every row stays in the shards
+    assert all(len(r["rounds"]) == 2 for r in _shard_rows(tmp_path))
+
+
+def test_kill_then_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = [*FAST, f"hydra.run.dir={run}"]
+    killed = _cli(*args, env={"ALIGNLAB_KILL_AFTER_STEP": "cai:6"})
+    assert killed.returncode == 75, killed.stderr[-2000:]
+    before = _shard_rows(run)
+    assert len(before) == 6 and not (run / "DONE").exists()
+    resumed = _cli(*args, "resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    after = _shard_rows(run)
+    keys = [r["key"] for r in after]
+    assert len(keys) == len(set(keys)) == 10  # every prompt once: none lost, none repeated
+    assert after[:6] == before  # finished rows are kept as they were, not regenerated
+    assert (run / "DONE").exists()
+    assert json.loads((run / "metrics.json").read_text())["rows"] == 10
+    assert "cai" in resumed.stderr and "row/s" in resumed.stderr  # tqdm: rate and ETA
+
+
+def test_cai_through_an_openai_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from alignlab import cli, config, models
+    from tests.openai_server import FakeOpenAI
+
+    config.register()
+    cfg = cli.compose([])
+    path = models.resolve_path(cfg.model, cfg.seed)
+    model = models.load_model(cfg.model, path, cfg.hardware)
+    monkeypatch.setenv("ALIGNLAB_TEST_KEY", "sk-never-written")
+    with FakeOpenAI(model, models.load_tokenizer(cfg.model, path), plan=["ok", "500"]) as srv:
+        metrics = _stage(tmp_path, *FAST, "method.args.max_prompts=3",
+                         "method.args.backend=openai", f"method.args.base_url={srv.url}",
+                         "method.args.api_key_env=ALIGNLAB_TEST_KEY",
+                         "method.args.retry_backoff=0.01", "method.args.concurrency=3")
+    assert metrics["rows"] == 6 and metrics["retries"] > 0
+    assert srv.auth == {"Bearer sk-never-written"}
+    for f in tmp_path.rglob("*"):
+        if f.is_file() and f.suffix in (".yaml", ".json", ".jsonl", ".log"):
+            assert "sk-never-written" not in f.read_text()
