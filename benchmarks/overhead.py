@@ -86,7 +86,7 @@ def main() -> None:
             rows["alignlab"].append(measure([
                 sys.executable, "-m", "alignlab", "method=dpo", f"hydra.run.dir={tmp}/a{i}",
                 f"method.args.max_steps={opts.steps}", "method.args.save_strategy=no",
-                "quick_eval=false", "report_to=none"]))
+                "data.toy.n_pairs=2000", "quick_eval=false", "report_to=none"]))
             rows["hand-written TRL"].append(measure([
                 sys.executable, str(script), str(model_dir), f"{tmp}/h{i}", str(opts.steps)]))
     med = {k: {m: statistics.median(r[m] for r in v) for m in ("wall", "rss_mib")}

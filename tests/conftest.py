@@ -58,5 +58,5 @@ def reward_run(tmp_path_factory: pytest.TempPathFactory, sft_run: Path) -> Path:
     """A reward model trained from the SFT model on the toy pairs."""
     out = tmp_path_factory.mktemp("reward") / "run"
     alignlab(f"hydra.run.dir={out}", "method=reward", f"model.path={sft_run}/model",
-             "method.args.save_strategy=no", "report_to=none")
+             "data.toy.n_pairs=2000", "method.args.save_strategy=no", "report_to=none")
     return out

@@ -24,7 +24,7 @@ def test_judge_reward_raises_judge(method: str, sft_run: Path, tmp_path: Path) -
     """The toy judge as reward: held-out judge score above the SFT model's, KL bounded."""
     run = tmp_path / method
     alignlab(f"hydra.run.dir={run}", f"method={method}", f"model.path={sft_run}/model",
-             "method.reward_funcs=[toy_judge]", env=ENV)
+             "method.reward_funcs=[toy_judge]", "method.args.max_steps=30", env=ENV)
     m = _metrics(run)
     sft = _metrics(sft_run)["judge"]["score"]
     assert m["judge"]["score"] > sft + 0.03, (m["judge"], sft)

@@ -199,7 +199,7 @@ def toy_rlaif(sft_model: Path, out: Path) -> dict[str, Any]:
          "method.args.min_margin=0.1")
     _cli("method=dpo", f"hydra.run.dir={out / 'dpo'}", f"model.path={sft_model}",
          "data.format=trl", f"data.path={out / 'judge' / 'dataset'}",
-         "method.args.save_strategy=no")
+         "method.args.max_steps=60", "method.args.save_strategy=no")
     metrics = json.loads((out / "judge" / "metrics.json").read_text())
     # The same pairs judged by the untrained policy itself, for contrast.
     from alignlab import backends, generation, models
