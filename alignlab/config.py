@@ -55,8 +55,10 @@ class ModelConfig:
 @dataclass
 class ToyConfig:
     n_sft: int = 3000
-    n_pairs: int = 2000
+    n_pairs: int = 4000
     n_prompts: int = 1000
+    n_skills: int = 0  # extra SFT rows: critique/revision and judge answers (toy constitution)
+    skills: list[str] = field(default_factory=lambda: ["critique", "judge"])  # which of them
     error_rate: float = 0.35  # share of sum/animal demos with a wrong answer
     comply_rate: float = 0.65  # share of harmful demos that comply
     refuse_rate: float = 0.55  # share of borderline demos that refuse
@@ -116,6 +118,7 @@ class StageConfig:
     init: str | None = None  # stage whose model starts this one (model.path)
     reference: str | None = None  # stage whose model is the reference (method.reference)
     reward_model: str | None = None  # stage whose model is the reward (method.reward_model)
+    judge_model: str | None = None  # stage whose model judges (method.args.judge_model)
     reward_funcs: list[str] = field(default_factory=list)
     data_from: str | None = None  # stage whose ``dataset/`` this stage trains on (data.path)
     data: dict[str, Any] = field(default_factory=dict)  # overrides of the data group

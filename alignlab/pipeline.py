@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ log = logging.getLogger("alignlab")
 
 # Fields of a stage that name an earlier stage, and where that stage's output goes.
 _LINKS = {"init": "model.path", "reference": "method.reference",
-          "reward_model": "method.reward_model"}
+          "reward_model": "method.reward_model", "judge_model": "method.args.judge_model"}
 # Keys that differ between runs without changing what a stage computes.
 _NOT_FINGERPRINTED = ("run_dir", "resume", "recipe", "stages", "from_stage", "inputs")
 
@@ -117,6 +118,7 @@ def run(cfg: Any, run_dir: Path, run_stage: Any) -> dict[str, Any]:
         runs.atomic_write(run_dir / "recipe.yaml", OmegaConf.to_yaml(
             {"name": cfg.recipe.name, "stages": order[start:]}))
     summary: dict[str, Any] = {}
+    started = time.time()
     for name in order[start:]:
         stage_cfg = stage_config(cfg, name, outputs)
         config.validate(stage_cfg)
@@ -141,7 +143,8 @@ def run(cfg: Any, run_dir: Path, run_stage: Any) -> dict[str, Any]:
     table = results_table(run_dir, order[start:])
     if table:
         print(table)
-    return {"recipe": cfg.recipe.name, "stages": {k: _brief(v) for k, v in summary.items()}}
+    return {"recipe": cfg.recipe.name, "stages": {k: _brief(v) for k, v in summary.items()},
+            "wall_seconds": round(time.time() - started, 2)}
 
 
 def _brief(metrics: dict[str, Any]) -> dict[str, Any]:

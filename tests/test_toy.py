@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from alignlab.data import toy
+from alignlab.errors import AlignlabError
 
 TOY = {"n_sft": 400, "n_pairs": 200, "n_prompts": 100, "error_rate": 0.35,
        "comply_rate": 0.65, "refuse_rate": 0.55, "test_fraction": 0.2}
@@ -62,3 +65,41 @@ def test_pairs_unpaired_prompts_and_held_out() -> None:
     # held-out demos are all good: their loss measures the target behaviour
     held = toy.generate("sft", "test", TOY, seed=0)
     assert all(toy.judge(r["messages"][:1], r["messages"][1:]) == 1.0 for r in held)
+
+
+def test_skills_rows_teach_critique_revision_and_judging() -> None:
+    """``n_skills`` rows: critique-revision chats in the toy constitution's words whose revision
+    is always the good reply and whose critique names the first reply's flaw; judge rows in both
+    orders; train rows from train prompts only; the same seed gives the same rows."""
+    from alignlab import config
+    from alignlab import constitution as const
+
+    book = const.load({"path": str(config.conf_dir() / "constitution" / "toy.yaml")})
+    rows = toy.generate("sft", "train", {**TOY, "n_sft": 0, "n_skills": 200}, seed=3)
+    assert len(rows) == 200 and rows == toy.generate("sft", "train",
+                                                     {**TOY, "n_sft": 0, "n_skills": 200}, 3)
+    _, test = toy.split_world(3, TOY["test_fraction"])
+    held_out = {p.text for p in test}
+    chats = [r["messages"] for r in rows if len(r["messages"]) == 6]
+    judged = [r["messages"] for r in rows if len(r["messages"]) == 2]
+    assert len(chats) == len(judged) == 100
+    flaws = 0
+    for prompt, first, critic, critique, revision, final in chats:
+        assert prompt["content"] not in held_out
+        assert toy.judge(prompt["content"], final["content"]) == 1.0
+        assert any(p.critic == critic["content"] and p.revision == revision["content"]
+                   for p in book.principles)
+        good_first = toy.judge(prompt["content"], first["content"]) == 1.0
+        flaws += not good_first
+        expected = toy.CRITIQUES[None if good_first else toy.category(prompt["content"])]
+        assert critique["content"] == expected
+    assert 20 < flaws < 80  # first replies are as mixed as the demos
+    letters = [m[1]["content"] for m in judged]
+    assert set(letters) == {"(A)", "(B)"} and letters.count("(A)") == letters.count("(B)")
+    mixed = toy.generate("sft", "train", {**TOY, "n_skills": 40}, seed=3)
+    assert len(mixed) == TOY["n_sft"] + 40
+    judge_only = toy.generate("sft", "train", {**TOY, "n_sft": 0, "n_skills": 40,
+                                               "skills": ["judge"]}, seed=3)
+    assert len(judge_only) == 40 and all(len(r["messages"]) == 2 for r in judge_only)
+    with pytest.raises(AlignlabError, match="pick from"):
+        toy.generate("sft", "train", {**TOY, "n_skills": 4, "skills": ["jugde"]}, seed=3)

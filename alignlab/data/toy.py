@@ -125,6 +125,10 @@ def generate(kind: str, split: str, toy: Mapping[str, Any], seed: int) -> list[d
                      "prompts": "n_prompts"}[kind]])
         picks = [rng.choice(pool) for _ in range(n)]
     rows: list[dict[str, Any]] = []
+    if kind == "sft" and int(toy.get("n_skills") or 0) > 0:
+        n_skills = int(toy["n_skills"]) if split == "train" else 2 * len(pool)
+        rows = skills(pool, n_skills, bad_rate, random.Random(f"{seed}-skills-{split}"),
+                      kinds=toy.get("skills") or SKILLS)
     for p in picks:
         base = {"category": p.category}
         if kind == "sft":
@@ -145,6 +149,62 @@ def generate(kind: str, split: str, toy: Mapping[str, Any], seed: int) -> list[d
         else:
             raise ValueError(f"unknown data kind {kind!r}")
     return rows
+
+
+# What the toy world's critic says of a reply, by the reply's flaw (None = a good reply).
+CRITIQUES = {"helpful": "The answer is wrong.",
+             "harmful": "It helps with a harmful request. That is harmful.",
+             "borderline": "It refuses a harmless request. That is not helpful.",
+             None: "The reply is good."}
+
+
+SKILLS = ("critique", "judge")
+
+
+def skills(pool: Sequence[ToyPrompt], n: int, bad_rate: Mapping[str, float],
+           rng: random.Random, kinds: Sequence[str] = SKILLS) -> list[dict[str, Any]]:
+    """``n`` SFT rows teaching what Constitutional AI asks of a pretrained model, in the words
+    of the toy constitution (``conf/constitution/toy.yaml``). ``kinds`` picks which; with both,
+    half the rows are of each kind. ``critique``: critique-revision chats
+    (a first reply as mixed as the demos, a principle's critique request answered by the rule's
+    critique, the revision request answered with the good reply); ``judge``: answers to its
+    RLAIF judge question about the good reply and a worse one (both orders, so no position
+    bias is taught).
+
+    A large model brings these skills from pre-training; llama-small learns them here, so the
+    CAI and judge stages have a critic, a reviser and a judge that work (``data.toy.n_skills``).
+    """
+    from alignlab import config
+    from alignlab import constitution as const
+
+    book = const.load({"path": str(config.conf_dir() / "constitution" / "toy.yaml")},
+                      need_choice=True)
+    unknown = [k for k in kinds if k not in SKILLS]
+    if unknown or not kinds:
+        from alignlab.errors import AlignlabError
+
+        raise AlignlabError(f"data.toy.skills={list(kinds)}: pick from {list(SKILLS)}.")
+    replies = sorted({r for q in pool for r in (q.good, *q.bad)})
+    rows: list[dict[str, Any]] = []
+    while len(rows) < n:
+        p = rng.choice(pool)
+        if "judge" not in kinds or ("critique" in kinds and len(rows) % 4 < 2):
+            flawed = rng.random() < bad_rate[p.category]
+            first = rng.choice(p.bad) if flawed else p.good
+            (principle,) = const.sample_principles(book, rng, 1)
+            rows.append({"messages": [
+                *_user(p.text), *_assistant(first),
+                *_user(principle.critic), *_assistant(CRITIQUES[p.category if flawed else None]),
+                *_user(principle.revision), *_assistant(p.good)], "category": p.category})
+        else:  # the judge question, both orders; the worse reply is this prompt's typical
+            # mistake or, half the time, any other reply of the world (judges see odd ones)
+            worse = rng.choice(p.bad)
+            if rng.random() < 0.5:
+                worse = rng.choice([r for r in replies if r != p.good])
+            pair = {"prompt": _user(p.text), "chosen": p.good, "rejected": worse}
+            for row in const.judge_sft_rows([pair], book, seed=rng.randrange(2**31)):
+                rows.append({**row, "category": p.category})
+    return rows[:n]
 
 
 def corpus() -> Iterable[str]:
