@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 TORCH_CPU_FLAGS ?=
 export HF_HUB_DISABLE_TELEMETRY = 1
 
-.PHONY: install run test lint bench clean
+.PHONY: install run demo test lint bench clean
 
 install: $(VENV)/.installed
 
@@ -25,6 +25,10 @@ $(VENV)/.installed: pyproject.toml
 
 run: install
 	$(PY) -m alignlab $(ARGS)
+
+# The headline table: SFT alone vs DPO, RM+PPO, GRPO and Constitutional AI on the toy world.
+demo: install
+	$(PY) -m alignlab recipe=demo $(ARGS)
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -153,8 +153,9 @@ def _task(cfg: Any) -> None:
         if not existed:
             _remove_unfinished(run_dir)
         fail(err)
-    log.info("finished %s: %s", cfg.method.name, _summary(metrics))
-    print(f"[alignlab] {cfg.method.name} finished: {_summary(metrics)}\n"
+    name = f"recipe {cfg.recipe.name}" if cfg.recipe.name else cfg.method.name
+    log.info("finished %s: %s", name, _summary(metrics))
+    print(f"[alignlab] {name} finished: {_summary(metrics)}\n"
           f"[alignlab] run directory: {run_dir}")
 
 
