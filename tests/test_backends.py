@@ -259,3 +259,31 @@ def test_shared_prefix_prefill_equals_generate(lm: tuple[Any, Any]) -> None:
         got = _decode_pruned(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=6,
                              temperature=0.0, eos={tok.eos_token_id})
     assert got == ids[:, enc["input_ids"].shape[1]:].tolist()
+
+
+def test_decoding_cache_appends_in_place(lm: tuple[Any, Any]) -> None:
+    """The decoder's KV cache writes each step into spare room of one buffer (no copy of the
+    whole cache per token, which dominated batched decoding), holding what concatenation
+    would; after a batch selection it rebuilds from the selected rows."""
+    import torch
+    from transformers import DynamicCache
+
+    from alignlab.generation import _grow_in_place
+
+    model, _ = lm
+    cache = DynamicCache(config=model.config)
+    _grow_in_place(cache)
+    layer = cache.layers[0]
+    assert type(layer).__name__ == "GrowingLayer"
+    torch.manual_seed(0)
+    steps = [torch.randn(3, 2, n, 8) for n in (5, 1, 1)]
+    for k in steps:
+        keys, values = layer.update(k, -k)
+    expected = torch.cat(steps, dim=-2)
+    assert torch.equal(keys, expected) and torch.equal(values, -expected)
+    before = keys.data_ptr()
+    keys, _ = layer.update(torch.ones(3, 2, 1, 8), torch.ones(3, 2, 1, 8))
+    assert keys.data_ptr() == before and keys.shape[-2] == 8  # same buffer, one more position
+    layer.batch_select_indices(torch.tensor([0, 2]))
+    keys, _ = layer.update(torch.zeros(2, 2, 1, 8), torch.zeros(2, 2, 1, 8))
+    assert torch.equal(keys[:, :, :7], expected[[0, 2]]) and keys.shape == (2, 2, 9, 8)
