@@ -47,7 +47,8 @@ def test_reward_model_ranks_held_out_pairs(reward_run: Path) -> None:
 def test_dpo_from_sft_beats_sft_on_the_judge(sft_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "dpo"
     alignlab(f"hydra.run.dir={out}", "method=dpo", "model=llama-small",
-             f"model.path={sft_run}/model", "method.args.save_strategy=no")
+             f"model.path={sft_run}/model", "method.args.max_steps=60",
+             "method.args.save_strategy=no")
     acc = logged(out, "rewards/accuracies")
     assert len(acc) >= 4 and sum(acc[-3:]) / 3 > sum(acc[:1]) + 0.2
     before, after = metrics(sft_run)["judge"]["score"], metrics(out)["judge"]["score"]
@@ -116,3 +117,26 @@ def test_bad_dataset_is_a_clear_error(tmp_path: Path, bad: str) -> None:
     assert err[-1].startswith("alignlab: error:") and "Traceback" not in proc.stderr
     assert ("chosen" in err[-1]) if bad == "missing-chosen" else ("empty" in err[-1])
     assert not out.exists(), "nothing half-written is left behind"
+
+
+def test_bad_data_fails_before_the_trainer_is_imported(tmp_path: Path) -> None:
+    """The data checks come first: a bad file costs seconds, not TRL's trainer import."""
+    import subprocess
+    import sys
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(json.dumps({"prompt": "hi", "rejected": "no"}) + "\n")
+    code = ("import sys\n"
+            "from alignlab import cli\n"
+            "from alignlab.errors import AlignlabError\n"
+            "from alignlab.methods import dpo\n"
+            f"cfg = cli.compose(['method=dpo', 'data=local', 'data.path={data}'])\n"
+            "try:\n"
+            f"    dpo.build(cfg, __import__('pathlib').Path('{tmp_path}'))\n"
+            "except AlignlabError as e:\n"
+            "    print('error:', e)\n"
+            "print('trainer imported:', 'trl.trainer.dpo_trainer' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert "error:" in out and "chosen" in out
+    assert "trainer imported: False" in out

@@ -10,6 +10,7 @@ reference is the base with adapters off; with ``beta=0`` there is none.
 from __future__ import annotations
 
 import contextlib
+import importlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,13 +28,14 @@ def _named(model: Any, name: str) -> Iterator[None]:
         model.config._name_or_path = saved
 
 
-def build(cfg: Any, run_dir: Path, trainer_cls: Any, args_class: str) -> Any:
-    """A GRPOTrainer/RLOOTrainer with the in-memory policy, the right reference and the rewards
-    of ``method.reward_model`` / ``method.reward_funcs``."""
+def build(cfg: Any, run_dir: Path, trainer: str, args_class: str) -> Any:
+    """TRL's ``trainer`` (GRPOTrainer/RLOOTrainer, by name) with the in-memory policy, the right
+    reference and the rewards of ``method.reward_model`` / ``method.reward_funcs``."""
     from alignlab import data, models, rewards, training
 
-    args = training.trainer_config(cfg, args_class, run_dir)
     train = data.load(cfg.data, "prompts", "train")
+    args = training.trainer_config(cfg, args_class, run_dir)
+    trainer_cls = getattr(importlib.import_module("trl"), trainer)  # heavy: after the data checks
     lora = models.lora_config(cfg.model)
     path = models.resolve_path(cfg.model, cfg.seed)
     other = cfg.method.reference and \
@@ -57,8 +59,8 @@ def build(cfg: Any, run_dir: Path, trainer_cls: Any, args_class: str) -> Any:
                            peft_config=lora)
 
 
-def run(cfg: Any, run_dir: Path, trainer_cls: Any, args_class: str) -> dict[str, Any]:
+def run(cfg: Any, run_dir: Path, trainer: str, args_class: str) -> dict[str, Any]:
     """Train, save, and report the toy judge and KL to the reference (``train_policy``)."""
     from alignlab import training
 
-    return training.train_policy(build(cfg, run_dir, trainer_cls, args_class), cfg, run_dir)
+    return training.train_policy(build(cfg, run_dir, trainer, args_class), cfg, run_dir)

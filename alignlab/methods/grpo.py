@@ -18,8 +18,6 @@ NEEDS_REWARD = True
 
 def run(cfg: Any, run_dir: Path) -> dict[str, Any]:
     """Train, save the policy to ``run_dir/model``, report the toy judge and held-out KL."""
-    from trl import GRPOTrainer
-
     from alignlab.methods import _online
 
-    return _online.run(cfg, run_dir, GRPOTrainer, ARGS_CLASS)
+    return _online.run(cfg, run_dir, "GRPOTrainer", ARGS_CLASS)

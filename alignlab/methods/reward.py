@@ -11,12 +11,12 @@ DATA_KIND = "pairs"
 
 def build(cfg: Any, run_dir: Path) -> Any:
     """The RewardTrainer, its reward model initialised from ``model.path`` (e.g. the SFT model)."""
-    from trl import RewardTrainer
-
     from alignlab import data, models, training
 
-    args = training.trainer_config(cfg, ARGS_CLASS, run_dir)
     train = data.load(cfg.data, DATA_KIND, "train")
+    args = training.trainer_config(cfg, ARGS_CLASS, run_dir)
+    from trl import RewardTrainer  # a heavy import: after the data passed its checks
+
     path = models.resolve_path(cfg.model, cfg.seed)
     tokenizer = models.load_tokenizer(cfg.model, path)
     model = models.load_model(cfg.model, path, cfg.hardware, kind="reward")

@@ -11,12 +11,12 @@ DATA_KIND = "sft"
 
 def build(cfg: Any, run_dir: Path) -> Any:
     """The SFTTrainer for this config: data first (cheap errors), then the model."""
-    from trl import SFTTrainer
-
     from alignlab import data, models, training
 
-    args = training.trainer_config(cfg, ARGS_CLASS, run_dir)
     train = data.load(cfg.data, DATA_KIND, "train")
+    args = training.trainer_config(cfg, ARGS_CLASS, run_dir)
+    from trl import SFTTrainer  # a heavy import: after the data passed its checks
+
     path = models.resolve_path(cfg.model, cfg.seed)
     tokenizer = models.load_tokenizer(cfg.model, path)
     model = models.load_model(cfg.model, path, cfg.hardware)
