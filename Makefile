@@ -30,8 +30,9 @@ run: install
 demo: install
 	$(PY) -m alignlab recipe=demo $(ARGS)
 
+# Two pytest-xdist workers, one core each (tests/conftest.py); PYTEST_ARGS="-n0 ..." runs serially.
 test: install
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

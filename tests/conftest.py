@@ -13,6 +13,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers on the 2-core machine: one core each, for the worker and
+    # the runs it starts (set before torch is imported; more threads would oversubscribe).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parent.parent
 
 # A small SFT that learns the toy world to ~60 % (470 steps, about a minute on 2 cores;
@@ -40,6 +44,22 @@ def run_inprocess(run_dir: Path, *overrides: str) -> dict[str, Any]:
     return cli.run_stage(cfg, Path(run_dir))
 
 
+def shared_run(factory: pytest.TempPathFactory, name: str, *args: str) -> Path:
+    """``python -m alignlab ARGS`` once per test session, also under pytest-xdist: the first
+    worker to ask makes the run (under a file lock), the others wait for it and reuse it."""
+    from filelock import FileLock
+
+    base = factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # shared by this session's workers (and by no other session)
+    out = base / f"shared-{name}" / "run"
+    with FileLock(str(base / f"shared-{name}.lock")):
+        if not (out / "DONE").exists():  # every core: the other worker waits for this run
+            alignlab(f"hydra.run.dir={out}", *args,
+                     env={"OMP_NUM_THREADS": str(os.cpu_count() or 1)})
+    return out
+
+
 @pytest.fixture(scope="session")
 def sft_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished SFT run of llama-small on the toy world (run dir; model in ``model/``).
@@ -48,15 +68,11 @@ def sft_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """
     if os.environ.get("ALIGNLAB_TEST_SFT_RUN"):
         return Path(os.environ["ALIGNLAB_TEST_SFT_RUN"])
-    out = tmp_path_factory.mktemp("sft") / "run"
-    alignlab(f"hydra.run.dir={out}", *SMALL_SFT)
-    return out
+    return shared_run(tmp_path_factory, "sft", *SMALL_SFT)
 
 
 @pytest.fixture(scope="session")
 def reward_run(tmp_path_factory: pytest.TempPathFactory, sft_run: Path) -> Path:
     """A reward model trained from the SFT model on the toy pairs."""
-    out = tmp_path_factory.mktemp("reward") / "run"
-    alignlab(f"hydra.run.dir={out}", "method=reward", f"model.path={sft_run}/model",
-             "data.toy.n_pairs=2000", "method.args.save_strategy=no", "report_to=none")
-    return out
+    return shared_run(tmp_path_factory, "reward", "method=reward", f"model.path={sft_run}/model",
+                      "data.toy.n_pairs=2000", "method.args.save_strategy=no", "report_to=none")

@@ -42,6 +42,7 @@ def _ranks(run: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((run / "ranks").glob("rank-*.json"))]
 
 
+@pytest.mark.xdist_group("ddp")  # one DDP launch at a time: they share the default port
 @pytest.mark.parametrize("method", ["sft", "dpo"])
 def test_two_cpu_processes_train_one_model(method: str, sft_run: Path, tmp_path: Path) -> None:
     """hardware=cpu-ddp relaunches itself under accelerate: 2 ranks, DDP over gloo."""

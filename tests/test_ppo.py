@@ -34,7 +34,6 @@ def _metrics(run: Path) -> dict[str, Any]:
 def test_ppo_raises_judge_and_reward(sft_run: Path, reward_run: Path, tmp_path: Path) -> None:
     """30 updates against the RM beat the SFT model on held-out prompts, by the RM and by the
     rule judge, with the KL to the reference bounded (llama-small settings, fewer updates)."""
-    os.environ.update(ENV)
     run = tmp_path / "ppo"
     m = run_inprocess(run, "method=ppo", f"model.path={sft_run}/model",
                       f"method.reward_model={reward_run}/model", "method.args.total_episodes=960")
@@ -96,6 +95,7 @@ def test_ppo_lora_resumes_exactly(sft_run: Path, reward_run: Path, tmp_path: Pat
                        for h in m["log_history"]]
 
 
+@pytest.mark.xdist_group("ddp")  # one DDP launch at a time: they share the default port
 def test_ppo_two_processes_ddp(tmp_path: Path) -> None:
     """accelerate launch with 2 CPU processes: real DDP over gloo, ranks end identical."""
     run = tmp_path / "ddp"

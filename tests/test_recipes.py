@@ -9,10 +9,10 @@ import pytest
 
 from tests.conftest import alignlab
 
-# Small but real stages: SFT that learns, a short DPO, a quick evaluation.
-SMALL = ["data.toy.n_sft=1500", "stages.sft.args.num_train_epochs=4",
+# Small but real stages: SFT that learns, a short DPO, one evaluation (the eval stage's).
+SMALL = ["data.toy.n_sft=1500", "stages.sft.args.num_train_epochs=2",
          "stages.sft.args.save_strategy=no", "stages.eval.args.num_samples=2",
-         "report_to=none"]
+         "quick_eval=false", "report_to=none"]
 
 
 def _done(stage: Path) -> dict:
@@ -69,7 +69,8 @@ def test_killed_recipe_resumes_to_the_same_result(recipe: str, tmp_path: Path) -
               "stages.sft.args.num_train_epochs=1", "stages.reward.args.max_steps=12",
               "stages.reward.args.save_strategy=steps", "stages.reward.args.save_steps=4",
               "stages.reward.args.logging_steps=2",
-              "stages.ppo.args.total_episodes=64", "stages.eval.args.max_prompts=8"]
+              "stages.ppo.args.total_episodes=64", "stages.ppo.args.eval_max_prompts=8",
+              "stages.eval.args.max_prompts=8"]
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     proc = alignlab(f"hydra.run.dir={killed}", *common,
                     env={"ALIGNLAB_KILL_AFTER_STEP": "reward:6"}, check=False)
@@ -85,7 +86,7 @@ def test_killed_recipe_resumes_to_the_same_result(recipe: str, tmp_path: Path) -
              ["log_history"] if "loss" in e]
     assert steps == sorted(set(steps)) and steps[-1] == 12
 
-    alignlab(f"hydra.run.dir={clean}", *common)
+    alignlab(f"hydra.run.dir={clean}", *common, "recipe.stages=[sft,reward]")  # compared
     for stage in ("sft", "reward"):
         a = load_file(killed / stage / "model/model.safetensors")
         b = load_file(clean / stage / "model/model.safetensors")
