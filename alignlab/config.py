@@ -353,6 +353,10 @@ def validate(cfg: Any) -> None:
     if data["format"] not in formats:
         raise AlignlabError(f"data.format='{data['format']}' is unknown."
                             f"{did_you_mean(data['format'], formats)}")
+    if data["format"] == "toy" and (data.get("toy") or {}).get("n_skills"):
+        from alignlab.data import toy
+
+        toy.check_skills(data["toy"].get("skills", toy.SKILLS))
     if data["format"] != "toy" and not data.get("path"):
         raise AlignlabError(f"data={data['name']} needs data.path (a hub dataset id or a local "
                             ".json/.jsonl/.parquet file or folder).")

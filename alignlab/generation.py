@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import logging
@@ -155,7 +156,6 @@ def _decode_pruned(model: Any, input_ids: Any, attention_mask: Any, *, max_new_t
 
 
 _MIN_SHARED = 16  # shared prompt tokens worth a separate prefill
-_GROWING: list[type] = []
 
 
 def _grow_in_place(cache: Any) -> None:
@@ -169,36 +169,43 @@ def _grow_in_place(cache: Any) -> None:
     """
     from transformers.cache_utils import DynamicLayer
 
-    if not _GROWING:
-        class GrowingLayer(DynamicLayer):
-            chunk = 128
-
-            def update(self, key_states: Any, value_states: Any, *args: Any,
-                       **kwargs: Any) -> tuple[Any, Any]:
-                if not self.is_initialized:
-                    self.lazy_initialization(key_states, value_states)
-                length = self.get_seq_length()
-                need = length + key_states.shape[-2]
-                buf = getattr(self, "_kbuf", None)
-                if getattr(self, "_view", None) is not self.keys or buf is None \
-                        or need > buf.shape[-2] or buf.shape[0] != key_states.shape[0]:
-                    b, h, _, d = key_states.shape
-                    kbuf = key_states.new_empty((b, h, need + self.chunk, d))
-                    vbuf = value_states.new_empty((b, h, need + self.chunk,
-                                                   value_states.shape[-1]))
-                    if length:
-                        kbuf[..., :length, :] = self.keys
-                        vbuf[..., :length, :] = self.values
-                    self._kbuf, self._vbuf = kbuf, vbuf
-                self._kbuf[..., length:need, :] = key_states
-                self._vbuf[..., length:need, :] = value_states
-                self.keys = self._view = self._kbuf[..., :need, :]
-                self.values = self._vbuf[..., :need, :]
-                return self.keys, self.values
-
-        _GROWING.append(GrowingLayer)
     if cache.layers and all(type(layer) is DynamicLayer for layer in cache.layers):
-        cache.layers = [_GROWING[0]() for _ in cache.layers]
+        growing = _growing_layer()
+        cache.layers = [growing() for _ in cache.layers]
+
+
+@functools.cache
+def _growing_layer() -> type:
+    """``DynamicLayer`` whose ``update`` writes into spare room of a buffer (see above)."""
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        chunk = 128
+
+        def update(self, key_states: Any, value_states: Any, *args: Any,
+                   **kwargs: Any) -> tuple[Any, Any]:
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            length = self.get_seq_length()
+            need = length + key_states.shape[-2]
+            buf = getattr(self, "_kbuf", None)
+            if getattr(self, "_view", None) is not self.keys or buf is None \
+                    or need > buf.shape[-2] or buf.shape[0] != key_states.shape[0]:
+                b, h, _, d = key_states.shape
+                kbuf = key_states.new_empty((b, h, need + self.chunk, d))
+                vbuf = value_states.new_empty((b, h, need + self.chunk,
+                                               value_states.shape[-1]))
+                if length:
+                    kbuf[..., :length, :] = self.keys
+                    vbuf[..., :length, :] = self.values
+                self._kbuf, self._vbuf = kbuf, vbuf
+            self._kbuf[..., length:need, :] = key_states
+            self._vbuf[..., length:need, :] = value_states
+            self.keys = self._view = self._kbuf[..., :need, :]
+            self.values = self._vbuf[..., :need, :]
+            return self.keys, self.values
+
+    return GrowingLayer
 
 
 def _prefill(model: Any, input_ids: Any, attention_mask: Any, cache: Any,

@@ -103,3 +103,12 @@ def test_skills_rows_teach_critique_revision_and_judging() -> None:
     assert len(judge_only) == 40 and all(len(r["messages"]) == 2 for r in judge_only)
     with pytest.raises(AlignlabError, match="pick from"):
         toy.generate("sft", "train", {**TOY, "n_skills": 4, "skills": ["jugde"]}, seed=3)
+
+
+def test_bad_skills_fail_at_composition() -> None:
+    """A typo in data.toy.skills is caught with the config, before any run directory."""
+    from alignlab import cli
+
+    with pytest.raises(AlignlabError, match="pick from"):
+        cli.compose(["data.toy.n_skills=4", "data.toy.skills=[jugde]"])
+    cli.compose(["data.toy.skills=[jugde]"])  # unused while n_skills is 0

@@ -128,7 +128,7 @@ def generate(kind: str, split: str, toy: Mapping[str, Any], seed: int) -> list[d
     if kind == "sft" and int(toy.get("n_skills") or 0) > 0:
         n_skills = int(toy["n_skills"]) if split == "train" else 2 * len(pool)
         rows = skills(pool, n_skills, bad_rate, random.Random(f"{seed}-skills-{split}"),
-                      kinds=toy.get("skills") or SKILLS)
+                      kinds=toy.get("skills", SKILLS))
     for p in picks:
         base = {"category": p.category}
         if kind == "sft":
@@ -161,6 +161,14 @@ CRITIQUES = {"helpful": "The answer is wrong.",
 SKILLS = ("critique", "judge")
 
 
+def check_skills(kinds: Sequence[str]) -> None:
+    """``data.toy.skills`` must name one or more of SKILLS."""
+    if not kinds or any(k not in SKILLS for k in kinds):
+        from alignlab.errors import AlignlabError
+
+        raise AlignlabError(f"data.toy.skills={list(kinds)}: pick from {list(SKILLS)}.")
+
+
 def skills(pool: Sequence[ToyPrompt], n: int, bad_rate: Mapping[str, float],
            rng: random.Random, kinds: Sequence[str] = SKILLS) -> list[dict[str, Any]]:
     """``n`` SFT rows teaching what Constitutional AI asks of a pretrained model, in the words
@@ -177,13 +185,9 @@ def skills(pool: Sequence[ToyPrompt], n: int, bad_rate: Mapping[str, float],
     from alignlab import config
     from alignlab import constitution as const
 
+    check_skills(kinds)
     book = const.load({"path": str(config.conf_dir() / "constitution" / "toy.yaml")},
                       need_choice=True)
-    unknown = [k for k in kinds if k not in SKILLS]
-    if unknown or not kinds:
-        from alignlab.errors import AlignlabError
-
-        raise AlignlabError(f"data.toy.skills={list(kinds)}: pick from {list(SKILLS)}.")
     replies = sorted({r for q in pool for r in (q.good, *q.bad)})
     rows: list[dict[str, Any]] = []
     while len(rows) < n:
