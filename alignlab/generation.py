@@ -9,13 +9,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,48 @@ from alignlab.errors import AlignlabError
 
 log = logging.getLogger("alignlab")
 Conversation = Sequence[dict[str, str]]
+
+
+# Every sampling setting that would change the distribution away from softmax(logits / T),
+# at its neutral value. Set explicitly: ``generate`` fills each setting left unset (None) from the
+# model's own ``generation_config.json``, and many instruct models ship processors there.
+NEUTRAL_SAMPLING: dict[str, Any] = {
+    "top_k": 0, "top_p": 1.0, "min_p": None, "typical_p": 1.0, "epsilon_cutoff": 0.0,
+    "eta_cutoff": 0.0, "repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0, "encoder_no_repeat_ngram_size": 0, "bad_words_ids": None,
+    "suppress_tokens": None, "begin_suppress_tokens": None, "forced_bos_token_id": None,
+    "forced_eos_token_id": None, "sequence_bias": None, "min_length": 0, "min_new_tokens": None,
+    "exponential_decay_length_penalty": None, "renormalize_logits": False,
+    "remove_invalid_values": False, "guidance_scale": None, "num_beams": 1,
+    "diversity_penalty": 0.0, "length_penalty": 1.0, "watermarking_config": None,
+}
+
+
+@contextlib.contextmanager
+def plain_sampling(model: Any) -> Iterator[None]:
+    """Within this block ``model.generate`` samples from exactly softmax(logits / T).
+
+    ``generate`` merges the model's ``generation_config`` into the one passed to it (values left
+    None are taken from the model's), so a checkpoint's repetition_penalty, top_k, min_p, ... would
+    silently change the sampled distribution while PPO's ratios, the KL penalty and evaluation's
+    KL assume plain temperature sampling. Every transformers model inside ``model`` (a peft
+    wrapper holds one) gets a config with only its special-token ids for the duration; pass
+    :data:`NEUTRAL_SAMPLING` to ``generate`` as well.
+    """
+    from transformers import GenerationConfig
+
+    holders = [m for m in model.modules()
+               if isinstance(getattr(m, "generation_config", None), GenerationConfig)]
+    saved = [m.generation_config for m in holders]
+    for m, old in zip(holders, saved, strict=True):
+        m.generation_config = GenerationConfig(
+            bos_token_id=old.bos_token_id, eos_token_id=old.eos_token_id,
+            pad_token_id=old.pad_token_id, decoder_start_token_id=old.decoder_start_token_id)
+    try:
+        yield
+    finally:
+        for m, old in zip(holders, saved, strict=True):
+            m.generation_config = old
 
 
 def generate(model: Any, tokenizer: Any, prompts: Sequence[Sequence[dict[str, str]]], *,
@@ -67,11 +110,14 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[Sequence[dict[str, st
                                          max_new_tokens=max_new_tokens, temperature=temperature,
                                          eos=eos)
                 if new is None:
-                    ids = model.generate(
-                        **enc, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
-                        temperature=temperature if temperature > 0 else None, top_k=0,
-                        top_p=1.0, num_return_sequences=num_samples,
-                        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                    with plain_sampling(model):
+                        ids = model.generate(
+                            **enc, **NEUTRAL_SAMPLING, max_new_tokens=max_new_tokens,
+                            do_sample=temperature > 0,
+                            temperature=temperature if temperature > 0 else None,
+                            num_return_sequences=num_samples,
+                            pad_token_id=tokenizer.pad_token_id,
+                            eos_token_id=sorted(eos))
                     new = ids[:, enc["input_ids"].shape[1]:]
             decoded = tokenizer.batch_decode(new, skip_special_tokens=True)
             for j, i in enumerate(idx):

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from alignlab import runs
+from alignlab import generation, runs
 from alignlab.errors import AlignlabError
 from alignlab.ppo import core
 
@@ -269,14 +269,15 @@ def rollout(env: dict[str, Any], model: PolicyAndValue, prompts: list[Any], args
     context = query.shape[1]
     eos = env["eos_ids"]
     # top_k=0/top_p=1: sample from exactly softmax(logits / T), the distribution PPO scores.
-    gen_cfg = GenerationConfig(max_new_tokens=args.response_length, do_sample=True,
-                               temperature=args.temperature, top_k=0, top_p=1.0,
+    gen_cfg = GenerationConfig(**generation.NEUTRAL_SAMPLING, max_new_tokens=args.response_length,
+                               do_sample=True, temperature=args.temperature,
                                eos_token_id=eos, pad_token_id=pad, return_dict_in_generate=True,
                                output_logits=args.logprobs_from_generate)
     chunk = args.local_rollout_forward_batch_size
     model.eval()
     pieces, gen_logprobs = [], []
-    with lora_adapter(model.policy, POLICY) if model.lora else contextlib.nullcontext():
+    with (lora_adapter(model.policy, POLICY) if model.lora else contextlib.nullcontext(),
+          generation.plain_sampling(model.policy)):
         for i in range(0, len(prompts), chunk):
             q, m = query[i:i + chunk].to(device), query_mask[i:i + chunk].to(device)
             out = model.policy.generate(input_ids=q, attention_mask=m, generation_config=gen_cfg)
