@@ -19,13 +19,13 @@ from typing import Any
 
 from alignlab.errors import AlignlabError, did_you_mean
 
-REPO_CONF = Path(__file__).resolve().parent.parent / "conf"
-PACKAGED_CONF = Path(__file__).resolve().parent / "conf"
+# Inside the package, so that a regular (non-editable) install ships the configs and recipes.
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
 def conf_dir() -> Path:
-    """The Hydra config folder: ``conf/`` of a source checkout, else the copy in the package."""
-    return REPO_CONF if REPO_CONF.is_dir() else PACKAGED_CONF
+    """The Hydra config folder (``alignlab/conf/``; recipes are its ``recipe/`` group)."""
+    return CONF_DIR
 
 
 LORA_DEFAULTS: dict[str, Any] = {"enabled": False, "r": 16, "alpha": 32, "dropout": 0.05,
@@ -154,7 +154,7 @@ GROUPS = ("model", "data", "method", "hardware", "constitution", "recipe")
 
 
 def register() -> None:
-    """Register the schema with Hydra (conf/config.yaml extends ``alignlab_schema``)."""
+    """Register the schema with Hydra (alignlab/conf/config.yaml extends ``alignlab_schema``)."""
     from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
 

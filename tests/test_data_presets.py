@@ -22,7 +22,7 @@ from alignlab.errors import AlignlabError
 
 FIX = Path(__file__).parent / "fixtures" / "data"
 TRL = FIX / "trl"
-CONF = Path(__file__).parents[1] / "conf" / "data"
+CONF = Path(__file__).parents[1] / "alignlab" / "conf" / "data"
 
 
 @pytest.fixture(autouse=True)
