@@ -212,3 +212,26 @@ def test_lr_schedules() -> None:
     assert core.lr_multiplier(5, "cosine", 0, 10) == pytest.approx(0.5)
     with pytest.raises(ValueError):
         core.lr_multiplier(5, "polynomial", 0, 10)
+
+
+def test_policy_loss_ignores_adversarial_padding() -> None:
+    """Padding log-probs far apart (old 0, new -1000 / +1000) gave exp(1000) = inf and then
+    -0 * inf = NaN in the loss and its gradient; they must change nothing at all."""
+    mask = torch.tensor([[1, 1, 0, 0]])
+    adv = torch.tensor([[1.0, -0.5, 0.0, 0.0]])  # whitened advantages are 0 on padding
+    old = torch.tensor([[-1.0, -2.0, 0.0, 0.0]])
+    clean = torch.tensor([[-0.9, -2.1, -3.0, -3.0]], requires_grad=True)
+    evil = torch.tensor([[-0.9, -2.1, 1000.0, -1000.0]], requires_grad=True)
+    old_evil = torch.tensor([[-1.0, -2.0, -1000.0, 1000.0]])
+    loss_clean, stats_clean = core.policy_loss(clean, old, adv, mask, 0.2)
+    loss_evil, stats_evil = core.policy_loss(evil, old_evil, adv, mask, 0.2)
+    assert torch.isfinite(loss_evil) and loss_evil.item() == pytest.approx(loss_clean.item())
+    for key in ("clipfrac", "approxkl", "ratio"):
+        assert stats_evil[key].item() == pytest.approx(stats_clean[key].item()), key
+    loss_clean.backward()
+    loss_evil.backward()
+    assert torch.isfinite(evil.grad).all()
+    torch.testing.assert_close(evil.grad, clean.grad)
+    assert evil.grad[0, 2:].abs().max() == 0
+    filled = core.fill_padding(evil.detach(), mask)
+    assert filled[0, 2:].tolist() == [core.INVALID_LOGPROB] * 2 and filled[0, 0] == evil[0, 0]

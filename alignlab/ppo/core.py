@@ -16,6 +16,20 @@ import math
 
 import torch
 
+# What padding positions' log-probs are set to (TRL's old ``INVALID_LOGPROB``): with the same
+# constant in old and new log-probs, the ratio there is exactly 1, whatever the model computed.
+INVALID_LOGPROB = 1.0
+
+
+def fill_padding(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``logprobs`` with :data:`INVALID_LOGPROB` wherever ``mask`` is 0.
+
+    Log-probs of padding tokens are arbitrary (a pad token can be nearly impossible under the
+    model); a large old-new gap there makes ``exp`` overflow, and ``0 * inf`` is NaN, which a
+    masked mean keeps (and whose gradient is NaN too). Fill before the ratio, not after.
+    """
+    return torch.where(mask.bool(), logprobs, torch.full_like(logprobs, INVALID_LOGPROB))
+
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     """Mean of ``x`` over the positions where ``mask`` is 1 (over ``dim``, or everything)."""
@@ -159,9 +173,10 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
     """PPO-clip surrogate (Schulman et al. 2017), averaged over real tokens.
 
     Returns the loss and stats: ``clipfrac`` (share of tokens where the clipped term is active)
-    and ``approxkl`` (0.5 * mean squared log-ratio, an estimate of KL(old || new)).
+    and ``approxkl`` (0.5 * mean squared log-ratio, an estimate of KL(old || new)). Padding
+    log-probs are replaced by a constant first (:func:`fill_padding`), so they cannot make NaN.
     """
-    log_ratio = logprobs - old_logprobs
+    log_ratio = fill_padding(logprobs, mask) - fill_padding(old_logprobs, mask)
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
