@@ -362,9 +362,31 @@ def validate(cfg: Any) -> None:
                             ".json/.jsonl/.parquet file or folder).")
 
 
+def _shards_weights(accelerate_config: str | None) -> bool:
+    """Whether an accelerate config (a preset name or a YAML path) shards the weights
+    (FSDP or DeepSpeed ZeRO)."""
+    if accelerate_config in ("fsdp", "zero2", "zero3"):
+        return True
+    path = Path(str(accelerate_config or "")).expanduser()
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        from omegaconf import OmegaConf
+
+        kind = str(OmegaConf.load(path).get("distributed_type", "")).upper()
+        return kind in ("FSDP", "DEEPSPEED")
+    return False
+
+
 def _validate_hardware(c: dict[str, Any]) -> None:
     hw = c["hardware"]
     quant = c["model"].get("quantization") or hw.get("model", {}).get("quantization")
+    if c["method"]["name"] == "ppo" and _shards_weights(hw.get("accelerate_config")):
+        # Checked first: it is wrong on any machine. Sampling from sharded weights needs every
+        # rank in each generate step (synced_gpus), or ranks that finish early deadlock; and the
+        # loop steps a plain optimizer, not a DeepSpeed engine.
+        raise AlignlabError(f"method=ppo does not support hardware={hw['name']}: alignlab's PPO "
+                            "runs under DDP only, its rollouts cannot generate from FSDP/ZeRO "
+                            "weights. Use hardware=multi-gpu (DDP), with model.lora=true if the "
+                            "model does not fit one GPU.")
     if hw["device"] == "cuda" and not cuda_present():
         fix = " (or hardware.device=cpu to try QLoRA, slowly, on the CPU)" if quant else ""
         raise AlignlabError(f"hardware={hw['name']} needs an NVIDIA GPU with CUDA, and this "

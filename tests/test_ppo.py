@@ -122,3 +122,17 @@ def test_ppo_user_errors(tmp_path: Path) -> None:
     proc = alignlab(f"hydra.run.dir={tmp_path / 'z'}", "method=ppo", "method.args.kl_cof=0.1",
                     "method.reward_funcs=[toy_judge]", check=False, env=ENV)
     assert proc.returncode == 2 and "kl_coef" in proc.stderr
+
+
+@pytest.mark.parametrize("hardware", ["fsdp", "zero2", "zero3"])
+def test_ppo_refuses_sharded_hardware(hardware: str, tmp_path: Path) -> None:
+    """generate() on FSDP/ZeRO-sharded weights deadlocks without synced_gpus: refused up front,
+    before any GPU check, with one line naming the fix."""
+    run = tmp_path / "run"
+    proc = alignlab(f"hydra.run.dir={run}", "method=ppo", f"hardware={hardware}",
+                    "method.reward_funcs=[toy_judge]", check=False, env=ENV)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "hardware=multi-gpu" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr and "does not support hardware" in lines[0]
+    assert not run.exists()

@@ -411,13 +411,18 @@ def evaluate(cfg: Any, env: dict[str, Any], model: PolicyAndValue, args: Any, *,
 def train(cfg: Any, run_dir: Path) -> dict[str, Any]:
     """Run PPO for ``cfg`` into ``run_dir``; returns the metrics for metrics.json."""
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import DistributedType, set_seed
     from tqdm.auto import tqdm
 
     from alignlab import data, evaluation, training
 
     args = training.trainer_config(cfg, ARGS_CLASS, run_dir)
     accelerator = Accelerator(cpu=args.use_cpu, mixed_precision="bf16" if args.bf16 else "no")
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        # `accelerate launch --use_fsdp/--use_deepspeed` directly, past the config check.
+        raise AlignlabError(f"alignlab's PPO runs under DDP only, not "
+                            f"{accelerator.distributed_type.value}: its rollouts cannot generate "
+                            "from sharded weights. Launch with hardware=multi-gpu (DDP).")
     device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
     set_seed(args.seed)  # same init on every process (DDP also broadcasts rank 0's weights)
 
