@@ -390,12 +390,9 @@ def evaluate(cfg: Any, env: dict[str, Any], model: PolicyAndValue, args: Any, *,
                                     max_new_tokens=args.response_length)
     kw = {"reward_model": env["reward_model"], "reward_tokenizer": env["reward_tokenizer"]}
     try:
-        if before:
-            if model.lora:
-                with lora_adapter(model.policy, None):
-                    return evaluation.evaluate(cfg, model.policy, env["tokenizer"], eval_args,
-                                               **kw)
-            return evaluation.evaluate(cfg, env["reference"], env["tokenizer"], eval_args, **kw)
+        if before:  # the policy itself: method.reference may be a different model
+            with lora_adapter(model.policy, POLICY) if model.lora else contextlib.nullcontext():
+                return evaluation.evaluate(cfg, model.policy, env["tokenizer"], eval_args, **kw)
         reference = AdaptersOff(model.policy) if model.lora else env["reference"]
         with lora_adapter(model.policy, POLICY) if model.lora else contextlib.nullcontext():
             return evaluation.evaluate(cfg, model.policy, env["tokenizer"], eval_args,
