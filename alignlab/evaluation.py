@@ -28,6 +28,8 @@ def evaluate(cfg: Any, policy: Any, tokenizer: Any, args: EvalArgs | None = None
              reward_tokenizer: Any = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Sample ``policy`` on the held-out prompts and measure it; returns (eval.json, samples).
 
+    Every 95 % interval is clustered by prompt (see :mod:`alignlab.stats`).
+
     - toy world: the rule judge's score with a 95 % CI, overall and per category. Sampled
       (T=0.7, several samples per prompt), because greedy decoding takes the majority answer
       and hides how mixed a policy still is;
@@ -52,6 +54,8 @@ def evaluate(cfg: Any, policy: Any, tokenizer: Any, args: EvalArgs | None = None
         prompts_ds = prompts_ds.select(range(min(args.max_prompts, len(prompts_ds))))
     prompts = list(prompts_ds["prompt"])
     flat = [p for p in prompts for _ in range(args.num_samples)]
+    # The prompt of each sample: intervals are clustered by prompt, whose samples correlate.
+    groups = [i // args.num_samples for i in range(len(flat))]
 
     def sample(model: Any) -> list[str]:
         out = generate(model, tokenizer, prompts, num_samples=args.num_samples,
@@ -67,13 +71,13 @@ def evaluate(cfg: Any, policy: Any, tokenizer: Any, args: EvalArgs | None = None
     scores: dict[str, list[float]] = {}
     if toy_world:
         scores["toy"] = [toy.judge(p, r) for p, r in zip(flat, responses, strict=True)]
-        ci = stats.mean_ci(scores["toy"])
+        ci = stats.mean_ci(scores["toy"], groups=groups)
         result["judge"] = {"score": ci["mean"], **ci,
                            "per_category": toy.score(flat, responses)["per_category"]}
     if reward_model is not None:
         scores["reward"] = reward_scores(reward_model, reward_tokenizer, flat, responses)
         pairs = data.load(cfg.data, "pairs", "test")
-        result["reward"] = {**stats.mean_ci(scores["reward"]),
+        result["reward"] = {**stats.mean_ci(scores["reward"], groups=groups),
                             "accuracy": reward_accuracy(reward_model, reward_tokenizer, pairs)}
     ref_responses: list[str] | None = None
     if reference is not None:
@@ -85,7 +89,7 @@ def evaluate(cfg: Any, policy: Any, tokenizer: Any, args: EvalArgs | None = None
                 if judge == "toy" else reward_scores(reward_model, reward_tokenizer, flat,
                                                      ref_responses)
             outcomes = stats.outcomes_from_scores(scores[judge], ref_scores)
-            result["win_rate"] = {**stats.win_rate(outcomes), "judge": judge}
+            result["win_rate"] = {**stats.win_rate(outcomes, groups=groups), "judge": judge}
     categories = prompts_ds["category"] if "category" in prompts_ds.column_names else None
     samples = [{"prompt": p[-1]["content"], "response": r,
                 "reference_response": ref_responses[i] if ref_responses else None,

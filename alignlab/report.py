@@ -63,7 +63,7 @@ EVAL_SECTIONS = (
     ("reward", "Reward", ("mean",)),
     ("length", "Length", ("mean",)),
 )
-_CI_KEYS = {"ci_low", "ci_high", "n"}
+_CI_KEYS = {"ci_low", "ci_high", "n", "n_prompts"}
 _WTL_KEYS = {"wins", "ties", "losses"}
 
 # Config keys that differ between sweep members for bookkeeping reasons, not by design.
@@ -107,6 +107,14 @@ def _ci(section: Mapping[str, Any]) -> str:
     if _is_number(lo) and _is_number(hi):
         return f"[{format_number(lo)}, {format_number(hi)}]"
     return ""
+
+
+def _interval(section: Any) -> tuple[float, float] | None:
+    """(ci_low, ci_high) of an eval.json section when both are finite, else None."""
+    if not isinstance(section, Mapping):
+        return None
+    lo, hi = section.get("ci_low"), section.get("ci_high")
+    return (float(lo), float(hi)) if _finite(lo) and _finite(hi) else None
 
 
 def _clip(text: Any, limit: int = MAX_TEXT) -> str:
@@ -310,11 +318,40 @@ def _plot_curves(series: Mapping[str, tuple[list[float], list[float]]], out: Pat
     fig.savefig(out, format="png")
 
 
-def _plot_bars(labels: list[str], values: list[float], title: str, ylabel: str, out: Path) -> None:
+def _plot_bars(
+    labels: list[str],
+    values: list[float],
+    title: str,
+    ylabel: str,
+    out: Path,
+    intervals: list[tuple[float, float] | None] | None = None,
+) -> None:
+    """Bar chart; ``intervals`` (per bar: (low, high) or None) are drawn as error bars."""
     fig = _new_figure(max(4.0, 1.2 * len(labels) + 1.5), 3.5)
     ax = fig.add_subplot(1, 1, 1)
     bars = ax.bar(labels, values, color="#4c72b0")
-    ax.bar_label(bars, labels=[format_number(v) for v in values], fontsize=8)
+    shown = [(i, iv) for i, iv in enumerate(intervals or []) if iv is not None]
+    if shown:
+        ax.errorbar(
+            [i for i, _ in shown],
+            [values[i] for i, _ in shown],
+            yerr=[
+                [values[i] - lo for i, (lo, _) in shown],
+                [hi - values[i] for i, (_, hi) in shown],
+            ],
+            fmt="none",
+            ecolor="#222222",
+            capsize=4,
+            linewidth=1,
+        )
+    # With error bars the value sits inside the bar, where no error bar crosses it.
+    ax.bar_label(
+        bars,
+        labels=[format_number(v) for v in values],
+        fontsize=8,
+        label_type="center" if shown else "edge",
+        color="white" if shown else None,
+    )
     ax.margins(y=0.12)  # head-room for the value labels
     ax.set_title(title)
     ax.set_ylabel(ylabel)
@@ -525,8 +562,7 @@ def _eval_rows(evals: Mapping[str, Any]) -> list[list[Any]]:
         for sub, value in section.items():
             if isinstance(value, str):
                 notes.append(f"vs {value}" if sub == "reference" else f"{sub}: {value}")
-        n = section.get("n")
-        rows.append([label, main, _ci(section), n if _is_number(n) else "", "; ".join(notes)])
+        rows.append([label, main, _ci(section), _n_cell(section), "; ".join(notes)])
         skip = _CI_KEYS | ({main_key} if main_key else set())
         if key == "win_rate":
             skip |= _WTL_KEYS
@@ -541,6 +577,14 @@ def _eval_rows(evals: Mapping[str, Any]) -> list[list[Any]]:
                     if _is_number(cat_value):
                         rows.append([f"{label}: {cat}", cat_value, "", "", sub])
     return rows
+
+
+def _n_cell(section: Mapping[str, Any]) -> Any:
+    """The n column: samples, and the prompts they came from when the interval is clustered."""
+    n, prompts = section.get("n"), section.get("n_prompts")
+    if not _is_number(n):
+        return ""
+    return f"{n} ({prompts} prompts)" if _is_number(prompts) else n
 
 
 def _sample_rows(samples: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
@@ -665,7 +709,8 @@ def _render_recipe(root: Path) -> Path:
     blocks: list[Block] = [("h", 1, title)]
     rows: list[list[Any]] = []
     links: list[tuple[str, str]] = []
-    bars: list[tuple[str, float]] = []
+    bars: list[tuple[str, float, tuple[float, float] | None]] = []
+    clustered_judge = True  # every plotted interval clustered by prompt
     for name in _recipe_stages(root, notes):
         stage_dir = root / name
         if not stage_dir.is_dir():
@@ -682,7 +727,10 @@ def _render_recipe(root: Path) -> Path:
             [name, _method_name(run) or "", s["judge"], s["win_rate"], s["kl"], s["reward"], status]
         )
         if _finite(s["judge"]):
-            bars.append((name, float(s["judge"])))
+            interval = _interval(run["eval"].get("judge"))
+            bars.append((name, float(s["judge"]), interval))
+            if interval is not None:
+                clustered_judge &= _is_number(_get(run["eval"], "judge.n_prompts"))
 
     blocks.append(("h", 2, "Stages"))
     headers = ["stage", "method", "judge score", "win rate", "KL", "reward mean", "status"]
@@ -690,9 +738,17 @@ def _render_recipe(root: Path) -> Path:
     if bars:
         png = root / "judge_by_stage.png"
         _plot_bars(
-            [b[0] for b in bars], [b[1] for b in bars], "Judge score per stage", "judge score", png
+            [b[0] for b in bars],
+            [b[1] for b in bars],
+            "Judge score per stage",
+            "judge score",
+            png,
+            intervals=[b[2] for b in bars],
         )
         blocks.append(("img", png, "judge score per stage"))
+        if any(b[2] for b in bars):
+            clustered = ", clustered by prompt" if clustered_judge else ""
+            blocks.append(("p", f"Error bars: the judge score's 95 % interval{clustered}."))
     else:
         blocks.append(("p", "No stage has a judge score, so there is no judge-score plot."))
     if links:

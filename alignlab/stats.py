@@ -2,6 +2,15 @@
 
 Pure Python + numpy on purpose: the report renderer and the CLI import this module, and
 neither should pay for importing torch.
+
+Evaluation draws several samples per prompt, and samples of one prompt are correlated (an
+easy prompt is answered well every time). Every interval therefore takes ``groups`` (the
+prompt of each value) and is then clustered by prompt: its standard error is the
+cluster-robust one, ``Var(mean) = G/(G-1) * sum_g (sum_{i in g} (y_i - mean))^2 / N^2`` over
+G prompts, which is the variance of the per-prompt means when every prompt has the same
+number of samples. Treating the samples as independent understates the error: at a
+within-prompt correlation of 1/3 and 3 samples per prompt the nominal 95 % interval covers
+the truth only about 87 % of the time.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from statistics import NormalDist
 import numpy as np
 
 __all__ = [
+    "clustered_mean_se",
     "mean_ci",
     "outcomes_from_scores",
     "sequence_kl",
@@ -77,6 +87,66 @@ def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> tuple
     return lo, hi
 
 
+def clustered_mean_se(
+    values: Sequence[float], groups: Sequence[object]
+) -> tuple[float, float, int]:
+    """(mean, cluster-robust standard error of the mean, number of groups).
+
+    ``groups`` names the cluster (prompt) of each value. The standard error is NaN with fewer
+    than two groups, where the between-prompt spread cannot be estimated.
+    """
+    arr = np.asarray(list(values), dtype=float)
+    labels = list(groups)
+    if len(labels) != arr.size:
+        raise ValueError(f"values has {arr.size} items but groups has {len(labels)}")
+    if arr.size == 0:
+        return math.nan, math.nan, 0
+    _, index = np.unique(np.asarray([str(g) for g in labels]), return_inverse=True)
+    n_groups = int(index.max()) + 1
+    mean = float(arr.mean())
+    if n_groups < 2:
+        return mean, math.nan, n_groups
+    resid = np.bincount(index, weights=arr - mean, minlength=n_groups)
+    var = n_groups / (n_groups - 1) * float(np.sum(resid**2)) / arr.size**2
+    return mean, math.sqrt(var), n_groups
+
+
+def _clustered_proportion_ci(
+    values: np.ndarray, groups: Sequence[object], confidence: float
+) -> tuple[float, float, int]:
+    """Wilson interval for a mean of values in [0, 1] at the effective sample size.
+
+    n_eff = p(1-p) / Var_cluster(mean), i.e. n divided by the design effect, capped at n so
+    that clustering never narrows the interval (ties, being less variable than a coin flip,
+    would otherwise do so). With p = 0 or 1 the clustered variance is 0 and says nothing about
+    the correlation, so n_eff is the number of prompts: the worst case, every prompt's samples
+    alike. The critical value is the normal one, as in plain Wilson: simulated at 8-40
+    prompts of 3 correlated samples it covers 94-97 %, where Student's t with G-1 degrees of
+    freedom over-covers (96-98 %).
+    """
+    n = int(values.size)
+    p, se, n_groups = clustered_mean_se(values, groups)
+    if n_groups < 2:
+        return (*wilson_interval(p * n_groups, n_groups, confidence), n_groups)
+    if p <= 0.0 or p >= 1.0:
+        n_eff = float(n_groups)
+    elif se > 0:
+        n_eff = min(float(n), p * (1.0 - p) / se**2)
+    else:
+        n_eff = float(n)
+    return (*_wilson(p, n_eff, _z(confidence)), n_groups)
+
+
+def _wilson(p: float, n: float, z: float) -> tuple[float, float]:
+    """Wilson score interval for proportion ``p`` at (possibly fractional) sample size ``n``."""
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(max(p * (1.0 - p) / n + z * z / (4 * n * n), 0.0)) / denom
+    lo = 0.0 if p <= 0.0 else max(0.0, centre - half)
+    hi = 1.0 if p >= 1.0 else min(1.0, centre + half)
+    return lo, hi
+
+
 def outcomes_from_scores(
     policy_scores: Sequence[float], reference_scores: Sequence[float], tie_tol: float = 0.0
 ) -> list[float]:
@@ -96,10 +166,16 @@ def outcomes_from_scores(
     return outcomes
 
 
-def win_rate(outcomes: Sequence[float], confidence: float = 0.95) -> dict[str, float | int]:
+def win_rate(
+    outcomes: Sequence[float],
+    confidence: float = 0.95,
+    groups: Sequence[object] | None = None,
+) -> dict[str, float | int]:
     """Tie-adjusted win rate (ties count half) with a Wilson confidence interval.
 
     ``outcomes`` holds one value per comparison: 1 (policy wins), 0.5 (tie), 0 (loss).
+    ``groups`` (the prompt of each comparison) clusters the interval by prompt: Wilson at the
+    effective sample size (see the module docstring), and ``n_prompts`` in the result.
 
     Why Wilson rather than a normal interval on the per-item mean: judge comparisons are
     often small (n of 20-200) and win rates near 0 or 1 are common; the normal interval then
@@ -117,32 +193,60 @@ def win_rate(outcomes: Sequence[float], confidence: float = 0.95) -> dict[str, f
     ties = sum(1 for v in values if v == 0.5)
     losses = n - wins - ties
     successes = wins + 0.5 * ties
-    lo, hi = wilson_interval(successes, n, confidence)
+    clustered: dict[str, int] = {}
+    if groups is not None and n:
+        lo, hi, clustered["n_prompts"] = _clustered_proportion_ci(
+            np.asarray(values), groups, confidence
+        )
+    else:
+        lo, hi = wilson_interval(successes, n, confidence)
     return {
         # n == 0: report the uninformative 0.5 rather than NaN so tables and plots still work.
         "win_rate": successes / n if n else 0.5,
         "ci_low": lo,
         "ci_high": hi,
         "n": n,
+        **clustered,
         "wins": wins,
         "ties": ties,
         "losses": losses,
     }
 
 
-def mean_ci(values: Sequence[float], confidence: float = 0.95) -> dict[str, float | int]:
+def mean_ci(
+    values: Sequence[float],
+    confidence: float = 0.95,
+    groups: Sequence[object] | None = None,
+) -> dict[str, float | int]:
     """Mean of judge scores with a confidence interval.
 
     0/1 data (pass/fail judges) get a Wilson interval, which behaves at 0 % and 100 %;
     anything else gets a Student-t interval, which is right for small n. n == 0 gives NaN
     mean and NaN bounds; n == 1 gives a point estimate with infinite bounds.
+
+    ``groups`` (the prompt of each value) clusters the interval by prompt: Wilson at the
+    effective sample size for 0/1 data, else t with G-1 degrees of freedom on the
+    cluster-robust standard error (infinite bounds with one prompt); the result then also
+    holds ``n_prompts``.
     """
     arr = np.asarray(list(values), dtype=float)
     n = int(arr.size)
     if n == 0:
         return {"mean": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n": 0}
     mean = float(arr.mean())
-    if np.all((arr == 0.0) | (arr == 1.0)):
+    binary = bool(np.all((arr == 0.0) | (arr == 1.0)))
+    if groups is not None:
+        if binary:
+            lo, hi, n_groups = _clustered_proportion_ci(arr, groups, confidence)
+        else:
+            _, se, n_groups = clustered_mean_se(arr, groups)
+            if n_groups < 2:
+                lo, hi = -math.inf, math.inf
+            else:
+                half = t_quantile(0.5 + confidence / 2.0, n_groups - 1) * se
+                lo, hi = mean - half, mean + half
+        return {"mean": mean, "ci_low": lo, "ci_high": hi, "n": n, "n_prompts": n_groups}
+    if binary:
         lo, hi = wilson_interval(float(arr.sum()), n, confidence)
         return {"mean": mean, "ci_low": lo, "ci_high": hi, "n": n}
     if n == 1:
@@ -153,12 +257,16 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> dict[str, floa
 
 
 def sequence_kl(
-    policy_logprobs: Sequence[float], reference_logprobs: Sequence[float]
+    policy_logprobs: Sequence[float],
+    reference_logprobs: Sequence[float],
+    groups: Sequence[object] | None = None,
 ) -> dict[str, float | int]:
     """Monte-Carlo KL(policy || reference) from the policy's own samples.
 
     Inputs are, per sample x ~ policy, the summed token log-probs log p(x) under the policy
-    and log q(x) under the reference. Returns:
+    and log q(x) under the reference, each of the distribution the samples were drawn from
+    (same temperature, same tokens). ``groups`` (the prompt of each sample) makes the standard
+    errors cluster-robust over prompts and adds ``n_prompts``. Returns:
 
     - ``kl``: k1 = mean(log p - log q), unbiased but can be negative on few samples;
     - ``kl_k3``: mean((r - 1) - log r) with r = q/p, also unbiased and never negative per
@@ -182,12 +290,17 @@ def sequence_kl(
     k3 = np.expm1(log_r) - log_r
 
     def _se(x: np.ndarray) -> float:
+        if groups is not None:
+            return clustered_mean_se(x, groups)[1]
         return float(x.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
 
-    return {
+    out: dict[str, float | int] = {
         "kl": float(k1.mean()),
         "kl_k3": float(k3.mean()),
         "stderr": _se(k1),
         "stderr_k3": _se(k3),
         "n": n,
     }
+    if groups is not None:
+        out["n_prompts"] = clustered_mean_se(k1, groups)[2]
+    return out

@@ -284,3 +284,36 @@ def test_sweep_without_overrides_uses_config_diff(tmp_path: Path) -> None:
     assert rows["0"][0] == "0.1" and rows["1"][0] == "0.3"
     assert "Judge score vs KL" in md
     assert_png(root / "frontier.png")
+
+
+def test_recipe_bar_plot_has_error_bars(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The judge score per stage is drawn with its 95 % interval, clustered by prompt."""
+    from matplotlib.container import ErrorbarContainer
+
+    from alignlab import report
+
+    figures = []
+    new_figure = report._new_figure
+
+    def recording(width: float, height: float) -> Any:
+        figures.append(new_figure(width, height))
+        return figures[-1]
+
+    monkeypatch.setattr(report, "_new_figure", recording)
+    root = tmp_path / "recipe"
+    clustered = {**EVAL, "judge": {**EVAL["judge"], "n": 120, "n_prompts": 40}}
+    make_run(root / "ppo", method="ppo", history=_ppo_history(), evals={"judge": {"score": 0.7}})
+    make_run(root / "dpo", evals=clustered)
+    (root / "recipe.yaml").write_text(yaml.safe_dump({"stages": ["ppo", "dpo"]}))
+    md = render_report(root).read_text()
+    assert "Error bars: the judge score's 95 % interval, clustered by prompt." in md
+    plot = [f for f in figures if f.axes and f.axes[0].get_title() == "Judge score per stage"]
+    ax = plot[0].axes[0]
+    errorbars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert len(errorbars) == 1
+    (segment,) = errorbars[0].lines[2][0].get_segments()  # only dpo has an interval
+    assert segment[:, 0].tolist() == [1.0, 1.0]  # the second bar
+    assert segment[:, 1].tolist() == pytest.approx([0.61, 0.94])
+    # The stage's own report gives the samples and the prompts they came from.
+    assert table_rows((root / "dpo" / "report.md").read_text())["Judge score"][2] == \
+        "120 (40 prompts)"
