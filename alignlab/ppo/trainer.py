@@ -53,19 +53,52 @@ def lora_adapter(model: nn.Module, name: str | None) -> Iterator[None]:
     Switches the tuner layers directly: peft's ``set_adapter``/``disable_adapter`` also flip
     ``requires_grad``, which would freeze the other adapter halfway through a training step.
     """
+    layers = tuner_layers(model)
+    state = [(name if name is not None else m._active_adapter, name is None) for m in layers]
+    with adapter_state(layers, state):
+        yield
+
+
+def tuner_layers(model: nn.Module) -> list[nn.Module]:
+    """The LoRA (peft tuner) layers of ``model``."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    return [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+
+
+@contextlib.contextmanager
+def adapter_state(layers: list[nn.Module], state: list[tuple[Any, bool]]) -> Iterator[None]:
+    """Set each tuner layer's (active adapter, adapters disabled), restore them on exit."""
     saved = [(m._active_adapter, m._disable_adapters) for m in layers]
-    for m in layers:
-        m._disable_adapters = name is None
-        if name is not None:
-            m._active_adapter = name
+    for m, (active, disabled) in zip(layers, state, strict=True):
+        m._active_adapter, m._disable_adapters = active, disabled
     try:
         yield
     finally:
         for m, (active, disabled) in zip(layers, saved, strict=True):
             m._active_adapter, m._disable_adapters = active, disabled
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Non-reentrant gradient checkpointing whose recomputation sees the adapters of its forward.
+
+    The backward pass recomputes each checkpointed layer after :func:`lora_adapter` has been
+    left: without help, the critic's layers (``critic`` adapter) would be recomputed with
+    whatever adapter is set then (the policy's) and the critic would get the policy's
+    gradients. ``context_fn`` runs at each checkpointed forward: it records the tuner layers'
+    state then and sets it again around that layer's recomputation.
+    """
+    layers = tuner_layers(model)
+
+    def context_fn() -> tuple[Any, Any]:
+        state = [(m._active_adapter, m._disable_adapters) for m in layers]
+        return contextlib.nullcontext(), adapter_state(layers, state)
+
+    kwargs: dict[str, Any] = {"use_reentrant": False}
+    if layers:
+        kwargs["context_fn"] = context_fn
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
 
 
 def position_ids(mask: torch.Tensor) -> torch.Tensor:
@@ -173,10 +206,9 @@ def build_models(cfg: Any, args: Any) -> dict[str, Any]:
                 if isinstance(module, nn.Dropout):
                     module.p = 0.0
     if args.gradient_checkpointing:
-        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if critic is not None:
-            critic.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False})
+        for m in (policy, critic):
+            if m is not None:
+                enable_gradient_checkpointing(m)
     funcs = rewards.functions(list(cfg.method.reward_funcs or []))
     return {"model": PolicyAndValue(policy, critic, value_head, lora_cfg is not None),
             "reference": reference, "tokenizer": tokenizer, "reward_model": reward_model,
