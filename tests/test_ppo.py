@@ -102,7 +102,9 @@ def test_ppo_two_processes_ddp(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
            "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
            "--dynamo_backend", "no", "-m", "alignlab", f"hydra.run.dir={run}", *TINY,
-           "method.args.max_steps=2", "method.reward_funcs=[toy_judge]"]
+           "method.args.max_steps=2", "method.args.lr_scheduler_type=linear",
+           "method.args.learning_rate=2e-4",
+           "method.reward_funcs=[toy_judge]"]
     env = {**os.environ, **ENV, "ACCELERATE_USE_CPU": "true", "ALIGNLAB_RUN_ID": "ddp-test",
            "ALIGNLAB_RANK_CHECK": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -113,6 +115,9 @@ def test_ppo_two_processes_ddp(tmp_path: Path) -> None:
     assert [r["world_size"] for r in ranks] == [2, 2]
     assert ranks[0]["params_sha256"] == ranks[1]["params_sha256"]  # DDP kept them identical
     assert m["log_history"][-1]["episode"] == 2 * 8 * 2  # steps * local batch * processes
+    # The linear schedule over 2 updates x 2 optimizer steps, as on one process: half-way after
+    # update 1 (it reached 0 there when accelerate stepped the scheduler once per process).
+    assert [h["lr"] for h in m["log_history"]] == pytest.approx([1e-4, 0.0], abs=1e-12)
     assert (run / "checkpoints/checkpoint-2/random_states_1.pkl").exists()
 
 

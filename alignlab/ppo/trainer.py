@@ -446,7 +446,12 @@ def train(cfg: Any, run_dir: Path) -> dict[str, Any]:
     from alignlab import data, evaluation, training
 
     args = training.trainer_config(cfg, ARGS_CLASS, run_dir)
-    accelerator = Accelerator(cpu=args.use_cpu, mixed_precision="bf16" if args.bf16 else "no")
+    # step_scheduler_with_optimizer=False: accelerate's scheduler wrapper would otherwise step
+    # the schedule once per process at each optimizer step (it assumes a dataloader whose
+    # batches grow with the world size), while opt_steps below counts steps of one process: on
+    # N processes the schedule ran out after 1/N of training.
+    accelerator = Accelerator(cpu=args.use_cpu, mixed_precision="bf16" if args.bf16 else "no",
+                              step_scheduler_with_optimizer=False)
     if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
         # `accelerate launch --use_fsdp/--use_deepspeed` directly, past the config check.
         raise AlignlabError(f"alignlab's PPO runs under DDP only, not "
