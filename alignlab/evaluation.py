@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("alignlab")
 
 
 @dataclass
@@ -34,8 +37,9 @@ def evaluate(cfg: Any, policy: Any, tokenizer: Any, args: EvalArgs | None = None
       (T=0.7, several samples per prompt), because greedy decoding takes the majority answer
       and hides how mixed a policy still is;
     - ``reward_model``: its mean score on the samples and its accuracy on held-out pairs;
-    - ``reference``: sequence KL(policy || reference) on the policy's own samples, and with
-      ``sample_reference`` the win rate vs the reference's samples (ties count half).
+    - ``reference``: sequence KL(policy || reference) on the policy's own samples (see
+      :func:`kl_to_reference`; none at temperature 0), and with ``sample_reference`` the win
+      rate vs the reference's samples (ties count half).
     """
     from alignlab import data, stats
     from alignlab.data import toy
@@ -57,13 +61,14 @@ def evaluate(cfg: Any, policy: Any, tokenizer: Any, args: EvalArgs | None = None
     # The prompt of each sample: intervals are clustered by prompt, whose samples correlate.
     groups = [i // args.num_samples for i in range(len(flat))]
 
-    def sample(model: Any) -> list[str]:
-        out = generate(model, tokenizer, prompts, num_samples=args.num_samples,
-                       temperature=args.temperature, max_new_tokens=args.max_new_tokens,
-                       batch_size=args.batch_size, seed=cfg.seed, progress=True)
-        return [r for rs in out for r in rs]
+    def sample(model: Any) -> tuple[list[str], list[list[int]]]:
+        texts, ids = generate(model, tokenizer, prompts, num_samples=args.num_samples,
+                              temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+                              batch_size=args.batch_size, seed=cfg.seed, progress=True,
+                              return_ids=True)
+        return [r for rs in texts for r in rs], [x for xs in ids for x in xs]
 
-    responses = sample(policy)
+    responses, response_ids = sample(policy)
     lengths = [len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in responses]
     result: dict[str, Any] = {"n_prompts": len(prompts), "samples_per_prompt": args.num_samples,
                               "temperature": args.temperature,
@@ -81,10 +86,14 @@ def evaluate(cfg: Any, policy: Any, tokenizer: Any, args: EvalArgs | None = None
                             "accuracy": reward_accuracy(reward_model, reward_tokenizer, pairs)}
     ref_responses: list[str] | None = None
     if reference is not None:
-        result["kl"] = stats.sequence_kl(sequence_logprobs(policy, tokenizer, flat, responses),
-                                         sequence_logprobs(reference, tokenizer, flat, responses))
+        if args.temperature > 0:
+            result["kl"] = kl_to_reference(policy, reference, tokenizer, flat, response_ids,
+                                           temperature=args.temperature, groups=groups)
+        else:
+            log.info("evaluation: no KL to the reference at temperature 0 (greedy responses "
+                     "are not samples of a distribution)")
         if sample_reference:
-            ref_responses = sample(reference)
+            ref_responses = sample(reference)[0]
             ref_scores = [toy.judge(p, r) for p, r in zip(flat, ref_responses, strict=True)] \
                 if judge == "toy" else reward_scores(reward_model, reward_tokenizer, flat,
                                                      ref_responses)
@@ -118,32 +127,82 @@ def reward_accuracy(model: Any, tokenizer: Any, pairs: Any) -> float:
     return sum(c > r for c, r in zip(chosen, rejected, strict=True)) / max(1, len(chosen))
 
 
-def sequence_logprobs(model: Any, tokenizer: Any, prompts: list, responses: list[str],
-                      batch_size: int = 32) -> list[float]:
-    """Summed log-probability of each response (tokens after the prompt) under ``model``."""
+def kl_to_reference(policy: Any, reference: Any, tokenizer: Any, prompts: list,
+                    response_ids: list[list[int]], *, temperature: float,
+                    groups: list[int] | None = None) -> dict[str, Any]:
+    """Sequence KL(policy || reference) of the policy's sampled responses.
+
+    ``response_ids`` are the tokens sampled from the policy at ``temperature`` (see
+    ``generate(return_ids=True)``), scored as they are under both models at that same
+    temperature, so each log-ratio is log pi_T(y|x) - log ref_T(y|x) for y ~ pi_T: its mean is
+    an unbiased Monte-Carlo estimate of KL(pi_T || ref_T), which is never negative.
+    Scoring decoded and re-tokenised text at T=1, with an EOS appended to responses cut at the
+    length limit, estimated no KL at all (and could come out negative).
+    ``groups`` (the prompt of each sample) clusters the standard errors by prompt.
+    """
+    from alignlab import stats
+
+    logp = sequence_logprobs(policy, tokenizer, prompts, response_ids, temperature=temperature)
+    logq = sequence_logprobs(reference, tokenizer, prompts, response_ids,
+                             temperature=temperature)
+    result: dict[str, Any] = stats.sequence_kl(logp, logq, groups=groups)
+    of = f" of {result['n_prompts']} prompts" if "n_prompts" in result else ""
+    result["definition"] = (
+        "sequence KL(policy‖reference) of the sampled responses: Monte-Carlo estimate of "
+        f"E[log π(y|x) − log π_ref(y|x)], y ~ π, both at T={temperature:g}, "
+        f"n={result['n']} samples{of}")
+    return result
+
+
+def sequence_logprobs(model: Any, tokenizer: Any, prompts: list, response_ids: list[list[int]],
+                      *, temperature: float = 1.0, batch_size: int = 32) -> list[float]:
+    """Summed log-probability of each response under ``model`` sampling at ``temperature``.
+
+    ``response_ids`` are token ids as sampled (an EOS token counts only when it is there); the
+    prompt is encoded exactly as ``generate`` encodes it. log softmax(logits / T) is the
+    distribution ``generate`` draws from at temperature T. Sequences are left-padded, so the
+    response tokens sit at the end and only the last positions' logits are computed.
+    """
     import torch
 
     device = next(model.parameters()).device
+    was_training = model.training
     model.eval()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out: list[float] = []
-    for i in range(0, len(prompts), batch_size):
-        ids, masks = [], []
-        for p, r in zip(prompts[i:i + batch_size], responses[i:i + batch_size], strict=True):
-            head = tokenizer.apply_chat_template(list(p), add_generation_prompt=True,
-                                                 tokenize=True, return_dict=True)["input_ids"]
-            tail = tokenizer(r + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
-            ids.append(head + tail)
-            masks.append([0] * len(head) + [1] * len(tail))
-        width = max(len(x) for x in ids)
-        pad = tokenizer.pad_token_id
-        input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=device)
-        attention = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids],
-                                 device=device)
-        target = torch.tensor([m + [0] * (width - len(m)) for m in masks], device=device)
-        with torch.no_grad():
-            logits = model(input_ids=input_ids, attention_mask=attention).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, input_ids[:, 1:, None])[..., 0]
-        out += (logp * target[:, 1:]).sum(-1).cpu().tolist()
+    try:
+        for i in range(0, len(prompts), batch_size):
+            tails = [list(t) for t in response_ids[i:i + batch_size]]
+            # As ``generate`` encodes a prompt: the chat template as text, then tokenised.
+            seqs = [tokenizer(tokenizer.apply_chat_template(list(p), tokenize=False,
+                                                            add_generation_prompt=True),
+                              add_special_tokens=False)["input_ids"] + t
+                    for p, t in zip(prompts[i:i + batch_size], tails, strict=True)]
+            width = max(len(x) for x in seqs)
+            keep = max(len(t) for t in tails) + 1  # the response tokens and the one before
+            input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(seqs), width), dtype=torch.long)
+            for j, x in enumerate(seqs):
+                input_ids[j, width - len(x):] = torch.tensor(x)
+                mask[j, width - len(x):] = 1
+            inputs = {"input_ids": input_ids.to(device), "attention_mask": mask.to(device),
+                      "position_ids": ((mask.cumsum(-1) - 1).clamp(min=0)).to(device)}
+            with torch.no_grad():
+                try:
+                    logits = model(**inputs, logits_to_keep=keep).logits
+                except TypeError:  # a model without logits_to_keep: take them all
+                    logits = model(**inputs).logits[:, -keep:]
+            logp = torch.log_softmax(logits[:, :-1].float() / temperature, -1).cpu()
+            target = input_ids[:, width - keep + 1:]
+            logp = logp.gather(-1, target[..., None])[..., 0]
+            # Column c predicts the token at width - keep + 1 + c: a response token when it
+            # lies within the last len(tail) positions.
+            lengths = torch.tensor([len(t) for t in tails])
+            is_response = torch.arange(keep - 1)[None] >= (keep - 1) - lengths[:, None]
+            # where, not a product: a prompt token the model rules out has log-prob -inf.
+            out += torch.where(is_response, logp, 0.0).sum(-1).tolist()
+    finally:
+        model.train(was_training)
     return out
 
 

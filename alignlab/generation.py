@@ -18,7 +18,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 from alignlab import runs
 from alignlab.errors import AlignlabError
@@ -69,10 +69,22 @@ def plain_sampling(model: Any) -> Iterator[None]:
             m.generation_config = old
 
 
+@overload
+def generate(model: Any, tokenizer: Any, prompts: Sequence[Sequence[dict[str, str]]], *,
+             return_ids: Literal[False] = False, **kwargs: Any) -> list[list[str]]: ...
+
+
+@overload
+def generate(model: Any, tokenizer: Any, prompts: Sequence[Sequence[dict[str, str]]], *,
+             return_ids: Literal[True], **kwargs: Any
+             ) -> tuple[list[list[str]], list[list[list[int]]]]: ...
+
+
 def generate(model: Any, tokenizer: Any, prompts: Sequence[Sequence[dict[str, str]]], *,
              num_samples: int = 1, temperature: float = 0.7, max_new_tokens: int = 32,
              batch_size: int = 64, seed: int = 0, progress: bool = False,
-             prune_finished: bool = False) -> list[list[str]]:
+             prune_finished: bool = False, return_ids: bool = False
+             ) -> list[list[str]] | tuple[list[list[str]], list[list[list[int]]]]:
     """``num_samples`` responses for each conversation in ``prompts`` (greedy at temperature 0).
 
     Prompts are sorted by length so each batch pads little, and restored to input order.
@@ -80,6 +92,11 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[Sequence[dict[str, st
     instead of running the whole batch until its longest answer is done (as ``model.generate``
     does); it samples from the same distribution through a different random stream, and falls
     back to ``model.generate`` for models whose cache can't be pruned.
+
+    ``return_ids`` also returns the sampled token ids of each response, in the same layout:
+    exactly the tokens drawn, ending with the EOS token when one was sampled (a response cut at
+    ``max_new_tokens`` has none) and without padding. Scoring these ids, rather than the
+    decoded and re-tokenised text, gives the log-probability of what was actually sampled.
     """
     import torch
     from tqdm.auto import tqdm
@@ -88,6 +105,7 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[Sequence[dict[str, st
              for p in prompts]
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out: list[list[str]] = [[] for _ in texts]
+    out_ids: list[list[list[int]]] = [[] for _ in texts]
     padding_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     was_training = model.training
@@ -120,12 +138,23 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[Sequence[dict[str, st
                             eos_token_id=sorted(eos))
                     new = ids[:, enc["input_ids"].shape[1]:]
             decoded = tokenizer.batch_decode(new, skip_special_tokens=True)
+            rows = [_until_eos(r, eos) for r in (new.tolist() if hasattr(new, "tolist") else new)]
             for j, i in enumerate(idx):
                 out[i] = [d.strip() for d in decoded[j * num_samples:(j + 1) * num_samples]]
+                out_ids[i] = rows[j * num_samples:(j + 1) * num_samples]
     finally:
         tokenizer.padding_side = padding_side
         model.train(was_training)
-    return out
+    return (out, out_ids) if return_ids else out
+
+
+def _until_eos(ids: list[int], eos: set[int]) -> list[int]:
+    """The sampled tokens up to and including the first EOS; ``model.generate`` pads a finished
+    row after it (with the pad token, which may itself be the EOS token)."""
+    for k, token in enumerate(ids):
+        if token in eos:
+            return ids[:k + 1]
+    return ids
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
