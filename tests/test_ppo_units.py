@@ -91,3 +91,63 @@ def test_lora_gradient_checkpointing_keeps_each_adapters_gradients() -> None:
     assert any(n.startswith("value_head") for n in plain)
     for name in plain:
         torch.testing.assert_close(checkpointed[name], plain[name], msg=name)
+
+
+def _full_ppo_env(seed: int = 0) -> tuple[trainer.PolicyAndValue, dict[str, Any]]:
+    """Full fine-tuning setup on llama-small: policy, critic (+ its score head), reference
+    (a copy of the policy) and no reward (scores 0)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    from alignlab.models import build_builtin
+
+    path = build_builtin("llama-small", seed)
+    tok = AutoTokenizer.from_pretrained(path)
+    policy = AutoModelForCausalLM.from_pretrained(path)
+    torch.manual_seed(seed)
+    critic = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    model = trainer.PolicyAndValue(policy, critic, trainer.value_head_of(critic), False).train()
+    env = {"tokenizer": tok, "eos_ids": trainer.eos_token_ids(tok, policy),
+           "reference": AutoModelForCausalLM.from_pretrained(path).eval(),
+           "reward_model": None, "reward_funcs": []}
+    return model, env
+
+
+@pytest.mark.parametrize("from_generate", [False, True])
+def test_bf16_rollout_matches_the_update(from_generate: bool) -> None:
+    """Under bf16 the update runs in accelerator.autocast(); the rollout's log-probs, reference
+    log-probs and values were computed in fp32, so before any weight changed the first ratio
+    was off by the bf16 rounding (~1e-2 here). Computed under the same autocast, they equal
+    the update's forward (the first minibatch's ratio is 1, approxkl 0)."""
+    import functools
+
+    from alignlab.ppo import core
+
+    bf16 = functools.partial(torch.autocast, "cpu", dtype=torch.bfloat16)
+    model, env = _full_ppo_env()
+    # one prompt, so no padding columns: the update trims those, and in bf16 a different width
+    # rounds differently (~1e-3), which no choice of precision could remove
+    prompts = [[{"role": "user", "content": "what is 2+3?"}]] * 4
+    args = PPOConfig(response_length=6, temperature=0.7, logprobs_from_generate=from_generate,
+                     bf16=True)
+    assert not trainer.logprobs_from_generate(args)  # cached steps round differently in bf16
+    torch.manual_seed(0)
+    batch = trainer.rollout(env, model, prompts, args, torch.device("cpu"), autocast=bf16)
+    context, mask = int(batch["context"]), batch["resp_mask"]
+    assert batch["mask"][:, :context].all()
+    # The update's forward as in train(): one micro batch of all rows, trimmed to real columns.
+    end = int(batch["mask"].any(0).nonzero()[-1]) + 1
+    ids, width = batch["ids"][:, :end], end - context
+    with torch.no_grad(), bf16():
+        logits, values = model(ids, batch["mask"][:, :end], context)
+        new = trainer.logprobs_of(logits, ids[:, context:], args.temperature)
+        ref = env["reference"](input_ids=ids, attention_mask=batch["mask"][:, :end],
+                               use_cache=False).logits[:, context - 1:-1]
+        ref = trainer.logprobs_of(ref, ids[:, context:], args.temperature)
+    real = mask[:, :width].bool()
+    for got, want in ((batch["logprobs"], new), (batch["ref_logprobs"], ref),
+                      (batch["values"], values)):
+        torch.testing.assert_close(got[:, :width][real], want[real], atol=1e-4, rtol=0)
+    old_lp, mask = batch["logprobs"][:, :width], mask[:, :width]
+    _, stats = core.policy_loss(new, old_lp, torch.ones_like(new), mask, 0.2)
+    assert stats["ratio"].item() == pytest.approx(1.0, abs=1e-4)
+    assert stats["approxkl"].item() == pytest.approx(0.0, abs=1e-8)

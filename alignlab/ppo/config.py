@@ -82,7 +82,8 @@ class PPOConfig:
     logprobs_from_generate: bool = field(default=True, metadata={
         "help": "Take the rollout log-probs from generate's logits instead of a second policy "
                 "forward (faster; keeps batch x response_length x vocab logits, so turn it off "
-                "for very large vocabularies on a small GPU)."})
+                "for very large vocabularies on a small GPU). Ignored with bf16: generate's "
+                "cached steps round differently from the update's forward there."})
     missing_eos_penalty: float | None = field(default=1.0, metadata={
         "help": "Subtracted from the score of a response that did not end with EOS (EOS trick, "
                 "Huang et al. 2024); null: no penalty."})

@@ -26,7 +26,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -289,10 +289,26 @@ def scores_for(env: dict[str, Any], prompts: list[Any], texts: list[str],
     return total
 
 
+def logprobs_from_generate(args: Any) -> bool:
+    """Whether rollouts take the policy's log-probs from ``generate``'s logits.
+
+    Not under bf16: generate's one-token KV-cache steps round differently from the update's
+    full forward (~1e-3 in log-probs here), so the first ratio would not be 1; a second
+    forward, under the update's autocast, gives exactly the update's numbers.
+    """
+    return bool(args.logprobs_from_generate) and not args.bf16
+
+
 @torch.no_grad()
 def rollout(env: dict[str, Any], model: PolicyAndValue, prompts: list[Any], args: Any,
-            device: torch.device) -> dict[str, torch.Tensor]:
-    """Sample responses and everything PPO needs about them (no gradients)."""
+            device: torch.device, autocast: Callable[[], Any] = contextlib.nullcontext,
+            ) -> dict[str, torch.Tensor]:
+    """Sample responses and everything PPO needs about them (no gradients).
+
+    ``autocast`` must be the update's (``accelerator.autocast``): log-probs, reference
+    log-probs and values computed in another precision than the update's would make the first
+    ratio differ from 1 by the rounding (bf16: ~1e-2), before any weight has changed.
+    """
     from transformers import GenerationConfig
 
     tok = env["tokenizer"]
@@ -300,22 +316,23 @@ def rollout(env: dict[str, Any], model: PolicyAndValue, prompts: list[Any], args
     query, query_mask = left_pad(encode_prompts(tok, prompts, args.max_prompt_length), pad)
     context = query.shape[1]
     eos = env["eos_ids"]
+    from_generate = logprobs_from_generate(args)
     # top_k=0/top_p=1: sample from exactly softmax(logits / T), the distribution PPO scores.
     gen_cfg = GenerationConfig(**generation.NEUTRAL_SAMPLING, max_new_tokens=args.response_length,
                                do_sample=True, temperature=args.temperature,
                                eos_token_id=eos, pad_token_id=pad, return_dict_in_generate=True,
-                               output_logits=args.logprobs_from_generate)
+                               output_logits=from_generate)
     chunk = args.local_rollout_forward_batch_size
     model.eval()
     pieces, gen_logprobs = [], []
     with (lora_adapter(model.policy, POLICY) if model.lora else contextlib.nullcontext(),
-          generation.plain_sampling(model.policy)):
+          generation.plain_sampling(model.policy), autocast()):
         for i in range(0, len(prompts), chunk):
             q, m = query[i:i + chunk].to(device), query_mask[i:i + chunk].to(device)
             out = model.policy.generate(input_ids=q, attention_mask=m, generation_config=gen_cfg)
             seq = out.sequences[:, context:]
             pieces.append(seq.cpu())
-            if args.logprobs_from_generate:  # raw logits of each step, before sampling warpers
+            if from_generate:  # raw logits of each step, before sampling warpers
                 gen_logprobs.append(logprobs_of(torch.stack(out.logits, 1), seq,
                                                 args.temperature).cpu())
     width = max(p.shape[1] for p in pieces)
@@ -333,20 +350,21 @@ def rollout(env: dict[str, Any], model: PolicyAndValue, prompts: list[Any], args
     for i in range(0, len(prompts), chunk):
         b_ids, b_mask = ids[i:i + chunk].to(device), mask[i:i + chunk].to(device)
         b_resp = b_ids[:, context:]
-        if gen_logprobs:
-            values.append(model.values(b_ids, b_mask, context).cpu())
-        else:
-            logits, v = model(b_ids, b_mask, context)
-            logprobs.append(logprobs_of(logits, b_resp, args.temperature).cpu())
-            values.append(v.cpu())
-        if model.lora:
-            ref_logits = model.policy_logits(b_ids, b_mask, context, adapter=None)
-        else:
-            ref = env["reference"]
-            ref_logits = ref(input_ids=b_ids, attention_mask=b_mask,
-                             position_ids=position_ids(b_mask), use_cache=False,
-                             logits_to_keep=b_resp.shape[1] + 1).logits[:, :-1]
-        ref_logprobs.append(logprobs_of(ref_logits, b_resp, args.temperature).cpu())
+        with autocast():
+            if gen_logprobs:
+                values.append(model.values(b_ids, b_mask, context).cpu())
+            else:
+                logits, v = model(b_ids, b_mask, context)
+                logprobs.append(logprobs_of(logits, b_resp, args.temperature).cpu())
+                values.append(v.cpu())
+            if model.lora:
+                ref_logits = model.policy_logits(b_ids, b_mask, context, adapter=None)
+            else:
+                ref = env["reference"]
+                ref_logits = ref(input_ids=b_ids, attention_mask=b_mask,
+                                 position_ids=position_ids(b_mask), use_cache=False,
+                                 logits_to_keep=b_resp.shape[1] + 1).logits[:, :-1]
+            ref_logprobs.append(logprobs_of(ref_logits, b_resp, args.temperature).cpu())
     lists = [r[m.bool()].tolist() for r, m in zip(responses, resp_mask, strict=True)]
     texts = tok.batch_decode(lists, skip_special_tokens=True)
     scores = scores_for(env, prompts, texts, lists)
@@ -356,9 +374,11 @@ def rollout(env: dict[str, Any], model: PolicyAndValue, prompts: list[Any], args
         scores = torch.where(has_eos, scores, scores - args.missing_eos_penalty)
     model.train()
     return {"ids": ids, "mask": mask, "context": torch.tensor(context), "responses": responses,
-            "resp_mask": resp_mask, "has_eos": has_eos, "logprobs": torch.cat(logprobs),
-            "ref_logprobs": torch.cat(ref_logprobs), "values": torch.cat(values),
-            "scores": scores}
+            "resp_mask": resp_mask, "has_eos": has_eos,
+            # padding: a constant, as in the update (core.fill_padding), never a stray value
+            "logprobs": core.fill_padding(torch.cat(logprobs), resp_mask),
+            "ref_logprobs": core.fill_padding(torch.cat(ref_logprobs), resp_mask),
+            "values": torch.cat(values), "scores": scores}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -507,6 +527,9 @@ def train(cfg: Any, run_dir: Path) -> dict[str, Any]:
     else:
         set_seed(args.seed, device_specific=True)  # different samples on each process
     kill_at = training.kill_after_step(cfg.method.name)
+    if args.logprobs_from_generate and not logprobs_from_generate(args):
+        accelerator.print("[alignlab] bf16: rollout log-probs come from a forward pass under the "
+                          "update's autocast, not from generate's logits")
 
     started = time.time()
     bar = tqdm(total=max_steps, initial=start_step, desc="ppo",
@@ -515,7 +538,8 @@ def train(cfg: Any, run_dir: Path) -> dict[str, Any]:
         t0 = time.time()
         # 1-2. Rollout with the current policy.
         batch = rollout(env, inner, prompt_batch(prompts, args.seed, step - 1,
-                                                 args.local_batch_size, world, rank), args, device)
+                                                 args.local_batch_size, world, rank), args, device,
+                        autocast=accelerator.autocast)
         context = int(batch["context"])
         mask = batch["resp_mask"].float()
         # 3. Rewards, advantages (InstructGPT App. C; Huang et al. 2024).
