@@ -7,8 +7,6 @@ it is given, while PPO's ratios and KL, and evaluation's KL, assume plain temper
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -90,7 +88,47 @@ def test_alignlab_generate_samples_plainly(model_and_tok: tuple, monkeypatch) ->
         torch.testing.assert_close(s, raw / 0.5)
 
 
-def test_ppo_rollout_uses_plain_sampling() -> None:
-    """The PPO rollout builds its config from the neutral settings inside the guard."""
-    src = (Path(generation.__file__).parent / "ppo" / "trainer.py").read_text()
-    assert "NEUTRAL_SAMPLING" in src and "plain_sampling(model.policy)" in src
+def test_ppo_rollout_samples_plainly(model_and_tok: tuple, monkeypatch) -> None:
+    """A PPO rollout on a model whose generation_config sets repetition_penalty, top_k, ...:
+    generate samples from exactly softmax(logits / T), and the rollout's log-probs (taken from
+    generate's logits) are a fresh forward's log_softmax(logits / T) at the sampled tokens."""
+    from transformers import AutoModelForSequenceClassification
+
+    from alignlab.models import build_builtin
+    from alignlab.ppo import trainer
+    from alignlab.ppo.config import PPOConfig
+
+    model, tok = model_and_tok
+    seen: list[tuple] = []
+    real = type(model).generate
+
+    def spy(self, *a, **kw):
+        out = real(self, *a, **kw, output_scores=True)
+        seen.append((out.scores, out.logits))
+        return out
+
+    monkeypatch.setattr(type(model), "generate", spy)
+    critic = AutoModelForSequenceClassification.from_pretrained(build_builtin("llama-small", 3),
+                                                                num_labels=1)
+    policy = trainer.PolicyAndValue(model, critic, trainer.value_head_of(critic), lora=False)
+    env = {"tokenizer": tok, "eos_ids": trainer.eos_token_ids(tok, model), "reference": model,
+           "reward_model": None, "reward_funcs": []}
+    prompts = [[{"role": "user", "content": "hi"}], [{"role": "user", "content": "what is 2+2?"}]]
+    args = PPOConfig(response_length=6, temperature=0.7, logprobs_from_generate=True)
+    torch.manual_seed(0)
+    batch = trainer.rollout(env, policy, prompts, args, torch.device("cpu"))
+    assert model.generation_config.repetition_penalty == 1.8  # restored afterwards
+    assert model.generation_config.top_k == 3
+    (scores, logits), = seen
+    for s, raw in zip(scores, logits, strict=True):  # nothing but the temperature applied
+        assert torch.isfinite(s).all()
+        torch.testing.assert_close(s, raw / 0.7)
+    ids, mask, context = batch["ids"], batch["mask"], int(batch["context"])
+    with torch.no_grad():
+        fresh = model(input_ids=ids, attention_mask=mask, position_ids=trainer.position_ids(mask),
+                      use_cache=False).logits[:, context - 1:-1]
+    expected = torch.log_softmax(fresh / 0.7, -1).gather(-1, ids[:, context:, None])[..., 0]
+    real_tokens = batch["resp_mask"].bool()
+    assert real_tokens.sum() >= 4
+    torch.testing.assert_close(batch["logprobs"][real_tokens], expected[real_tokens],
+                               atol=1e-5, rtol=1e-5)
