@@ -26,9 +26,59 @@ class EvalArgs:
     num_examples: int = field(default=8, metadata={"help": "Samples shown in the report."})
 
 
+JUDGES = ("auto", "toy", "reward")
+
+
+@dataclass
+class EvalInputs:
+    """What :func:`prepare` checked and loaded: the judge in use and the held-out data."""
+
+    judge: str  # "toy" or "reward"
+    prompts: Any  # held-out prompts (a datasets.Dataset, capped at max_prompts)
+    pairs: Any = None  # held-out preference pairs, for the reward model's accuracy
+
+
+def prepare(cfg: Any, args: EvalArgs, *, reward_model: bool) -> EvalInputs:
+    """Check the evaluation's settings and load its held-out data, before any model is loaded.
+
+    ``reward_model``: whether one will be given (its pair accuracy needs held-out pairs).
+    Raises AlignlabError (one sentence and a fix) for an unknown or unusable judge, a
+    nonsensical setting, or data without the columns evaluation needs; loading models and
+    sampling first made a mistake cost the whole start-up instead of a second or two.
+    """
+    from alignlab import data
+    from alignlab.errors import AlignlabError, did_you_mean
+
+    if args.judge not in JUDGES:
+        raise AlignlabError(f"method.args.judge={args.judge!r} is not a judge."
+                            f"{did_you_mean(str(args.judge), JUDGES)}")
+    for name in ("num_samples", "max_new_tokens", "batch_size", "max_prompts"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise AlignlabError(f"method.args.{name}={value} must be at least 1.")
+    if args.temperature < 0:
+        raise AlignlabError(f"method.args.temperature={args.temperature} must be >= 0 "
+                            "(0 = greedy).")
+    toy_world = cfg.data.format == "toy"
+    judge = args.judge if args.judge != "auto" else ("toy" if toy_world else "reward")
+    if judge == "toy" and not toy_world:
+        raise AlignlabError("method.args.judge=toy only knows the toy world's prompts. Use "
+                            "data=toy, or judge=reward with method.reward_model=<reward "
+                            "run>/model.")
+    if judge == "reward" and not reward_model:
+        raise AlignlabError("Evaluation needs a judge: set method.reward_model=<reward run>/model "
+                            "(or use data=toy, whose rule judge needs no model).")
+    prompts = data.load(cfg.data, "prompts", "test", keep_extra=True)
+    if args.max_prompts:
+        prompts = prompts.select(range(min(args.max_prompts, len(prompts))))
+    pairs = data.load(cfg.data, "pairs", "test") if reward_model else None
+    return EvalInputs(judge=judge, prompts=prompts, pairs=pairs)
+
+
 def evaluate(cfg: Any, policy: Any, tokenizer: Any, args: EvalArgs | None = None, *,
              reference: Any = None, sample_reference: bool = False, reward_model: Any = None,
-             reward_tokenizer: Any = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+             reward_tokenizer: Any = None, inputs: EvalInputs | None = None
+             ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Sample ``policy`` on the held-out prompts and measure it; returns (eval.json, samples).
 
     Every 95 % interval is clustered by prompt (see :mod:`alignlab.stats`).
@@ -40,22 +90,18 @@ def evaluate(cfg: Any, policy: Any, tokenizer: Any, args: EvalArgs | None = None
     - ``reference``: sequence KL(policy || reference) on the policy's own samples (see
       :func:`kl_to_reference`; none at temperature 0), and with ``sample_reference`` the win
       rate vs the reference's samples (ties count half).
+
+    Every figure comes with its n (samples, prompts, or held-out pairs). ``inputs``: what
+    :func:`prepare` returned, when the caller checked the inputs before loading the models.
     """
-    from alignlab import data, stats
+    from alignlab import stats
     from alignlab.data import toy
     from alignlab.generation import generate
 
     args = args or EvalArgs()
+    inputs = inputs or prepare(cfg, args, reward_model=reward_model is not None)
     toy_world = cfg.data.format == "toy"
-    judge = args.judge if args.judge != "auto" else ("toy" if toy_world else "reward")
-    if judge == "reward" and reward_model is None:
-        from alignlab.errors import AlignlabError
-
-        raise AlignlabError("Evaluation needs a judge: set method.reward_model=<reward run>/model "
-                            "(or use data=toy, whose rule judge needs no model).")
-    prompts_ds = data.load(cfg.data, "prompts", "test", keep_extra=True)
-    if args.max_prompts:
-        prompts_ds = prompts_ds.select(range(min(args.max_prompts, len(prompts_ds))))
+    judge, prompts_ds = inputs.judge, inputs.prompts
     prompts = list(prompts_ds["prompt"])
     flat = [p for p in prompts for _ in range(args.num_samples)]
     # The prompt of each sample: intervals are clustered by prompt, whose samples correlate.
@@ -72,18 +118,26 @@ def evaluate(cfg: Any, policy: Any, tokenizer: Any, args: EvalArgs | None = None
     lengths = [len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in responses]
     result: dict[str, Any] = {"n_prompts": len(prompts), "samples_per_prompt": args.num_samples,
                               "temperature": args.temperature,
-                              "length": {"mean": sum(lengths) / max(1, len(lengths))}}
+                              "length": {"mean": sum(lengths) / max(1, len(lengths)),
+                                         "n": len(lengths)}}
     scores: dict[str, list[float]] = {}
     if toy_world:
         scores["toy"] = [toy.judge(p, r) for p, r in zip(flat, responses, strict=True)]
         ci = stats.mean_ci(scores["toy"], groups=groups)
+        toy_scores = toy.score(flat, responses)
         result["judge"] = {"score": ci["mean"], **ci,
-                           "per_category": toy.score(flat, responses)["per_category"]}
+                           "per_category": toy_scores["per_category"],
+                           "per_category_n": {c: toy_scores["categories"].count(c)
+                                              for c in toy_scores["per_category"]}}
     if reward_model is not None:
         scores["reward"] = reward_scores(reward_model, reward_tokenizer, flat, responses)
-        pairs = data.load(cfg.data, "pairs", "test")
+        correct = reward_pair_correct(reward_model, reward_tokenizer, inputs.pairs)
+        # Pairs sharing a prompt are clustered like samples.
+        accuracy = stats.mean_ci(correct, groups=[json.dumps(p, sort_keys=True)
+                                                  for p in inputs.pairs["prompt"]])
         result["reward"] = {**stats.mean_ci(scores["reward"], groups=groups),
-                            "accuracy": reward_accuracy(reward_model, reward_tokenizer, pairs)}
+                            "accuracy": accuracy["mean"],
+                            **{f"accuracy_{k}": v for k, v in accuracy.items() if k != "mean"}}
     ref_responses: list[str] | None = None
     if reference is not None:
         if args.temperature > 0:
@@ -119,12 +173,18 @@ def write(run_dir: Path, result: dict[str, Any], samples: list[dict[str, Any]]) 
 
 def reward_accuracy(model: Any, tokenizer: Any, pairs: Any) -> float:
     """Share of held-out pairs where the reward model scores ``chosen`` above ``rejected``."""
+    correct = reward_pair_correct(model, tokenizer, pairs)
+    return sum(correct) / max(1, len(correct))
+
+
+def reward_pair_correct(model: Any, tokenizer: Any, pairs: Any) -> list[float]:
+    """Per held-out pair: 1.0 when the reward model scores ``chosen`` above ``rejected``."""
     def reply(column: str) -> list[str]:
         return [c[-1]["content"] for c in pairs[column]]
 
     chosen = reward_scores(model, tokenizer, pairs["prompt"], reply("chosen"))
     rejected = reward_scores(model, tokenizer, pairs["prompt"], reply("rejected"))
-    return sum(c > r for c, r in zip(chosen, rejected, strict=True)) / max(1, len(chosen))
+    return [float(c > r) for c, r in zip(chosen, rejected, strict=True)]
 
 
 def kl_to_reference(policy: Any, reference: Any, tokenizer: Any, prompts: list,

@@ -542,12 +542,35 @@ def _headline(section: Mapping[str, Any], keys: Iterable[str]) -> tuple[str | No
     return None, None
 
 
+# Keys that qualify a sibling figure X (``X_n``, ``X_ci_low``...) rather than being figures.
+_QUALIFIERS = ("_n_prompts", "_ci_low", "_ci_high", "_n")
+# Top-level eval.json numbers that describe how the evaluation ran, not what it measured.
+EVAL_SETTINGS = ("n_prompts", "samples_per_prompt", "temperature")
+
+
+def _qualified(section: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """The interval and n of figure ``key`` in ``section``: its ``key_ci_low``... siblings."""
+    return {q[1:]: section[key + q] for q in _QUALIFIERS if key + q in section}
+
+
+def _is_qualifier(section: Mapping[str, Any], key: str) -> bool:
+    return any(key.endswith(q) and key[: -len(q)] in section for q in _QUALIFIERS)
+
+
 def _eval_rows(evals: Mapping[str, Any]) -> list[list[Any]]:
-    """Rows: metric, value, 95 % CI, n, notes. Unknown sections are shown generically."""
+    """Rows: metric, value, 95 % CI, n, notes. Unknown sections are shown generically.
+
+    A figure's n is its own (``X_n``, or per category ``per_category_n``) where eval.json has
+    one, else its section's: the samples every figure of the section is computed from.
+    """
     rows: list[list[Any]] = []
     known = {key for key, _, _ in EVAL_SECTIONS}
     sections = [s for s in EVAL_SECTIONS if s[0] in evals]
-    sections += [(key, key, ("value", "mean", "score")) for key in evals if key not in known]
+    sections += [
+        (key, key, ("value", "mean", "score"))
+        for key in evals
+        if key not in known and key not in EVAL_SETTINGS
+    ]
     for key, label, headline_keys in sections:
         section = evals[key]
         if _is_number(section):
@@ -562,21 +585,40 @@ def _eval_rows(evals: Mapping[str, Any]) -> list[list[Any]]:
         for sub, value in section.items():
             if isinstance(value, str):
                 notes.append(f"vs {value}" if sub == "reference" else f"{sub}: {value}")
-        rows.append([label, main, _ci(section), _n_cell(section), "; ".join(notes)])
+        n = _n_cell(section)
+        rows.append([label, main, _ci(section), n, "; ".join(notes)])
         skip = _CI_KEYS | ({main_key} if main_key else set())
         if key == "win_rate":
             skip |= _WTL_KEYS
         for sub, value in section.items():
-            if sub in skip:
+            if sub in skip or _is_qualifier(section, sub):
+                continue
+            if sub == "mean" and value == main:  # judge.score and judge.mean are one figure
                 continue
             if _is_number(value):
-                rows.append([f"{label}: {sub}", value, "", "", ""])
+                own = _qualified(section, sub)
+                rows.append([f"{label}: {sub}", value, _ci(own), _n_cell(own) if own else n, ""])
             elif isinstance(value, Mapping):
-                # e.g. judge.per_category: one row per category.
+                # e.g. judge.per_category: one row per category, n from per_category_n.
+                counts = section.get(f"{sub}_n")
+                counts = counts if isinstance(counts, Mapping) else {}
                 for cat, cat_value in value.items():
                     if _is_number(cat_value):
-                        rows.append([f"{label}: {cat}", cat_value, "", "", sub])
+                        cat_n = counts.get(cat, "")
+                        rows.append([f"{label}: {cat}", cat_value, "", cat_n, sub])
     return rows
+
+
+def _eval_settings(evals: Mapping[str, Any]) -> str:
+    """One line on how the evaluation ran (prompts, samples per prompt, temperature)."""
+    parts = [f"{key} {format_number(evals[key])}" for key in EVAL_SETTINGS
+             if _is_number(evals.get(key))]
+    text = ("Settings: " + ", ".join(parts) + ".") if parts else ""
+    if any(isinstance(v, Mapping) and _is_number(v.get("n_prompts")) for v in evals.values()):
+        # Said once here rather than in every row: why n shows prompts beside samples.
+        text += (" 95 % intervals are clustered by prompt: the samples of one prompt are "
+                 "correlated, so they count for less than independent ones.")
+    return text.strip()
 
 
 def _n_cell(section: Mapping[str, Any]) -> Any:
@@ -645,6 +687,9 @@ def _render_run(root: Path) -> Path:
     eval_rows = _eval_rows(run["eval"])
     if eval_rows:
         blocks.append(("table", ["metric", "value", "95% CI", "n", "notes"], eval_rows))
+        settings = _eval_settings(run["eval"])
+        if settings:
+            blocks.append(("p", settings))
     else:
         blocks.append(("p", "No evaluation results (eval.json missing or empty)."))
 

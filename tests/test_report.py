@@ -317,3 +317,29 @@ def test_recipe_bar_plot_has_error_bars(tmp_path: Path, monkeypatch: pytest.Monk
     # The stage's own report gives the samples and the prompts they came from.
     assert table_rows((root / "dpo" / "report.md").read_text())["Judge score"][2] == \
         "120 (40 prompts)"
+
+
+def test_every_eval_row_has_its_n(tmp_path: Path) -> None:
+    """eval.json as evaluation now writes it: each figure has an n, the settings a line."""
+    evals = {
+        "n_prompts": 8, "samples_per_prompt": 3, "temperature": 0.7,
+        "length": {"mean": 12.5, "n": 24},
+        "judge": {**EVAL["judge"], "mean": EVAL["judge"]["score"], "n_prompts": 8,
+                  "per_category_n": {"helpful": 9, "harmful_refused": 9, "borderline_answered": 6}},
+        "win_rate": {**EVAL["win_rate"], "n_prompts": 8},
+        "kl": {**EVAL["kl"], "n_prompts": 8, "definition": "sequence KL at T=0.7"},
+        "reward": {"mean": 1.75, "ci_low": 1.5, "ci_high": 2.0, "n": 24, "n_prompts": 8,
+                   "accuracy": 0.68, "accuracy_ci_low": 0.6, "accuracy_ci_high": 0.75,
+                   "accuracy_n": 200, "accuracy_n_prompts": 200},
+    }
+    run = make_run(tmp_path / "run", method="eval", evals=evals)
+    md = render_report(run).read_text()
+    rows = table_rows(md.split("## Evaluation", 1)[1].split("##", 1)[0])
+    rows.pop("metric")
+    assert all(cells[2] for cells in rows.values()), rows
+    assert rows["Reward: accuracy"][1:3] == ["[0.6, 0.75]", "200 (200 prompts)"]
+    assert rows["Judge score: borderline_answered"][2] == "6"
+    assert rows["KL to reference: kl_k3"][2] == "24 (8 prompts)"
+    assert "Judge score: mean" not in rows and "n_prompts" not in rows
+    assert "Settings: n_prompts 8, samples_per_prompt 3, temperature 0.7." in md
+    assert "clustered by prompt" in md

@@ -1,14 +1,20 @@
 """Evaluation: sample a policy on held-out prompts and measure it against a reference.
 
 Reports the toy judge per category (on the toy world), reward-model score and pair accuracy,
-win rate vs the reference (ties count half, 95 % Wilson CI), sequence KL(policy || reference)
-on the policy's own samples, and response length. Writes ``eval.json`` and ``samples.jsonl``.
+win rate vs the reference (ties count half), each with a 95 % interval clustered by prompt and
+its n, sequence KL(policy || reference) of the policy's samples at the sampling temperature,
+and response length. Writes ``eval.json`` and ``samples.jsonl``. The settings, the judge and the
+held-out data are checked before any model is loaded.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("alignlab")
 
 ARGS_CLASS = "alignlab.evaluation:EvalArgs"
 DATA_KIND = "prompts"
@@ -16,9 +22,13 @@ DATA_KIND = "prompts"
 
 def run(cfg: Any, run_dir: Path) -> dict[str, Any]:
     """Evaluate ``model.path`` (vs ``method.reference``, scored by ``method.reward_model``)."""
+    started = time.time()
     from alignlab import evaluation, models, runs
 
     args = evaluation.EvalArgs(**cfg.method.args)
+    inputs = evaluation.prepare(cfg, args, reward_model=bool(cfg.method.reward_model))
+    log.info("eval: %d held-out prompts, judge %s; loading the models", len(inputs.prompts),
+             inputs.judge)
     path = models.resolve_path(cfg.model, cfg.seed)
     tokenizer = models.load_tokenizer(cfg.model, path)
     policy = models.load_model(cfg.model, path, cfg.hardware)
@@ -30,11 +40,12 @@ def run(cfg: Any, run_dir: Path) -> dict[str, Any]:
         rm = models.load_model(cfg.model, cfg.method.reward_model, cfg.hardware, kind="reward")
     result, samples = evaluation.evaluate(cfg, policy, tokenizer, args, reference=reference,
                                           sample_reference=True, reward_model=rm,
-                                          reward_tokenizer=rm_tok)
+                                          reward_tokenizer=rm_tok, inputs=inputs)
     result["policy"] = str(cfg.model.path)
     if "win_rate" in result:
         result["win_rate"]["reference"] = str(cfg.method.reference)
     if runs.is_main_process():
         evaluation.write(run_dir, result, samples)
     return {"method": "eval", "eval": result,
-            **({"judge": result["judge"]} if "judge" in result else {})}
+            **({"judge": result["judge"]} if "judge" in result else {}),
+            "wall_seconds": round(time.time() - started, 2)}

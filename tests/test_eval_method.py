@@ -1,0 +1,107 @@
+"""``method=eval``: inputs checked before any model loads, wall time, and an n for every figure."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import alignlab
+from tests.test_report import table_rows
+
+LOADING = "loading the models"  # what method=eval logs just before it loads a model
+QUIET = {"HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _builtin() -> str:
+    from alignlab import models
+
+    return str(models.build_builtin("llama-small", 42))
+
+
+def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
+    """Overrides of a mistaken evaluation and a phrase of the error it must give."""
+    text_only = tmp_path / "text.jsonl"
+    text_only.write_text("".join(json.dumps({"text": f"row {i}"}) + "\n" for i in range(40)))
+    prompts_only = tmp_path / "prompts.jsonl"
+    prompts_only.write_text("".join(
+        json.dumps({"prompt": [{"role": "user", "content": f"q {i}"}]}) + "\n" for i in range(40)))
+    return {
+        "unknown judge": (["method.args.judge=llm"], "is not a judge"),
+        "no prompt column": ([f"data.path={text_only}", f"method.reward_model={_builtin()}"],
+                             "'prompt'"),
+        "no pairs for the reward model's accuracy": (
+            [f"data.path={prompts_only}", f"method.reward_model={_builtin()}"], "'chosen'"),
+        "toy judge off the toy world": (
+            [f"data.path={prompts_only}", "method.args.judge=toy"], "judge=toy"),
+    }
+
+
+CASES = ["unknown judge", "no prompt column", "no pairs for the reward model's accuracy",
+         "toy judge off the toy world"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_eval_input_fails_before_any_model_loads(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     case: str) -> None:
+    """The stage raises the input's error while no model has been touched."""
+    from alignlab import cli, models
+    from alignlab.errors import AlignlabError
+
+    overrides, expect = _bad_inputs(tmp_path)[case]
+    if "data.path" in " ".join(overrides):
+        overrides = ["data=local", *overrides]
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a model was loaded before the inputs were checked")
+
+    for name in ("resolve_path", "load_tokenizer", "load_model"):
+        monkeypatch.setattr(models, name, no_model)
+    cfg = cli.compose(["method=eval", *overrides, f"run_dir={tmp_path / 'run'}"])
+    with pytest.raises(AlignlabError, match=expect):
+        cli.run_stage(cfg, tmp_path / "run")
+
+
+@pytest.mark.parametrize("case", ["unknown judge", "no prompt column"])
+def test_bad_eval_input_is_one_line_and_exit_code_2(tmp_path: Path, case: str) -> None:
+    overrides, expect = _bad_inputs(tmp_path)[case]
+    if "data.path" in " ".join(overrides):
+        overrides = ["data=local", *overrides]
+    proc = alignlab("method=eval", *overrides, f"hydra.run.dir={tmp_path / 'run'}",
+                    check=False, env=QUIET)
+    assert proc.returncode == 2, proc.stderr
+    assert expect in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert LOADING not in proc.stdout + proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_eval_reports_wall_time_and_every_figure_with_its_n(tmp_path: Path) -> None:
+    """A real (tiny) evaluation with a reference and a reward model: its wall time is measured
+    and every row of its report's evaluation table has an n."""
+    run = tmp_path / "run"
+    builtin = _builtin()
+    proc = alignlab("method=eval", f"method.reference={builtin}",
+                    f"method.reward_model={builtin}", "method.args.max_prompts=6",
+                    "method.args.num_samples=2", "method.args.max_new_tokens=8",
+                    "report_to=none", f"hydra.run.dir={run}", env=QUIET)
+    assert LOADING in proc.stdout + proc.stderr  # so its absence above means something
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["wall_seconds"] > 0
+    assert f"wall={metrics['wall_seconds']:.0f}s" in proc.stdout
+    evals = json.loads((run / "eval.json").read_text())
+    assert evals["reward"]["accuracy_n"] > 0 and evals["length"]["n"] == 12
+    assert evals["kl"]["n"] == 12 and "T=0.7" in evals["kl"]["definition"]
+
+    md = (run / "report.md").read_text()
+    table = md.split("## Evaluation", 1)[1].split("##", 1)[0]
+    rows = table_rows(table)
+    rows.pop("metric")  # the header
+    assert {"Judge score", "Win rate", "KL to reference", "Reward", "Reward: accuracy",
+            "Length"} <= set(rows)
+    missing = {name: cells for name, cells in rows.items() if not cells[2]}
+    assert not missing, f"eval rows without an n: {missing}"
+    assert rows["Judge score"][2] == "12 (6 prompts)"
+    assert rows["Reward: accuracy"][2].split()[0] == str(evals["reward"]["accuracy_n"])
