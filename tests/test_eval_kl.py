@@ -116,8 +116,9 @@ def test_kl_matches_closed_form(tiny: dict[str, Any], reference: str, prune: boo
     at_one = [evaluation.sequence_logprobs(m, tokenizer, flat_prompts, flat_ids)
               for m in (policy, reference)]
     wrong = sum(a - b for a, b in zip(*at_one, strict=True)) / len(flat_ids)
-    assert abs(wrong - exact) > 3 * res["stderr"], (wrong, exact)
-    if exact < 0.05:
+    if exact > 1:  # far apart: the temperature mismatch is many standard errors off
+        assert abs(wrong - exact) > 4 * res["stderr"], (wrong, exact)
+    else:  # close (a fine-tuned policy's regime): that figure is even negative
         assert wrong < 0 < res["kl"], (wrong, res["kl"])
 
 
