@@ -126,6 +126,9 @@ def compose(overrides: list[str]) -> Any:
         raise _explain(err) from None
     finally:
         GlobalHydra.instance().clear()
+    from omegaconf import OmegaConf
+
+    runs.refuse_secrets(OmegaConf.to_container(cfg, resolve=False))
     config.validate(cfg)
     if cfg.recipe.name:
         from alignlab import pipeline
@@ -134,9 +137,39 @@ def compose(overrides: list[str]) -> Any:
     return cfg
 
 
+def planned_run_dir(overrides: list[str]) -> Path | None:
+    """The run directory Hydra will create for ``overrides`` (``hydra.run.dir``, resolved);
+    None when it resolves only inside Hydra's job (e.g. ``${hydra:job.name}`` in it)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config.conf_dir()), version_base=None):
+            cfg = hydra_compose(config_name="config", overrides=open_mapping_overrides(overrides),
+                                return_hydra_config=True)
+        return Path(OmegaConf.select(cfg, "hydra.run.dir"))
+    except Exception:  # Hydra and OmegaConf raise many types; _task locks the dir then
+        return None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _override_values(overrides: list[str]) -> dict[str, str]:
+    """``["++method.args.beta=0.1", ...]`` -> ``{"method.args.beta": "0.1", ...}``."""
+    pairs = (item.lstrip("+~").partition("=") for item in overrides)
+    return {key: value for key, sep, value in pairs if sep}
+
+
 def _task(cfg: Any) -> None:
     """One Hydra job: one stage, written into Hydra's run directory."""
     run_dir = Path(cfg.run_dir)
+    try:  # before anything is removed on failure: the directory may be another run's
+        runs.lock_run_dir(run_dir)
+    except AlignlabError as err:
+        fail(err)
     existed = (run_dir / "config.yaml").exists()
     try:
         config.validate(cfg)
@@ -231,6 +264,10 @@ def main(argv: list[str] | None = None) -> None:
     config.register()
     argv = open_mapping_overrides(argv)
     flags = set(argv)
+    try:  # Hydra would save them in .hydra/overrides.yaml, sweeps included
+        runs.refuse_secrets(_override_values(_overrides(argv)))
+    except AlignlabError as err:
+        fail(err)
     if not flags & (_FLAGS_WITHOUT_RUN | _MULTIRUN):
         try:
             cfg = compose(_overrides(argv))
@@ -240,6 +277,15 @@ def main(argv: list[str] | None = None) -> None:
 
         if "--cfg" not in flags and "-c" not in flags and launch.needs_launch(cfg.hardware):
             sys.exit(launch.relaunch(cfg.hardware, argv))
+        if "--cfg" not in flags and "-c" not in flags:
+            # Locked before Hydra writes .hydra/ and the log: a second run on this directory
+            # stops here. Launched ranks other than 0 share the directory (no lock).
+            planned = planned_run_dir(_overrides(argv))
+            try:
+                if planned is not None:
+                    runs.lock_run_dir(planned)
+            except AlignlabError as err:
+                fail(err)
     sys.argv = [sys.argv[0], *argv]
     app = hydra.main(config_path=str(config.conf_dir()), config_name="config",
                      version_base=None)(_task)

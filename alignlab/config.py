@@ -168,6 +168,17 @@ def register() -> None:
     cs.store(name="alignlab_schema", node=Config)
     if not OmegaConf.has_resolver("run_id"):
         OmegaConf.register_new_resolver("run_id", run_id, use_cache=True)
+    if not OmegaConf.has_resolver("run_name"):
+        OmegaConf.register_new_resolver("run_name", run_name)
+
+
+def run_name(recipe: str | None, method: str) -> str:
+    """The run dir's parent folder: the recipe's name, else the method's.
+
+    ``oc.select`` cannot do this: ``recipe.name`` always exists (null without a recipe), and
+    ``oc.select`` only falls back when a key is missing, so every run landed in ``runs/None``.
+    """
+    return str(recipe) if recipe else str(method)
 
 
 @functools.cache

@@ -90,10 +90,51 @@ def _hub_error(path: str, err: Exception) -> AlignlabError:
                          "and set model.path to the local folder.")
 
 
+def adapter_folder(path: str) -> Path | None:
+    """``path`` itself when it is a local LoRA adapter folder (``adapter_config.json``, e.g.
+    the ``model/`` of a ``model.lora=true`` run), else None."""
+    folder = Path(path).expanduser()
+    return folder if (folder / "adapter_config.json").is_file() else None
+
+
+def adapter_base(folder: Path) -> str:
+    """The base model of the adapter in ``folder``: its ``base_model_name_or_path``.
+
+    An adapter trained on a built-in model names that model's cache folder; when the folder is
+    gone (cache cleared, another machine or ``ALIGNLAB_CACHE``) it is rebuilt from its name and
+    seed, if the package's assets still give the same model.
+    """
+    import json
+    import re
+
+    base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base:
+        raise AlignlabError(f"The LoRA adapter '{folder}' does not name its base model "
+                            "(base_model_name_or_path in adapter_config.json). Add it.")
+    local = Path(base).expanduser()
+    if local.exists() and local.resolve() == folder.resolve():
+        raise AlignlabError(f"The LoRA adapter '{folder}' names itself as its base model. Set "
+                            "base_model_name_or_path in its adapter_config.json.")
+    if local.exists():
+        return str(local)
+    built = re.fullmatch(r"(?P<name>.+)-seed(?P<seed>\d+)-[0-9a-f]{10}", local.name)
+    if built and (ASSETS / built["name"] / "config.json").exists():
+        rebuilt = build_builtin(built["name"], int(built["seed"]))
+        if rebuilt.name != local.name:
+            raise AlignlabError(f"The LoRA adapter '{folder}' was trained on an older built-in "
+                                f"{built['name']} ({local.name}); this version builds "
+                                f"{rebuilt.name}. Retrain the adapter.")
+        return str(rebuilt)
+    return base
+
+
 def load_tokenizer(model_cfg: Any, path: str) -> Any:
     """The tokenizer, with a pad token and (optionally) the configured chat template."""
     from transformers import AutoTokenizer
 
+    adapter = adapter_folder(path)
+    if adapter is not None and not (adapter / "tokenizer_config.json").exists():
+        path = adapter_base(adapter)  # an adapter saved without its tokenizer
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code,
                                             revision=model_cfg.revision)
@@ -133,9 +174,22 @@ def quantization_config(model_cfg: Any, hardware: Any) -> Any:
 
 
 def load_model(model_cfg: Any, path: str, hardware: Any, *, kind: str = "causal-lm") -> Any:
-    """A causal LM (``kind="causal-lm"``) or a one-logit reward model (``kind="reward"``)."""
+    """A causal LM (``kind="causal-lm"``) or a one-logit reward model (``kind="reward"``).
+
+    A LoRA adapter folder loads as its base with the adapter merged in: the model it was
+    trained into (e.g. the SFT model), which a new LoRA or the PPO reference then starts from.
+    """
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    adapter = adapter_folder(path)
+    if adapter is not None:  # its base may be an adapter folder too: they merge in order
+        import logging
+
+        base = adapter_base(adapter)
+        model = load_model(model_cfg, base, hardware, kind=kind)
+        logging.getLogger("alignlab").info("%s is a LoRA adapter: merged it into its base %s",
+                                           adapter, base)
+        return merge_adapter(model, adapter, kind)
     kwargs = _load_kwargs(model_cfg)
     dtype = hardware.model.get("dtype") or model_cfg.dtype
     kwargs["dtype"] = torch_dtype(dtype)
@@ -166,6 +220,26 @@ def load_model(model_cfg: Any, path: str, hardware: Any, *, kind: str = "causal-
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return model
+
+
+def merge_adapter(model: Any, folder: Path, kind: str = "causal-lm") -> Any:
+    """``model`` (the adapter's base) with the LoRA adapter in ``folder`` merged into it.
+
+    Merged, not attached: a new LoRA (``get_peft_model``) would otherwise replace the adapter
+    and start from the base, and so would a reference taken as "the base with adapters off".
+    """
+    from peft import PeftConfig, PeftModel
+
+    config = PeftConfig.from_pretrained(str(folder))
+    if config.task_type != {"causal-lm": "CAUSAL_LM", "reward": "SEQ_CLS"}.get(kind):
+        # e.g. a reward model from a LoRA SFT run: only the adapted layers carry over; the
+        # task-specific peft class would expect the other head
+        config.task_type = None
+    merged = PeftModel.from_pretrained(model, str(folder), config=config).merge_and_unload()
+    # Named after the adapter: an adapter trained on top of this model records it as its base,
+    # so loading that one merges this one first instead of starting from the bare base.
+    merged.name_or_path = merged.config._name_or_path = str(folder.resolve())
+    return merged
 
 
 def _local_device(hardware: Any) -> Any:

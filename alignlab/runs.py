@@ -9,12 +9,27 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from alignlab.errors import AlignlabError
+
 MARKER = "DONE"
-_SECRET = re.compile(r"(token|api_key|apikey|secret|password)", re.IGNORECASE)
+LOCK = ".alignlab.lock"
+REDACTED = "<redacted>"
+# Keys that hold a credential: api_key, password, secret, and the tokens that authenticate
+# (hub_token, hf_token, access_token ...). Not pad_token/eos_token (special tokens of a
+# tokenizer), max_new_tokens, or api_key_env (which only names an environment variable).
+_SECRET_KEY = re.compile(
+    r"^(?:\w+_)?(?:api_?key|access_?key|secret(?:_key)?|password|passwd|credentials?)$"
+    r"|^(?:(?:hub|hf|huggingface|access|auth|api|bearer|refresh|session|push_to_hub|wandb|"
+    r"github|gh|openai)_)?token$", re.IGNORECASE)
+# Values that look like credentials whatever their key: Hugging Face, OpenAI/Anthropic-style,
+# GitHub and AWS access keys.
+_SECRET_VALUE = re.compile(r"hf_[A-Za-z0-9]{30,}|sk-[A-Za-z0-9_-]{20,}|ghp_[A-Za-z0-9]{30,}"
+                           r"|github_pat_\w{30,}|AKIA[0-9A-Z]{16}")
 
 
 def is_main_process() -> bool:
@@ -31,14 +46,55 @@ def atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def is_secret_key(key: str) -> bool:
+    """Whether a config key names a credential (``hub_token``, ``api_key``, ``password``)."""
+    return bool(_SECRET_KEY.match(str(key).rsplit(".", 1)[-1]))
+
+
 def redact(obj: Any) -> Any:
-    """Drop secrets (tokens, API keys) from a config before it is saved or logged."""
+    """Drop secrets (credentials by key, credential-looking strings by value) from a config
+    before it is saved or logged; everything else is kept so the config reproduces the run."""
     if isinstance(obj, dict):
-        return {k: ("<redacted>" if _SECRET.search(str(k)) and v else redact(v))
+        return {k: (REDACTED if is_secret_key(k) and v not in (None, "") else redact(v))
                 for k, v in obj.items()}
     if isinstance(obj, list):
         return [redact(v) for v in obj]
+    if isinstance(obj, str):
+        return _SECRET_VALUE.sub(REDACTED, obj)
     return obj
+
+
+def find_secrets(obj: Any, prefix: str = "") -> list[str]:
+    """Dotted keys of ``obj`` (a nested dict/list) that hold a credential."""
+    found: list[str] = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            where = f"{prefix}.{k}" if prefix else str(k)
+            if is_secret_key(k) and v not in (None, "", "null"):
+                found.append(where)
+            else:
+                found += find_secrets(v, where)
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            found += find_secrets(v, f"{prefix}[{i}]")
+    elif isinstance(obj, str) and _SECRET_VALUE.search(obj):
+        found.append(prefix or obj[:3] + "...")
+    return found
+
+
+def refuse_secrets(obj: Any) -> None:
+    """Raise AlignlabError if ``obj`` (a config, or overrides as {key: value}) holds a secret.
+
+    Hydra saves the overrides and the composed config in ``.hydra/``, and the trainer pickles
+    its arguments into ``training_args.bin``, so a secret in the config would reach disk
+    verbatim; secrets come from the environment instead.
+    """
+    found = find_secrets(obj)
+    if found:
+        raise AlignlabError(
+            f"'{found[0]}' holds a secret, which would be saved in the run directory. Pass "
+            "tokens through the HF_TOKEN environment variable (API keys: the variable named "
+            "by method.args.api_key_env), never as an override or in a config file.")
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -72,3 +128,71 @@ def mark_done(run_dir: Path, info: dict[str, Any]) -> None:
 
 def is_done(run_dir: Path) -> bool:
     return (run_dir / MARKER).exists()
+
+
+# Open lock files of the run directories this process holds, by path: held until it exits.
+_HELD: dict[str, int] = {}
+
+
+def lock_run_dir(run_dir: Path) -> None:
+    """Take an exclusive lock on ``run_dir`` for the rest of this process's life.
+
+    A second alignlab run on the same directory (the same ``hydra.run.dir``, or a recipe
+    re-run while the first is running) is refused with one clear line instead of clobbering
+    the first one's files. The kernel drops the lock when the process ends, killed or not.
+    Only the main process locks: the ranks of one launch share the directory.
+    """
+    import fcntl
+
+    key = str(Path(run_dir).resolve())
+    if key in _HELD or not is_main_process():
+        return
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    path = Path(run_dir) / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise AlignlabError(
+            f"Run directory {run_dir} is in use by another alignlab run (pid {holder}). Wait "
+            "for it to finish, or choose another directory with hydra.run.dir=...") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _HELD[key] = fd
+
+
+def partial_dir(final: Path) -> Path:
+    """Where a folder is written before :func:`commit_dir` moves it to ``final``."""
+    return final.with_name(f".{final.name}.partial")
+
+
+def fresh_partial_dir(final: Path) -> Path:
+    """An empty :func:`partial_dir` for ``final`` (whatever a killed save left is dropped)."""
+    tmp = partial_dir(final)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def commit_dir(tmp: Path, final: Path) -> None:
+    """Move the completely written folder ``tmp`` to ``final``, replacing an older one.
+
+    Files are flushed to disk first and the move is a rename, so a kill at any moment leaves
+    either the old folder, no folder, or the whole new one at ``final``, never a half-written
+    one (a half-written save stays at its ``.partial`` name).
+    """
+    for path in tmp.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    old = final.with_name(f".{final.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)

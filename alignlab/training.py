@@ -17,6 +17,7 @@ from alignlab.errors import AlignlabError
 
 log = logging.getLogger("alignlab")
 KILL_ENV = "ALIGNLAB_KILL_AFTER_STEP"
+KILL_IN_SAVE_ENV = "ALIGNLAB_TEST_KILL_IN_SAVE"  # test hook: die with the final save half done
 RANK_CHECK_ENV = "ALIGNLAB_RANK_CHECK"  # test hook: every rank writes a hash of its weights
 
 
@@ -131,10 +132,38 @@ def train(trainer: Any, cfg: Any, run_dir: Path) -> dict[str, Any]:
         print(f"[alignlab] resuming from {checkpoint}")
     for callback in _callbacks(cfg.method.name):
         trainer.add_callback(callback)
+    from transformers import TrainerCallback
+
+    class TrainBegun(TrainerCallback):
+        """Records that set-up is over: the first step is next."""
+
+        started = False
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.started = True
+
+    begun = TrainBegun()
+    trainer.add_callback(begun)
     start = time.time()
-    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    try:
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except ValueError as err:
+        # Before the first step the trainer builds its dataloader and optimizer, which reject
+        # values (a batch size, a learning rate) with ValueError: a config mistake, not a crash.
+        if begun.started:
+            raise
+        raise _rejected(type(trainer).__name__, err) from err
     out = run_dir / "model"
-    trainer.save_model(str(out))  # safetensors + tokenizer; adapters only when LoRA
+    # Written under a temporary name and renamed when complete: a kill mid-save leaves no
+    # half model at model/ (and no DONE, which run_stage writes after this returns).
+    tmp = runs.partial_dir(out)
+    if runs.is_main_process():
+        runs.fresh_partial_dir(out)
+    trainer.accelerator.wait_for_everyone()
+    if os.environ.get(KILL_IN_SAVE_ENV):
+        _kill_in_save(trainer)
+    trainer.save_model(str(tmp))  # safetensors + tokenizer; adapters only when LoRA
+    trainer.accelerator.wait_for_everyone()
     world = trainer.accelerator.num_processes
     metrics = {"method": cfg.method.name, "train": dict(result.metrics),
                "log_history": trainer.state.log_history, "world_size": world,
@@ -143,8 +172,20 @@ def train(trainer: Any, cfg: Any, run_dir: Path) -> dict[str, Any]:
     if os.environ.get(RANK_CHECK_ENV):
         write_rank_fingerprint(trainer.model, run_dir, trainer.accelerator.process_index, world)
     if runs.is_main_process():
-        write_model_card(out, cfg, metrics)
+        write_model_card(tmp, cfg, metrics)
+        runs.commit_dir(tmp, out)
+    trainer.accelerator.wait_for_everyone()
     return metrics
+
+
+def _kill_in_save(trainer: Any) -> None:
+    """Test hook: end the process (exit code 75) once the final save has written the weights
+    but not the tokenizer, as a kill in the middle of writing the model would."""
+
+    def die(*args: Any, **kwargs: Any) -> None:
+        os._exit(75)
+
+    trainer.processing_class.save_pretrained = die
 
 
 def write_model_card(out: Path, cfg: Any, metrics: dict[str, Any]) -> None:

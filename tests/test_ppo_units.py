@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -151,3 +152,56 @@ def test_bf16_rollout_matches_the_update(from_generate: bool) -> None:
     _, stats = core.policy_loss(new, old_lp, torch.ones_like(new), mask, 0.2)
     assert stats["ratio"].item() == pytest.approx(1.0, abs=1e-4)
     assert stats["approxkl"].item() == pytest.approx(0.0, abs=1e-8)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_ppo_starts_from_a_lora_sft_adapter(lora: bool, tmp_path: Path) -> None:
+    """model.path=<LoRA SFT run>/model (an adapter folder) loaded the base and PPO's new LoRA
+    replaced the adapter: policy and reference started from the base, not the SFT model.
+    Loaded merged, both equal the SFT model (base + adapter). The adapter's base is a built-in
+    model's cache folder that is gone: it is rebuilt."""
+    import json
+
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from alignlab import cli
+    from alignlab.models import build_builtin
+
+    base_path = build_builtin("llama-small", 0)
+    torch.manual_seed(5)  # init_lora_weights=False: random B, so the adapter changes the model
+    sft = get_peft_model(AutoModelForCausalLM.from_pretrained(base_path),
+                         LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "down_proj"],
+                                    init_lora_weights=False, task_type="CAUSAL_LM"))
+    folder = tmp_path / "sft" / "model"
+    sft.save_pretrained(str(folder))
+    AutoTokenizer.from_pretrained(base_path).save_pretrained(str(folder))
+    adapter_cfg = json.loads((folder / "adapter_config.json").read_text())
+    assert adapter_cfg["base_model_name_or_path"] == str(base_path)
+    adapter_cfg["base_model_name_or_path"] = str(tmp_path / "old-cache" / base_path.name)
+    (folder / "adapter_config.json").write_text(json.dumps(adapter_cfg))
+
+    cfg = cli.compose(["method=ppo", f"model.path={folder}", "method.reward_funcs=[toy_judge]",
+                       f"model.lora={str(lora).lower()}", f"run_dir={tmp_path / 'ppo'}"])
+    args = PPOConfig(response_length=5, logprobs_from_generate=False)
+    env = trainer.build_models(cfg, args)
+    env["eos_ids"], env["reward_funcs"] = trainer.eos_token_ids(env["tokenizer"], sft), []
+    prompts = [[{"role": "user", "content": "hi"}], [{"role": "user", "content": "what is 2+2?"}]]
+    batch = trainer.rollout(env, env["model"], prompts, args, torch.device("cpu"))
+
+    ids, mask, context = batch["ids"], batch["mask"], int(batch["context"])
+    real = batch["resp_mask"].bool()
+
+    def logprobs(model: nn.Module) -> torch.Tensor:
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=mask,
+                           position_ids=trainer.position_ids(mask)).logits[:, context - 1:-1]
+        return trainer.logprobs_of(logits, ids[:, context:], args.temperature)[real]
+
+    sft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path),
+                                          str(folder)).eval()
+    want = logprobs(sft_model)
+    bare = logprobs(AutoModelForCausalLM.from_pretrained(base_path).eval())
+    assert (want - bare).abs().max() > 1e-2  # the adapter matters
+    torch.testing.assert_close(batch["logprobs"][real], want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(batch["ref_logprobs"][real], want, atol=1e-5, rtol=1e-5)
