@@ -649,7 +649,9 @@ def train(cfg: Any, run_dir: Path) -> dict[str, Any]:
         "wall_seconds": round(wall, 2), **training.peak_memory()}
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        save_policy(inner, env["tokenizer"], out)
+        # Saved under a temporary name, then renamed: a kill mid-save leaves no half model.
+        save_policy(inner, env["tokenizer"], runs.fresh_partial_dir(out))
+        runs.commit_dir(runs.partial_dir(out), out)
         if do_eval:
             result, samples = evaluate(cfg, env, inner, args, before=False)
             evaluation.write(run_dir, result, samples)
