@@ -142,17 +142,26 @@ def lock_run_dir(run_dir: Path) -> None:
     the first one's files. The kernel drops the lock when the process ends, killed or not.
     Only the main process locks: the ranks of one launch share the directory.
     """
+    import errno
     import fcntl
 
     key = str(Path(run_dir).resolve())
     if key in _HELD or not is_main_process():
         return
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
-    path = Path(run_dir) / LOCK
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        fd = os.open(Path(run_dir) / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise AlignlabError(f"Cannot use run directory {run_dir}: {err.strerror}. Choose "
+                            "another one with hydra.run.dir=...") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as err:
+        if err.errno not in (errno.EAGAIN, errno.EACCES):
+            # A filesystem without locks (some network mounts): run unlocked, as before.
+            os.close(fd)
+            _HELD[key] = -1
+            return
         holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
         os.close(fd)
         raise AlignlabError(
