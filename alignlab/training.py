@@ -86,6 +86,12 @@ def _callbacks(method: str) -> list[Any]:
 _CPU_SAFE = {"use_cpu": True, "bf16": False, "fp16": False}
 
 
+def _rejected(what: str, err: Exception) -> AlignlabError:
+    text = " ".join(str(err).split())  # one line, whatever the library printed
+    return AlignlabError(f"{what} rejected the configuration: {text} Fix the value in "
+                         "method.args (or the model/hardware preset).")
+
+
 def merged_args(cfg: Any, args_class: str) -> dict[str, Any]:
     """Trainer arguments: model.train_args < hardware.args < method.args (later wins).
 
