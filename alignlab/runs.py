@@ -27,9 +27,9 @@ _SECRET_KEY = re.compile(
     r"|^(?:(?:hub|hf|huggingface|access|auth|api|bearer|refresh|session|push_to_hub|wandb|"
     r"github|gh|openai)_)?token$", re.IGNORECASE)
 # Values that look like credentials whatever their key: Hugging Face, OpenAI/Anthropic-style,
-# GitHub and AWS access keys.
-_SECRET_VALUE = re.compile(r"hf_[A-Za-z0-9]{30,}|sk-[A-Za-z0-9_-]{20,}|ghp_[A-Za-z0-9]{30,}"
-                           r"|github_pat_\w{30,}|AKIA[0-9A-Z]{16}")
+# GitHub and AWS access keys; not inside a longer word (a path such as ``.../task-...``).
+_SECRET_VALUE = re.compile(r"(?<![A-Za-z0-9])(?:hf_[A-Za-z0-9]{30,}|sk-[A-Za-z0-9_-]{32,}"
+                           r"|ghp_[A-Za-z0-9]{30,}|github_pat_\w{30,}|AKIA[0-9A-Z]{16})")
 
 
 def is_main_process() -> bool:

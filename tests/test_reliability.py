@@ -95,12 +95,14 @@ def test_redact_blanks_credentials_only() -> None:
     out = runs.redact({"hub_token": "abc", "api_key": "k", "password": "p", "token": "t",
                        "max_new_tokens": 32, "pad_token": "<pad>", "api_key_env": "MY_KEY",
                        "average_tokens_across_devices": True, "hub_token_unset": None,
-                       "url": f"https://x.test/?key={HF_SECRET}", "nested": [{"secret": "s"}]})
+                       "url": f"https://x.test/?key={HF_SECRET}", "nested": [{"secret": "s"}],
+                       "path": "/data/task-" + "x" * 40})
     assert out["hub_token"] == out["api_key"] == out["password"] == out["token"] == "<redacted>"
     assert out["nested"] == [{"secret": "<redacted>"}]
     assert out["url"] == "https://x.test/?key=<redacted>"
     assert (out["max_new_tokens"], out["pad_token"], out["api_key_env"]) == (32, "<pad>", "MY_KEY")
     assert out["average_tokens_across_devices"] is True
+    assert out["path"] == "/data/task-" + "x" * 40  # "sk-" inside a word is no key
 
 
 # Item 10: runs/<method or recipe>/<timestamp> -------------------------------------------------
