@@ -60,6 +60,7 @@ def test_secret_in_a_recipe_stage_or_yaml_is_refused(tmp_path: Path) -> None:
     cli.compose(["method.args.hub_token=null", f"run_dir={tmp_path}"])  # no secret: fine
 
 
+@pytest.mark.slow
 def test_env_token_reaches_no_file_of_the_run(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     env = {"HF_TOKEN": HF_SECRET, "HUGGING_FACE_HUB_TOKEN": HF_SECRET, "OPENAI_API_KEY": SK_SECRET}
@@ -130,6 +131,7 @@ def test_run_dir_is_named_after_the_method_or_recipe(overrides: list[str], paren
 # Item 12: one run per run directory ----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_second_run_on_the_same_dir_is_refused_and_the_first_finishes(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     first = subprocess.Popen(
@@ -176,6 +178,7 @@ def test_lock_is_released_when_the_holder_dies(tmp_path: Path) -> None:
 # Item 13: the final save is atomic -----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_kill_during_final_save_leaves_no_done_and_no_half_model(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     killed = alignlab(f"hydra.run.dir={run_dir}", *TINY_SFT, check=False,
