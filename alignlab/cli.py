@@ -6,6 +6,7 @@ trl are imported, so ``--help``, ``--cfg job`` and mistakes answer in well under
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -16,7 +17,7 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
-from alignlab import config, runs
+from alignlab import checks, config, runs
 from alignlab.errors import AlignlabError, did_you_mean
 
 log = logging.getLogger("alignlab")
@@ -56,7 +57,37 @@ _OPEN_MAPPINGS = re.compile(r"^(method\.args|hardware\.args|model\.train_args|mo
 
 def open_mapping_overrides(argv: list[str]) -> list[str]:
     """``method.args.beta=0.05`` -> ``++method.args.beta=0.05`` (add or override)."""
-    return [f"++{a}" if _OPEN_MAPPINGS.match(a) else a for a in argv]
+    return lora_overrides([f"++{a}" if _OPEN_MAPPINGS.match(a) else a for a in argv])
+
+
+_LORA_SWITCH = re.compile(r"^\+{0,2}model\.lora(\.enabled)?=(.*)$")
+_LORA_KEY = re.compile(r"^\+{0,2}model\.lora\.(?!enabled=)[^=]+=")
+_SWITCH_VALUES = {"true": "true", "false": "false", "null": "false", "none": "false"}
+
+
+def lora_overrides(argv: list[str]) -> list[str]:
+    """Make every spelling of LoRA mean what it says, in any order.
+
+    ``model.lora=true`` would replace the mapping of settings by a bool (dropping an earlier
+    ``model.lora.r=8``), and a later ``model.lora.r=8`` would replace the bool by ``{r: 8}``;
+    so the switch becomes ``model.lora.enabled``. Setting any other key under ``model.lora``
+    turns LoRA on unless the command says ``model.lora=false`` or ``model.lora.enabled=false``.
+    """
+    out, explicit, keys = [], False, False
+    for arg in argv:
+        switch = _LORA_SWITCH.match(arg)
+        values = switch and [v.strip().lower() for v in switch.group(2).split(",")]
+        if switch and values and all(v in _SWITCH_VALUES for v in values):
+            explicit = True
+            arg = "++model.lora.enabled=" + ",".join(_SWITCH_VALUES[v] for v in values)
+        elif switch and switch.group(1):
+            explicit = True
+        elif (switch and switch.group(2).lstrip().startswith("{")) or _LORA_KEY.match(arg):
+            keys = True  # a key, or a whole mapping ``model.lora={r:8}``
+        out.append(arg)
+    if keys and not explicit:
+        out.append("++model.lora.enabled=true")
+    return out
 
 
 def _check_group_choices(overrides: list[str]) -> None:
@@ -186,6 +217,8 @@ def _task(cfg: Any) -> None:
         if not existed:
             _remove_unfinished(run_dir)
         fail(err)
+    except Exception as err:  # not a mistake the user can fix: a bug, or the machine failed
+        _report_crash(err, run_dir)
     name = f"recipe {cfg.recipe.name}" if cfg.recipe.name else cfg.method.name
     log.info("finished %s: %s", name, _summary(metrics))
     print(f"[alignlab] {name} finished: {_summary(metrics)}\n"
@@ -225,11 +258,46 @@ class SweepReport(Callback):
 
 
 def _remove_unfinished(run_dir: Path) -> None:
-    """A run that failed before writing anything of value leaves no directory behind."""
-    keep = ("model", "checkpoints", "metrics.json", runs.MARKER)
-    if run_dir.is_dir() and runs.is_main_process() \
-            and not any((run_dir / k).exists() for k in keep):
+    """A run that failed before writing anything of value leaves no directory behind.
+
+    A recipe's earlier stages are of value: their folders (one level down) are looked at too.
+    """
+    if not run_dir.is_dir() or not runs.is_main_process():
+        return
+    folders = [run_dir, *(d for d in run_dir.iterdir() if d.is_dir())]
+    if not any(_of_value(d) for d in folders):
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _of_value(folder: Path) -> bool:
+    """Whether ``folder`` holds results: a model, metrics, a marker or a checkpoint (the
+    trainer creates an empty ``checkpoints/`` while it is set up; that is nothing to keep)."""
+    model = folder / "model"
+    return (model.is_dir() and any(model.iterdir())) or (folder / "metrics.json").exists() \
+        or (folder / runs.MARKER).exists() or runs.last_checkpoint(folder) is not None
+
+
+def _report_crash(err: Exception, run_dir: Path) -> None:
+    """A crash: the full traceback goes to the run's log file only, the console gets one line
+    saying where it is, and the run directory stays as evidence. Exits with code 1."""
+    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "alignlab crashed", None,
+                            sys.exc_info())
+    for handler in files:  # not the console handler: the console gets one line
+        handler.handle(record)
+    if files:
+        where = Path(files[0].baseFilename)
+    else:  # Hydra's job logging turned off: write the traceback next to the run
+        import traceback
+
+        where = run_dir / "cli.log"
+        with contextlib.suppress(OSError), where.open("a") as fh:
+            fh.write("alignlab crashed\n" + traceback.format_exc())
+    text = " ".join(str(err).split())[:300]
+    print(f"alignlab: crashed: {type(err).__name__}: {text} -- the full traceback is in {where} "
+          "(the run directory is kept; please include that file when reporting the bug).",
+          file=sys.stderr)
+    sys.exit(1)
 
 
 def _summary(metrics: dict[str, Any]) -> str:
@@ -283,6 +351,7 @@ def main(argv: list[str] | None = None) -> None:
             planned = planned_run_dir(_overrides(argv))
             try:
                 if planned is not None:
+                    checks.check_run_dir(str(planned))
                     runs.lock_run_dir(planned)
             except AlignlabError as err:
                 fail(err)

@@ -13,6 +13,7 @@ import functools
 import importlib.util
 import os
 import shutil
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -298,7 +299,9 @@ def normalize_lora(lora: Any) -> dict[str, Any]:
     if isinstance(lora, dict):
         # peft's own names are accepted as synonyms of ours.
         lora = {_LORA_SYNONYMS.get(k, k): v for k, v in lora.items()}
-        return {**LORA_DEFAULTS, **lora}
+        # Settings given without ``enabled`` ({r: 8}) ask for LoRA; the schema's default mapping
+        # carries enabled=false, and the CLI turns ``model.lora.r=8`` into enabled=true as well.
+        return {**LORA_DEFAULTS, "enabled": True, **lora}
     raise AlignlabError(f"model.lora={lora!r} is not understood. Use model.lora=true, or set "
                         "keys such as model.lora.r=8 model.lora.alpha=16.")
 
@@ -326,16 +329,30 @@ def cuda_present() -> bool:
     return Path("/dev/nvidiactl").exists() or shutil.which("nvidia-smi") is not None
 
 
-def validate(cfg: Any) -> None:
-    """Check a composed config (OmegaConf or plain dict) and raise AlignlabError on a mistake."""
+def validate(cfg: Any, pending: Collection[str] = ()) -> None:
+    """Check a composed config (OmegaConf or plain dict) and raise AlignlabError on a mistake.
+
+    ``pending``: paths that a recipe's earlier stages will create (not checked on disk yet).
+    """
     from omegaconf import DictConfig, OmegaConf
 
+    from alignlab import checks
     from alignlab.methods import method_info
 
     c = OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, DictConfig) else cfg
     info = method_info(c["method"]["name"])
     args = dict(c["method"].get("args") or {})
     check_args(args, info.args_class, "method.args")
+    checks.check_api_key_env(args, "method.args")
+    checks.check_values(args, info.name, "method.args")
+    # The presets' suggestions reach the trainer too (those its config has: merged_args).
+    fields = dataclass_fields(info.args_class)
+    by_model = c["model"].get("train_args") or {}
+    for where, extra in (("model.train_args.default", by_model.get("default")),
+                         (f"model.train_args.{info.name}", by_model.get(info.name)),
+                         ("hardware.args", c["hardware"].get("args"))):
+        if isinstance(extra, dict):
+            checks.check_values({k: v for k, v in extra.items() if k in fields}, info.name, where)
 
     lora = c["model"].get("lora")
     normalized = normalize_lora(lora)
@@ -344,9 +361,10 @@ def validate(cfg: Any) -> None:
         if key not in lora_fields:
             raise AlignlabError(f"'model.lora.{key}' is not a LoRA setting."
                                 f"{did_you_mean(key, lora_fields)}")
+    checks.check_lora(normalized)
 
     path = c["model"]["path"]
-    if not path.startswith("builtin:") and _looks_local(path) \
+    if not path.startswith("builtin:") and _looks_local(path) and path not in pending \
             and not Path(path).expanduser().exists():
         raise AlignlabError(f"Model path '{path}' does not exist. Set model.path to a folder "
                             "with config.json and weights, or pick a preset with model=...")
@@ -354,11 +372,18 @@ def validate(cfg: Any) -> None:
         name = path.split(":", 1)[1]
         raise AlignlabError(f"There is no built-in model '{name}'."
                             f"{did_you_mean(name, builtin_models())}")
+    pickle = bool(c["model"].get("allow_pickle"))
     for key in ("reference", "reward_model"):
         value = c["method"].get(key)
-        if value and _looks_local(value) and not Path(value).expanduser().exists():
+        if value and _looks_local(value) and value not in pending \
+                and not Path(value).expanduser().exists():
             raise AlignlabError(f"method.{key}='{value}' does not exist. Point it at a model "
                                 "folder, e.g. the `model/` folder of an earlier run.")
+        checks.check_model_folder(value, f"method.{key}", allow_pickle=pickle, pending=pending)
+    # A local folder is checked here, before torch loads: a folder without config.json
+    # otherwise fails inside transformers, with a message about the tokenizer and the Hub.
+    checks.check_model_folder(path, "model.path", allow_pickle=pickle, tokenizer=True,
+                              pending=pending)
     if info.needs_reward_model and not c["method"].get("reward_model") \
             and not c["method"].get("reward_funcs"):
         raise AlignlabError(f"method={info.name} needs a reward. Set method.reward_model="
@@ -377,6 +402,17 @@ def validate(cfg: Any) -> None:
     if data["format"] != "toy" and not data.get("path"):
         raise AlignlabError(f"data={data['name']} needs data.path (a hub dataset id or a local "
                             ".json/.jsonl/.parquet file or folder).")
+    checks.check_data_values(data)
+    if data["format"] != "toy" and data.get("path") not in pending:
+        from alignlab.data import presets
+
+        root = Path(str(data["path"])).expanduser()
+        presets.check_files(root / data["data_dir"] if data.get("data_dir") and root.is_dir()
+                            else data["path"])
+    if info.name in ("cai", "judge"):  # the stages that read a constitution: check it now
+        from alignlab import constitution
+
+        constitution.load(c.get("constitution"), need_choice=info.name == "judge")
 
 
 def _shards_weights(accelerate_config: str | None) -> bool:

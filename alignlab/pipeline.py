@@ -17,7 +17,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from alignlab import config, runs
-from alignlab.errors import AlignlabError, did_you_mean
+from alignlab.errors import AlignlabError, did_you_mean, nearest
 
 log = logging.getLogger("alignlab")
 
@@ -47,11 +47,11 @@ def check(cfg: Any) -> None:
                                 f"stages.{name}. Add it to the recipe file.")
     for name in order:
         stage = stages[name]
+        earlier = order[:order.index(name)]
         for link in (*_LINKS, "data_from"):
             target = stage.get(link)
-            if target and target not in order[:order.index(name)]:
-                raise AlignlabError(f"stages.{name}.{link}='{target}' must name an earlier stage."
-                                    f"{did_you_mean(target, order[:order.index(name)])}")
+            if target and target not in earlier:
+                raise AlignlabError(_link_error(name, link, target, order))
     if cfg.from_stage:
         if cfg.from_stage not in order:
             raise AlignlabError(f"from_stage='{cfg.from_stage}' is not a stage of this recipe."
@@ -66,10 +66,51 @@ def check(cfg: Any) -> None:
         if not Path(path).expanduser().exists():
             raise AlignlabError(f"inputs.{name}='{path}' does not exist. Point it at the run "
                                 "directory (or model folder) of that stage.")
+    check_stages(cfg)
 
 
-def stage_config(cfg: Any, name: str, outputs: dict[str, Path]) -> Any:
-    """The full single-stage config of recipe stage ``name``."""
+def _link_error(name: str, link: str, target: str, order: list[str]) -> str:
+    """Why ``stages.<name>.<link>=<target>`` is wrong, with the stages it may name."""
+    earlier = order[:order.index(name)]
+    where = f"stages.{name}.{link}='{target}'"
+    if not earlier:
+        return (f"{where} must name an earlier stage, but '{name}' is the first stage of the "
+                f"recipe, so it has none to take from. Remove {link}, or move '{name}' later.")
+    allowed = ", ".join(earlier)
+    if target in order:
+        return (f"{where} names a stage that runs {'later' if target != name else 'as itself'}; "
+                f"it must name an earlier stage: {allowed}. Reorder recipe.stages or fix "
+                f"the {link}.")
+    best = nearest(target, earlier)
+    hint = f"Did you mean '{best}'? " if best else ""
+    return (f"{where} is not a stage of this recipe. {hint}It must name an earlier stage: "
+            f"{allowed}.")
+
+
+def check_stages(cfg: Any) -> None:
+    """Validate every stage's own config (method, its arguments, data, model) before the first
+    stage runs: a typo in the last stage must not cost the minutes of the ones before it."""
+    order = list(cfg.recipe.stages)
+    start = order.index(cfg.from_stage) if cfg.from_stage else 0
+    # Outputs of stages that have not run yet: placeholders, exempt from the on-disk checks.
+    placeholder = Path("<recipe run dir>")
+    outputs = {n: Path(p).expanduser() for n, p in (cfg.inputs or {}).items()}
+    pending: set[str] = set()
+    for name in order[start:]:
+        outputs[name] = stage_dir(placeholder, name)
+        pending |= {str(output_model(outputs[name])), str(outputs[name] / "dataset")}
+    for name in order[start:]:
+        try:
+            stage_cfg = stage_config(cfg, name, outputs, run_dir=placeholder)
+            config.validate(stage_cfg, pending=pending)
+        except AlignlabError as err:
+            raise AlignlabError(f"Recipe '{cfg.recipe.name}', stage '{name}': {err}") from None
+
+
+def stage_config(cfg: Any, name: str, outputs: dict[str, Path],
+                 run_dir: Path | None = None) -> Any:
+    """The full single-stage config of recipe stage ``name`` (in ``run_dir``, default the
+    recipe's own)."""
     stage = cfg.stages[name]
     method_yaml = config.conf_dir() / "method" / f"{stage.method}.yaml"
     if not method_yaml.exists():
@@ -93,7 +134,7 @@ def stage_config(cfg: Any, name: str, outputs: dict[str, Path]) -> Any:
         out.data = OmegaConf.merge(out.data, stage.data)
     if stage.model:
         out.model = OmegaConf.merge(out.model, stage.model)
-    out.run_dir = str(stage_dir(Path(cfg.run_dir), name))
+    out.run_dir = str(stage_dir(Path(cfg.run_dir) if run_dir is None else run_dir, name))
     config.apply_hardware(out)
     return out
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +94,20 @@ def _rejected(what: str, err: Exception) -> AlignlabError:
                          "method.args (or the model/hardware preset).")
 
 
+@contextlib.contextmanager
+def setup_errors(what: str) -> Iterator[None]:
+    """Report a ValueError raised while ``what`` (a trainer) is built as a config mistake.
+
+    TRL and transformers check their arguments and the model/data combination with ValueError
+    while a trainer is set up; that is a value the user can fix, so it becomes one clear line
+    (exit code 2). Errors once training runs are crashes, reported with their traceback.
+    """
+    try:
+        yield
+    except ValueError as err:
+        raise _rejected(what, err) from err
+
+
 def merged_args(cfg: Any, args_class: str) -> dict[str, Any]:
     """Trainer arguments: model.train_args < hardware.args < method.args (later wins).
 
@@ -124,7 +140,8 @@ def trainer_config(cfg: Any, args_class: str, run_dir: Path, **fixed: Any) -> An
     try:
         return cls(**args)
     except (TypeError, ValueError) as err:
-        raise AlignlabError(f"Invalid method.args for {name}: {err} Fix the value in "
+        text = " ".join(str(err).split())  # one line, whatever the dataclass printed
+        raise AlignlabError(f"Invalid method.args for {name}: {text} Fix the value in "
                             "method.args (or the model/hardware preset).") from None
 
 

@@ -420,24 +420,149 @@ def _is_blank(p: Path, probe: int = 1 << 16) -> bool:
 
 
 def _read_error(where: Any, builder: str, err: Exception) -> AlignlabError:
+    path = Path(str(where))
+    if builder == "json" and path.is_file():
+        # pyarrow reports a character position; a scan finds the line the user can open.
+        try:
+            _scan_json(path, parse=True)
+        except AlignlabError as located:
+            return located
     cause = err.__cause__ or err  # datasets wraps the parser's error in DatasetGenerationError
+    text = " ".join(str(cause).split())  # one line, whatever the parser printed
     return AlignlabError(
-        f"Could not read '{where}' as {builder}: {type(cause).__name__}: {cause}. Check that the "
+        f"Could not read '{where}' as {builder}: {type(cause).__name__}: {text}. Check that the "
         "data files are valid (JSON Lines or a JSON list of objects, or Parquet).")
 
 
-def _open_local_file(p: Path) -> _Source:
+# A row is one line of JSON Lines. Longer than this is no training example (1 MiB of text is
+# about 250k tokens, beyond the context of the models alignlab trains) but a broken export, which
+# the trainer would tokenize and truncate for minutes without a word.
+MAX_LINE_BYTES = 1 << 20
+# Files up to this size are parsed line by line up front (a second or so at most); larger ones
+# get the cheap byte checks here and are parsed by datasets.
+PARSE_UP_FRONT_BYTES = 64 << 20
+_METADATA = {"dataset_info.json", "dataset_infos.json", "state.json", "dataset_dict.json"}
+
+
+def _scan_json(p: Path, *, parse: bool) -> None:
+    """Refuse a JSON/JSON Lines file that is not UTF-8, has an absurdly long line or (with
+    ``parse``) a line that is not JSON, naming the line."""
+    import json
+
+    with p.open("rb") as f:
+        head = f.read(1 << 16).lstrip()
+    # A .json file is one JSON document (a list of rows, or a mapping of columns) or JSON Lines.
+    if p.suffix == ".json" and head.startswith((b"[", b"{")):
+        if not parse:
+            if head.startswith(b"["):
+                return  # a large single document: datasets parses it
+        else:
+            blob = p.read_bytes()
+            try:
+                text = blob.decode("utf-8")
+            except UnicodeDecodeError as err:
+                line = blob[:err.start].count(b"\n") + 1
+                raise AlignlabError(f"Dataset file '{p}' is not UTF-8 text (line {line} has the "
+                                    f"byte 0x{blob[err.start]:02x}). Re-save it as UTF-8 "
+                                    "(e.g. `iconv -f latin1 -t utf-8`).") from None
+            try:
+                json.loads(text)
+                return
+            except json.JSONDecodeError as err:
+                if head.startswith(b"["):
+                    raise AlignlabError(f"Dataset file '{p}' is not valid JSON: line "
+                                        f"{err.lineno}, column {err.colno}: {err.msg}. Fix "
+                                        "that line.") from None
+            # not one document: JSON Lines in a .json file, checked line by line below
+
+    with p.open("rb") as f:
+        lineno = 0
+        while True:
+            raw = f.readline(MAX_LINE_BYTES + 1)
+            if not raw:
+                return
+            lineno += 1
+            if len(raw) > MAX_LINE_BYTES:
+                raise AlignlabError(
+                    f"Dataset file '{p}': line {lineno} is longer than "
+                    f"{MAX_LINE_BYTES >> 20} MiB, far beyond any model's context; the file is "
+                    "probably not JSON Lines (one row per line) or holds a broken row. Fix or "
+                    "remove that line.")
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise AlignlabError(f"Dataset file '{p}' is not UTF-8 text: line {lineno}, "
+                                    f"byte {err.start + 1} is 0x{raw[err.start]:02x}. Re-save "
+                                    "the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)."
+                                    ) from None
+            if parse and line.strip():
+                try:
+                    json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise AlignlabError(
+                        f"Dataset file '{p}': line {lineno} is not valid JSON (column "
+                        f"{err.colno}: {err.msg}). JSON Lines needs one complete object per "
+                        "line; fix that line.") from None
+
+
+def _check_file(p: Path) -> None:
     suffixes = p.suffixes
     if ".parquet" in suffixes:
-        builder = "parquet"
-    elif ".json" in suffixes or ".jsonl" in suffixes:
-        builder = "json"
-        if p.suffix in (".json", ".jsonl") and _is_blank(p):
-            raise AlignlabError(f"Dataset file '{p}' is empty. Point data.path at a file with "
-                                "at least one row.")
-    else:
+        if p.suffix == ".parquet":
+            size = p.stat().st_size
+            with p.open("rb") as f:
+                head = f.read(4)
+                f.seek(max(size - 4, 0))
+                tail = f.read(4)
+            if size == 0:
+                raise AlignlabError(f"Dataset file '{p}' is empty. Point data.path at a file "
+                                    "with at least one row.")
+            if head != b"PAR1" or tail != b"PAR1":
+                raise AlignlabError(f"Dataset file '{p}' is not a Parquet file (no PAR1 "
+                                    "header and footer; truncated or renamed?). Re-export it, "
+                                    "or use .jsonl.")
+        return
+    if ".json" not in suffixes and ".jsonl" not in suffixes:
         raise AlignlabError(f"Dataset file '{p}' has an unsupported type '{p.suffix}'. Use a "
                             ".json, .jsonl or .parquet file (or a folder of them).")
+    if p.suffix not in (".json", ".jsonl"):
+        return  # compressed: datasets decompresses and parses it
+    if _is_blank(p):
+        raise AlignlabError(f"Dataset file '{p}' is empty. Point data.path at a file with "
+                            "at least one row.")
+    _scan_json(p, parse=p.stat().st_size <= PARSE_UP_FRONT_BYTES)
+
+
+def check_files(path: Any) -> None:
+    """Cheap checks of a local data file or folder before anything is imported or created:
+    supported type, not empty, UTF-8, JSON that parses (naming the bad line), sane line
+    lengths, Parquet magic. Hub ids and missing paths that do not look local pass."""
+    if not isinstance(path, (str, Path)) or not str(path).strip():
+        return
+    p = Path(str(path)).expanduser()
+    if not p.exists():
+        if _looks_local(str(path)):
+            raise AlignlabError(
+                f"Dataset path '{path}' does not exist. Set data.path to a local "
+                ".json/.jsonl/.parquet file or folder, or a Hugging Face dataset id.")
+        return
+    if p.is_file():
+        _check_file(p)
+        return
+    if (p / "dataset_dict.json").exists() or (p / "state.json").exists():
+        return  # a save_to_disk folder: Arrow files datasets wrote itself
+    files = [f for f in sorted(p.rglob("*")) if f.is_file() and f.name not in _METADATA
+             and not any(part.startswith(".") for part in f.relative_to(p).parts)
+             and set(f.suffixes) & {".json", ".jsonl", ".parquet"}]
+    for f in files[:1000]:
+        _check_file(f)
+
+
+def _open_local_file(p: Path) -> _Source:
+    # The config validation ran the same checks (check_files); callers that load a file
+    # directly get them here.
+    _check_file(p)
+    builder = "parquet" if ".parquet" in p.suffixes else "json"
 
     def load(split: str) -> datasets.Dataset:
         import datasets

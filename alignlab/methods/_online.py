@@ -53,7 +53,7 @@ def build(cfg: Any, run_dir: Path, trainer: str, args_class: str) -> Any:
     if cfg.model.revision and not cfg.method.reference:
         args.model_init_kwargs = {**(args.model_init_kwargs or {}),
                                   "revision": cfg.model.revision}
-    with _named(policy, reference):
+    with _named(policy, reference), training.setup_errors(trainer):
         return trainer_cls(model=policy, reward_funcs=funcs, args=args, train_dataset=train,
                            processing_class=tokenizer, reward_processing_classes=classes,
                            peft_config=lora)

@@ -21,8 +21,9 @@ def build(cfg: Any, run_dir: Path) -> Any:
     from trl import DPOTrainer  # a heavy import: after the data passed its checks
 
     policy, tokenizer, reference = models.load_policy(cfg)
-    return DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=train,
-                      processing_class=tokenizer, peft_config=models.lora_config(cfg.model))
+    with training.setup_errors("DPOTrainer"):
+        return DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=train,
+                          processing_class=tokenizer, peft_config=models.lora_config(cfg.model))
 
 
 def run(cfg: Any, run_dir: Path) -> dict[str, Any]:

@@ -20,8 +20,10 @@ def build(cfg: Any, run_dir: Path) -> Any:
     path = models.resolve_path(cfg.model, cfg.seed)
     tokenizer = models.load_tokenizer(cfg.model, path)
     model = models.load_model(cfg.model, path, cfg.hardware, kind="reward")
-    return RewardTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
-                         peft_config=models.lora_config(cfg.model, task_type="SEQ_CLS"))
+    with training.setup_errors("RewardTrainer"):
+        return RewardTrainer(model=model, args=args, train_dataset=train,
+                             processing_class=tokenizer,
+                             peft_config=models.lora_config(cfg.model, task_type="SEQ_CLS"))
 
 
 def run(cfg: Any, run_dir: Path) -> dict[str, Any]:
