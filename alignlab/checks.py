@@ -114,6 +114,10 @@ def check_data_values(data: Mapping[str, Any]) -> None:
     if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
         raise AlignlabError(f"data.max_samples={cap!r} would keep no rows. Set it to a "
                             "positive number of rows, or null (the default) for all rows.")
+    dropped = data.get("max_dropped")
+    if isinstance(dropped, bool) or not isinstance(dropped, (int, float)) or not 0 <= dropped <= 1:
+        raise AlignlabError(f"data.max_dropped={dropped!r} is a share of the training rows: set "
+                            "it between 0 (refuse any dropped row) and 1 (allow all).")
     toy = data.get("toy") or {}
     for key in ("n_sft", "n_pairs", "n_prompts", "n_skills"):
         value = toy.get(key)

@@ -82,6 +82,9 @@ class DataConfig:
     train_split: str | None = None
     test_split: str | None = None
     max_samples: int | None = None
+    # Refuse to train when TRL would drop more than this share of the training rows for being
+    # longer than max_length (alignlab.lengths); truncated rows are only reported.
+    max_dropped: float = 0.25
     seed: int = 42
     toy: ToyConfig = field(default_factory=ToyConfig)
 

@@ -123,7 +123,21 @@ def merged_args(cfg: Any, args_class: str) -> dict[str, Any]:
     if cfg.hardware.device == "cpu":  # whatever a GPU preset said: no bf16 autocast on a CPU
         merged.update({k: v for k, v in _CPU_SAFE.items() if k in fields})
     merged.update(OmegaConf.to_container(cfg.method.args, resolve=True))
-    return merged
+    return _current_names(merged, fields)
+
+
+# transformers 5 renamed these (the old names still work, with a FutureWarning on every run).
+# The hardware presets use the old names, which alignlab's own PPOConfig keeps.
+_RENAMED = {"gradient_checkpointing": "activation_checkpointing",
+            "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs"}
+
+
+def _current_names(args: dict[str, Any], fields: Any) -> dict[str, Any]:
+    """Pass renamed arguments under the name the trainer's config knows today."""
+    for old, new in _RENAMED.items():
+        if old in args and new in fields and new not in args:
+            args[new] = args.pop(old)
+    return args
 
 
 def trainer_config(cfg: Any, args_class: str, run_dir: Path, **fixed: Any) -> Any:

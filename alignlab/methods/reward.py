@@ -11,7 +11,7 @@ DATA_KIND = "pairs"
 
 def build(cfg: Any, run_dir: Path) -> Any:
     """The RewardTrainer, its reward model initialised from ``model.path`` (e.g. the SFT model)."""
-    from alignlab import data, models, training
+    from alignlab import data, lengths, models, training
 
     train = data.load(cfg.data, DATA_KIND, "train")
     args = training.trainer_config(cfg, ARGS_CLASS, run_dir)
@@ -19,6 +19,8 @@ def build(cfg: Any, run_dir: Path) -> Any:
 
     path = models.resolve_path(cfg.model, cfg.seed)
     tokenizer = models.load_tokenizer(cfg.model, path)
+    lengths.check(train, tokenizer, "reward", args.max_length, cfg.data.max_dropped,
+                  "RewardTrainer")
     model = models.load_model(cfg.model, path, cfg.hardware, kind="reward")
     with training.setup_errors("RewardTrainer"):
         return RewardTrainer(model=model, args=args, train_dataset=train,

@@ -11,7 +11,7 @@ DATA_KIND = "sft"
 
 def build(cfg: Any, run_dir: Path) -> Any:
     """The SFTTrainer for this config: data first (cheap errors), then the model."""
-    from alignlab import data, models, templates, training
+    from alignlab import data, lengths, models, templates, training
 
     train = data.load(cfg.data, DATA_KIND, "train")
     args = training.trainer_config(cfg, ARGS_CLASS, run_dir)
@@ -21,6 +21,7 @@ def build(cfg: Any, run_dir: Path) -> Any:
     tokenizer = models.load_tokenizer(cfg.model, path)
     if args.assistant_only_loss:
         templates.for_assistant_only_loss(tokenizer, str(cfg.model.path))
+    lengths.check(train, tokenizer, "sft", args.max_length, cfg.data.max_dropped, "SFTTrainer")
     model = models.load_model(cfg.model, path, cfg.hardware)
     with training.setup_errors("SFTTrainer"):
         return SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
