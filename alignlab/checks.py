@@ -118,10 +118,18 @@ def check_data_values(data: Mapping[str, Any]) -> None:
     if isinstance(dropped, bool) or not isinstance(dropped, (int, float)) or not 0 <= dropped <= 1:
         raise AlignlabError(f"data.max_dropped={dropped!r} is a share of the training rows: set "
                             "it between 0 (refuse any dropped row) and 1 (allow all).")
+    columns = data.get("columns") or {}
+    bad = [f"{k}: {v!r}" for k, v in columns.items() if not isinstance(v, str) or not v]
+    if bad or len(set(columns.values())) < len(columns):
+        given = ", ".join(f"{k}: {v}" for k, v in columns.items())
+        raise AlignlabError(f"data.columns={{{given}}} must map each name alignlab reads to a "
+                            "different column of your file, e.g. data.columns='{chosen: "
+                            "text_correct, rejected: text_incorrect}'.")
     toy = data.get("toy") or {}
     for key in ("n_sft", "n_pairs", "n_prompts", "n_skills"):
         value = toy.get(key)
-        low = 0 if key == "n_skills" else 1
+        # n_sft=0 with skill rows: an SFT on the skills alone (a CAI recipe's skills stage)
+        low = 0 if key == "n_skills" or (key == "n_sft" and toy.get("n_skills")) else 1
         if isinstance(value, int) and not isinstance(value, bool) and value < low:
             raise AlignlabError(f"data.toy.{key}={value} must be a whole number >= {low}.")
     for key in ("error_rate", "comply_rate", "refuse_rate"):

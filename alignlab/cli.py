@@ -52,7 +52,8 @@ def _overrides(argv: list[str]) -> list[str]:
 # Free-form mappings: their keys are validated by alignlab (against TRL's dataclasses, peft's
 # LoraConfig...), so a new key needs no Hydra ``+`` prefix, as users of TRL's CLI expect.
 _OPEN_MAPPINGS = re.compile(r"^(method\.args|hardware\.args|model\.train_args|model\.lora|"
-                            r"constitution|inputs|stages\.[^.=]+\.(args|data|model))\.[^=]+=")
+                            r"constitution|inputs|stages\.[^.=]+\.(args|data|model))\.[^=]+=|"
+                            r"^data\.columns(\.[^=]+)?=")  # a whole {read name: file column} too
 
 
 def open_mapping_overrides(argv: list[str]) -> list[str]:

@@ -85,6 +85,9 @@ class DataConfig:
     # Refuse to train when TRL would drop more than this share of the training rows for being
     # longer than max_length (alignlab.lengths); truncated rows are only reported.
     max_dropped: float = 0.25
+    # Your file's column names for the ones alignlab reads: ``{chosen: text_correct, rejected:
+    # text_incorrect, prompt: question}`` (name alignlab reads: name in your file).
+    columns: dict[str, str] = field(default_factory=dict)
     seed: int = 42
     toy: ToyConfig = field(default_factory=ToyConfig)
 

@@ -113,6 +113,8 @@ CASES: list[Case] = [
     ("max-samples-zero", ["data.max_samples=0"], "data.max_samples", None),
     ("max-samples-negative", ["data.max_samples=-5"], "data.max_samples", None),
     ("max-dropped-above-one", ["data.max_dropped=1.5"], "data.max_dropped", None),
+    ("data-columns-twice", ["data.columns.chosen=a", "data.columns.rejected=a"], "data.columns",
+     None),
     ("toy-no-demos", ["data.toy.n_sft=0"], "data.toy.n_sft", None),
     ("toy-rate-above-1", ["data.toy.error_rate=1.5"], "between 0 and 1", None),
     ("toy-test-fraction-1", ["data.toy.test_fraction=1"], "test_fraction", None),

@@ -259,6 +259,29 @@ def _label(value: Any) -> bool:
     raise _Skip("label is not a boolean")
 
 
+def map_columns(raw: datasets.Dataset, columns: Mapping[str, Any],
+                where: str) -> datasets.Dataset:
+    """Rename the user's columns to the names alignlab reads (``data.columns``: read name ->
+    name in the file), so a file with other names works without being rewritten."""
+    if not columns:
+        return raw
+    found = list(raw.column_names)
+    syntax = ("Set data.columns as {name alignlab reads: name in your file}, e.g. "
+              "data.columns='{chosen: text_correct, rejected: text_incorrect}'.")
+    missing = {k: v for k, v in columns.items() if v not in found}
+    if missing:
+        wanted = ", ".join(f"{k}: {v}" for k, v in missing.items())
+        raise AlignlabError(f"data.columns maps {{{wanted}}}, but dataset {where} has no such "
+                            f"column (found: {', '.join(found) or 'none'}). {syntax}")
+    clash = [k for k, v in columns.items() if k != v and k in found and k not in columns.values()]
+    if clash:
+        raise AlignlabError(f"data.columns renames a column to '{clash[0]}', which dataset "
+                            f"{where} already has. Map that column too, or drop it from the "
+                            f"file. {syntax}")
+    renames = {v: k for k, v in columns.items() if k != v}
+    return raw.rename_columns(renames) if renames else raw
+
+
 def _plan_trl(features: Mapping[str, Any], kind: str, fmt: str, where: str) -> RowConverter:
     cols = set(features)
     present = [name for name, need in _LAYOUTS.items() if cols.issuperset(need)]
@@ -271,8 +294,9 @@ def _plan_trl(features: Mapping[str, Any], kind: str, fmt: str, where: str) -> R
                 if "text" in present else "")
         raise AlignlabError(
             f"Dataset {where} has no columns for kind '{kind}' in the {fmt} format (found: "
-            f"{found}); it needs {_NEEDS[kind]}.{hint} Use a dataset with those columns, or a "
-            "method that trains on the data you have.")
+            f"{found}); it needs {_NEEDS[kind]}.{hint} Map your columns to those names with "
+            "data.columns (e.g. data.columns='{chosen: text_correct, rejected: text_incorrect}'),"
+            " or use a method that trains on the data you have.")
 
     def convert(row: Mapping[str, Any]) -> list[Row]:
         if layout == "messages":
@@ -734,6 +758,7 @@ def load_preset(data: Mapping[str, Any], kind: str, split: str = "train") -> dat
 
     raw = source.load(name)
     where = f"'{source.label}' split '{name}'"
+    raw = map_columns(raw, _get(data, "columns") or {}, where)
     convert = preset.plan(raw.features, kind, fmt, where)  # checks columns before reading rows
     indices: list[int] | None = None
     if carve:
