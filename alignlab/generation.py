@@ -511,10 +511,16 @@ def prompt_items(data_cfg: Any, kind: str = "prompts", *, categories: Sequence[s
     import random
 
     from alignlab import data
+    from alignlab.data.presets import MissingSplit
 
     items: list[dict[str, Any]] = []
     for split in ("train", "test"):
-        ds = data.load(data_cfg, kind, split, keep_extra=True)
+        try:
+            ds = data.load(data_cfg, kind, split, keep_extra=True)
+        except MissingSplit:  # labelling a test-only dataset needs no train split
+            if split == "train" and _has_test(data_cfg, kind):
+                continue
+            raise
         rows = [dict(r) for r in ds]
         if categories is not None and "category" in ds.column_names:
             rows = [r for r in rows if r["category"] in set(categories)]
@@ -529,6 +535,17 @@ def prompt_items(data_cfg: Any, kind: str = "prompts", *, categories: Sequence[s
         items += [{"key": f"{split}-{i}", "split": split, **{k: r[k] for k in keep if k in r}}
                   for i, r in enumerate(rows)]
     return items
+
+
+def _has_test(data_cfg: Any, kind: str) -> bool:
+    from alignlab import data
+    from alignlab.data.presets import MissingSplit
+
+    try:
+        data.load(data_cfg, kind, "test")
+    except MissingSplit:
+        return False
+    return True
 
 
 def fingerprint(*parts: Any) -> str:

