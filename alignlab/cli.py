@@ -17,7 +17,7 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
-from alignlab import checks, config, runs
+from alignlab import checks, config, console, runs
 from alignlab.errors import AlignlabError, did_you_mean
 
 log = logging.getLogger("alignlab")
@@ -203,6 +203,7 @@ def _task(cfg: Any) -> None:
     except AlignlabError as err:
         fail(err)
     existed = (run_dir / "config.yaml").exists()
+    console.setup(cfg.quiet, verbose=_hydra_verbose())
     try:
         config.validate(cfg)
         config.apply_hardware(cfg)
@@ -210,10 +211,10 @@ def _task(cfg: Any) -> None:
             from alignlab import pipeline
 
             metrics = pipeline.run(cfg, run_dir, run_stage)
-        else:
+            if runs.is_main_process():
+                write_report(run_dir)
+        else:  # run_stage rendered the run's report
             metrics = run_stage(cfg, run_dir)
-        if runs.is_main_process():
-            write_report(run_dir)
     except AlignlabError as err:
         if not existed:
             _remove_unfinished(run_dir)
@@ -221,23 +222,53 @@ def _task(cfg: Any) -> None:
     except Exception as err:  # not a mistake the user can fix: a bug, or the machine failed
         _report_crash(err, run_dir)
     name = f"recipe {cfg.recipe.name}" if cfg.recipe.name else cfg.method.name
-    log.info("finished %s: %s", name, _summary(metrics))
+    log.info("finished %s: %s", name, _summary(metrics), extra={console.FILE_ONLY: True})
     print(f"[alignlab] {name} finished: {_summary(metrics)}\n"
           f"[alignlab] run directory: {run_dir}")
 
 
 def run_stage(cfg: Any, run_dir: Path, fingerprint: str | None = None) -> dict[str, Any]:
-    """Run the configured method into ``run_dir`` and leave its metrics and marker there."""
-    from alignlab import methods
+    """Run the configured method into ``run_dir`` and leave its metrics and marker there.
+
+    Ends with the stage's report and one summary line (its headline metric before -> after).
+    A preference or RL method named with an untrained built-in model starts from its toy-SFT
+    checkpoint instead (``alignlab.toy_start``).
+    """
+    from alignlab import methods, toy_start
 
     stage = methods.load(cfg.method.name)
+    toy_start.resolve_start(cfg)
     if runs.is_main_process():
         runs.write_config(run_dir, cfg)
     metrics = stage.run(cfg, run_dir)
     if runs.is_main_process():
         runs.write_json(run_dir / "metrics.json", metrics)
         runs.mark_done(run_dir, {"method": cfg.method.name, "fingerprint": fingerprint})
+        report = _render(run_dir)
+        console.note(console.stage_summary(cfg.method.name, metrics,
+                                           report.with_suffix(".html") if report else None))
     return metrics
+
+
+def _render(run_dir: Path) -> Path | None:
+    """report.md/html of ``run_dir`` (None, with a warning, when rendering fails)."""
+    from alignlab.report import render_report
+
+    try:
+        return render_report(run_dir)
+    except Exception as err:  # a report that fails never fails the finished run
+        log.warning("could not render the report for %s: %s", run_dir, err)
+        return None
+
+
+def _hydra_verbose() -> bool:
+    """Whether Hydra's own ``hydra.verbose`` is set (then the console shows everything)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return bool(HydraConfig.get().verbose)
+    except ValueError:  # not inside a Hydra job
+        return False
 
 
 def write_report(run_dir: Path) -> None:
@@ -331,7 +362,7 @@ def main(argv: list[str] | None = None) -> None:
             fail(err)
         return
     config.register()
-    argv = open_mapping_overrides(argv)
+    argv = open_mapping_overrides(console.quiet_flags(argv))
     flags = set(argv)
     try:  # Hydra would save them in .hydra/overrides.yaml, sweeps included
         runs.refuse_secrets(_override_values(_overrides(argv)))
@@ -345,6 +376,9 @@ def main(argv: list[str] | None = None) -> None:
         from alignlab import launch
 
         if "--cfg" not in flags and "-c" not in flags and launch.needs_launch(cfg.hardware):
+            from alignlab import toy_start
+
+            toy_start.build_before_launch(cfg)
             sys.exit(launch.relaunch(cfg.hardware, argv))
         if "--cfg" not in flags and "-c" not in flags:
             # Locked before Hydra writes .hydra/ and the log: a second run on this directory

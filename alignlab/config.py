@@ -57,6 +57,10 @@ class ModelConfig:
     # Trainer arguments that suit this model's size ("default", or per method name); hardware.args
     # and method.args override them. Lets one method YAML serve a 1M toy and an 8B model.
     train_args: dict[str, Any] = field(default_factory=dict)
+    # Preference and RL methods on the toy world start a built-in model from its toy-SFT
+    # checkpoint (built once, cached; alignlab.toy_start), not from random weights. false: the
+    # untrained ``builtin:`` model itself, for experts who mean it.
+    from_sft: bool = True
 
 
 @dataclass
@@ -163,6 +167,9 @@ class Config:
     run_dir: str = "${hydra:runtime.output_dir}"
 
 
+    # Console: no progress bars or per-step lines, only warnings, errors and each stage's
+    # result (``-q``/``--quiet``); the log file (cli.log) keeps everything either way.
+    quiet: bool = False
 GROUPS = ("model", "data", "method", "hardware", "constitution", "recipe")
 
 

@@ -77,8 +77,8 @@ def prepare(cfg: Any, args: EvalArgs, *, reward_model: bool) -> EvalInputs:
 
 def evaluate(cfg: Any, policy: Any, tokenizer: Any, args: EvalArgs | None = None, *,
              reference: Any = None, sample_reference: bool = False, reward_model: Any = None,
-             reward_tokenizer: Any = None, inputs: EvalInputs | None = None
-             ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+             reward_tokenizer: Any = None, inputs: EvalInputs | None = None, start: Any = None,
+             progress: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Sample ``policy`` on the held-out prompts and measure it; returns (eval.json, samples).
 
     Every 95 % interval is clustered by prompt (see :mod:`alignlab.stats`).
@@ -89,7 +89,13 @@ def evaluate(cfg: Any, policy: Any, tokenizer: Any, args: EvalArgs | None = None
     - ``reward_model``: its mean score on the samples and its accuracy on held-out pairs;
     - ``reference``: sequence KL(policy || reference) on the policy's own samples (see
       :func:`kl_to_reference`; none at temperature 0), and with ``sample_reference`` the win
-      rate vs the reference's samples (ties count half).
+      rate vs the reference's samples (ties count half);
+    - ``start`` (the model training began from; used when the reference is not sampled): the
+      win rate vs its samples.
+
+    The model compared with (reference or start) gets its own score in ``baseline`` (with
+    ``role``), and its responses stand beside the policy's in the samples
+    (``reference_response``, ``reference_score``): "before -> after" on the same prompts.
 
     Every figure comes with its n (samples, prompts, or held-out pairs). ``inputs``: what
     :func:`prepare` returned, when the caller checked the inputs before loading the models.
@@ -110,7 +116,7 @@ def evaluate(cfg: Any, policy: Any, tokenizer: Any, args: EvalArgs | None = None
     def sample(model: Any) -> tuple[list[str], list[list[int]]]:
         texts, ids = generate(model, tokenizer, prompts, num_samples=args.num_samples,
                               temperature=args.temperature, max_new_tokens=args.max_new_tokens,
-                              batch_size=args.batch_size, seed=cfg.seed, progress=True,
+                              batch_size=args.batch_size, seed=cfg.seed, progress=progress,
                               return_ids=True)
         return [r for rs in texts for r in rs], [x for xs in ids for x in xs]
 
@@ -128,7 +134,9 @@ def evaluate(cfg: Any, policy: Any, tokenizer: Any, args: EvalArgs | None = None
         result["judge"] = {"score": ci["mean"], **ci,
                            "per_category": toy_scores["per_category"],
                            "per_category_n": {c: toy_scores["categories"].count(c)
-                                              for c in toy_scores["per_category"]}}
+                                              for c in toy_scores["per_category"]},
+                           "refusals": toy_scores["refusals"],
+                           "evasiveness": toy_scores["evasiveness"]}
     if reward_model is not None:
         scores["reward"] = reward_scores(reward_model, reward_tokenizer, flat, responses)
         correct = reward_pair_correct(reward_model, reward_tokenizer, inputs.pairs)
@@ -139,6 +147,7 @@ def evaluate(cfg: Any, policy: Any, tokenizer: Any, args: EvalArgs | None = None
                             "accuracy": accuracy["mean"],
                             **{f"accuracy_{k}": v for k, v in accuracy.items() if k != "mean"}}
     ref_responses: list[str] | None = None
+    ref_scores: list[float] | None = None
     if reference is not None:
         if args.temperature > 0:
             result["kl"] = kl_to_reference(policy, reference, tokenizer, flat, response_ids,
@@ -146,16 +155,26 @@ def evaluate(cfg: Any, policy: Any, tokenizer: Any, args: EvalArgs | None = None
         else:
             log.info("evaluation: no KL to the reference at temperature 0 (greedy responses "
                      "are not samples of a distribution)")
-        if sample_reference:
-            ref_responses = sample(reference)[0]
-            ref_scores = [toy.judge(p, r) for p, r in zip(flat, ref_responses, strict=True)] \
-                if judge == "toy" else reward_scores(reward_model, reward_tokenizer, flat,
-                                                     ref_responses)
-            outcomes = stats.outcomes_from_scores(scores[judge], ref_scores)
-            result["win_rate"] = {**stats.win_rate(outcomes, groups=groups), "judge": judge}
+    baseline, role = (reference, "reference") if reference is not None and sample_reference \
+        else (start, "start")
+    if baseline is not None and (judge == "toy" or reward_model is not None):
+        ref_responses = sample(baseline)[0]
+        ref_scores = [toy.judge(p, r) for p, r in zip(flat, ref_responses, strict=True)] \
+            if judge == "toy" else reward_scores(reward_model, reward_tokenizer, flat,
+                                                 ref_responses)
+        outcomes = stats.outcomes_from_scores(scores[judge], ref_scores)
+        result["win_rate"] = {**stats.win_rate(outcomes, groups=groups), "judge": judge,
+                              "versus": role}
+        ci = stats.mean_ci(ref_scores, groups=groups)
+        section = {"score": ci["mean"], **ci}
+        if judge == "toy":
+            ref_toy = toy.score(flat, ref_responses)
+            section.update({k: ref_toy[k] for k in ("per_category", "refusals", "evasiveness")})
+        result["baseline"] = {"role": role, "judge" if judge == "toy" else "reward": section}
     categories = prompts_ds["category"] if "category" in prompts_ds.column_names else None
     samples = [{"prompt": p[-1]["content"], "response": r,
                 "reference_response": ref_responses[i] if ref_responses else None,
+                "reference_score": ref_scores[i] if ref_scores else None,
                 "score": scores[judge][i] if judge in scores else None,
                 "category": categories[i // args.num_samples] if categories else None}
                for i, (p, r) in enumerate(zip(flat, responses, strict=True))]

@@ -27,12 +27,17 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ALIGNLAB_CACHE", Path.home() / ".cache" / "alignlab"))
 
 
+def assets_digest(name: str) -> str:
+    """A short hash of a built-in model's shipped config and tokenizer (its cache key)."""
+    src = ASSETS / name
+    return hashlib.sha256(b"".join(p.read_bytes() for p in sorted(src.glob("*.json*")))
+                          ).hexdigest()[:10]
+
+
 def build_builtin(name: str, seed: int) -> Path:
     """Random-init weights for a built-in model, saved once per (assets, seed) and reused."""
     src = ASSETS / name
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(src.glob("*.json*")))
-                            ).hexdigest()[:10]
-    out = cache_dir() / f"{name}-seed{seed}-{digest}"
+    out = cache_dir() / f"{name}-seed{seed}-{assets_digest(name)}"
     if (out / "model.safetensors").exists():
         return out
     import torch

@@ -62,6 +62,9 @@ EVAL_SECTIONS = (
     ("kl", "KL to reference", ("kl", "mean", "k1")),
     ("reward", "Reward", ("mean",)),
     ("length", "Length", ("mean",)),
+    # The model the policy is compared with (start or reference; eval.json "baseline").
+    ("baseline_judge", "Baseline judge score", ("score", "mean")),
+    ("baseline_reward", "Baseline reward", ("mean",)),
 )
 _CI_KEYS = {"ci_low", "ci_high", "n", "n_prompts"}
 _WTL_KEYS = {"wins", "ties", "losses"}
@@ -69,7 +72,7 @@ _WTL_KEYS = {"wins", "ties", "losses"}
 # Config keys that differ between sweep members for bookkeeping reasons, not by design.
 _NOISY_CONFIG_LEAVES = {"output_dir", "run_dir", "logging_dir", "dir", "run_name"}
 
-MAX_SAMPLES = 5
+SAMPLES_PER_CATEGORY = 3
 MAX_TEXT = 800  # characters of a prompt/response shown in the samples table
 MAX_ARGS = 16  # method.args rows in the config table
 
@@ -564,6 +567,7 @@ def _eval_rows(evals: Mapping[str, Any]) -> list[list[Any]]:
     one, else its section's: the samples every figure of the section is computed from.
     """
     rows: list[list[Any]] = []
+    evals = _with_baseline(evals)
     known = {key for key, _, _ in EVAL_SECTIONS}
     sections = [s for s in EVAL_SECTIONS if s[0] in evals]
     sections += [
@@ -629,27 +633,124 @@ def _n_cell(section: Mapping[str, Any]) -> Any:
     return f"{n} ({prompts} prompts)" if _is_number(prompts) else n
 
 
-def _sample_rows(samples: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
-    shown = samples[:MAX_SAMPLES]
+def _with_baseline(evals: Mapping[str, Any]) -> dict[str, Any]:
+    """eval.json with its ``baseline`` (the start or the reference, scored on the same prompts)
+    as sections of their own, each noting which model it is."""
+    out = dict(evals)
+    base = out.pop("baseline", None)
+    if isinstance(base, Mapping):
+        who = "the starting model" if base.get("role") == "start" else "the reference"
+        for key in ("judge", "reward"):
+            if isinstance(base.get(key), Mapping):
+                out[f"baseline_{key}"] = {**base[key], "model": who}
+    return out
+
+
+def _differs(sample: Mapping[str, Any]) -> bool:
+    ref = sample.get("reference_response")
+    return ref is not None and str(ref).strip() != str(sample.get("response") or "").strip()
+
+
+def _failed(sample: Mapping[str, Any]) -> bool:
+    score = sample.get("score")
+    return _is_number(score) and score < 1
+
+
+def _improved(sample: Mapping[str, Any]) -> bool:
+    score, ref = sample.get("score"), sample.get("reference_score")
+    return _is_number(score) and _is_number(ref) and score > ref
+
+
+def _take(pool: list[dict[str, Any]], chosen: list[dict[str, Any]], test: Any,
+          limit: int) -> bool:
+    """Add samples of ``pool`` that pass ``test`` (new prompts only) to ``chosen`` until it
+    holds ``limit``; whether it does."""
+    for sample in pool:
+        if len(chosen) >= limit:
+            break
+        if test(sample) and str(sample.get("prompt")) not in {str(c.get("prompt"))
+                                                              for c in chosen}:
+            chosen.append(sample)
+    return len(chosen) >= limit
+
+
+def pick_samples(samples: list[dict[str, Any]],
+                 per_category: int = SAMPLES_PER_CATEGORY) -> list[dict[str, Any]]:
+    """The samples worth reading: up to ``per_category`` of every category, distinct prompts,
+    where policy and reference (or start) answer differently first: one the policy got better
+    at, one it fails, then other differences, other failures, the rest. The first rows of
+    samples.jsonl were the same easy prompts of one category every time."""
+    by_cat: dict[str, list[dict[str, Any]]] = {}
+    for sample in samples:
+        by_cat.setdefault(str(sample.get("category") or ""), []).append(sample)
+    order = ("helpful", "harmful", "borderline")
+    cats = [c for c in order if c in by_cat] + sorted(c for c in by_cat if c not in order)
+    # One of each of the first two kinds (a failure even where policy and start agree), then
+    # the rest in order of preference.
+    once = ((lambda s: _differs(s) and _improved(s),),
+            (lambda s: _differs(s) and _failed(s), _failed))
+    fill = (_differs, _failed, lambda s: True)
+    picked: list[dict[str, Any]] = []
+    for cat in cats:
+        chosen: list[dict[str, Any]] = []
+        for alternatives in once:
+            limit = min(per_category, len(chosen) + 1)
+            any(_take(by_cat[cat], chosen, test, limit) for test in alternatives)
+        for test in fill:
+            _take(by_cat[cat], chosen, test, per_category)
+        picked += chosen
+    return picked
+
+
+def _sample_rows(samples: list[dict[str, Any]],
+                 other: str = "reference") -> tuple[list[str], list[list[Any]]]:
+    shown = pick_samples(samples)
     has_ref = any(s.get("reference_response") is not None for s in shown)
     has_score = any(_is_number(s.get("score")) for s in shown)
+    has_ref_score = any(_is_number(s.get("reference_score")) for s in shown)
     has_cat = any(s.get("category") for s in shown)
-    headers = ["#", "prompt", "response"]
-    headers += ["reference response"] if has_ref else []
+    headers = ["#"] + (["category"] if has_cat else []) + ["prompt", "response"]
     headers += ["score"] if has_score else []
-    headers += ["category"] if has_cat else []
+    headers += [f"{other} response"] if has_ref else []
+    headers += [f"{other} score"] if has_ref_score else []
     rows = []
     for i, sample in enumerate(shown):
-        row: list[Any] = [i + 1, _clip(sample.get("prompt")), _clip(sample.get("response"))]
-        if has_ref:
-            row.append(_clip(sample.get("reference_response")))
+        row: list[Any] = [i + 1]
+        if has_cat:
+            row.append(str(sample.get("category") or ""))
+        row += [_clip(sample.get("prompt")), _clip(sample.get("response"))]
         if has_score:
             score = sample.get("score")
             row.append(score if _is_number(score) else "")
-        if has_cat:
-            row.append(str(sample.get("category") or ""))
+        if has_ref:
+            row.append(_clip(sample.get("reference_response")))
+        if has_ref_score:
+            score = sample.get("reference_score")
+            row.append(score if _is_number(score) else "")
         rows.append(row)
     return headers, rows
+
+
+def _before_after_plot(root: Path, run: Mapping[str, Any]) -> list[Block]:
+    """A bar plot of the headline metric at the start and after training, with intervals."""
+    from alignlab.console import before_after
+
+    evals = run["eval"]
+    pair = before_after({**run["metrics"], **{k: evals[k] for k in ("judge", "baseline")
+                                               if isinstance(evals.get(k), Mapping)}})
+    if pair is None:
+        return []
+    what, before, after = pair
+    key = ("score", "mean") if what == "toy judge" else ("mean",)
+    values = [_headline(before, key)[1], _headline(after, key)[1]]
+    if not all(_finite(v) for v in values):
+        return []
+    png = root / "before_after.png"
+    _plot_bars(["start", "trained"], [float(v) for v in values], f"{what}: start vs trained",
+               what, png, intervals=[_interval(before), _interval(after)])
+    return [("img", png, f"{what} at the start and after training"),
+            ("p", f"Error bars: 95 % intervals of the {what}, clustered by prompt where the "
+                  "evaluation gives prompts (n in the table below).")]
 
 
 def _render_run(root: Path) -> Path:
@@ -684,6 +785,7 @@ def _render_run(root: Path) -> Path:
         )
 
     blocks.append(("h", 2, "Evaluation"))
+    blocks += _before_after_plot(root, run)
     eval_rows = _eval_rows(run["eval"])
     if eval_rows:
         blocks.append(("table", ["metric", "value", "95% CI", "n", "notes"], eval_rows))
@@ -694,9 +796,15 @@ def _render_run(root: Path) -> Path:
         blocks.append(("p", "No evaluation results (eval.json missing or empty)."))
 
     if run["samples"]:
-        headers, rows = _sample_rows(run["samples"])
+        role = _get(run["eval"], "baseline.role")
+        other = "start" if role == "start" else "reference"
+        headers, rows = _sample_rows(run["samples"], other)
         shown = len(rows)
         blocks.append(("h", 2, f"Samples ({shown} of {len(run['samples'])})"))
+        blocks.append(("p", f"Up to {SAMPLES_PER_CATEGORY} prompts per category, where the "
+                            f"policy and the {other} model answer differently first (one the "
+                            "policy does better, one it fails), side by side; every sample is "
+                            "in samples.jsonl."))
         blocks.append(("table", headers, rows))
 
     if run["notes"]:
@@ -719,6 +827,60 @@ def _summary(evals: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out[key] = None
     return out
+
+
+def _last_logged(history: Any, key: str) -> Any:
+    """The last finite value of ``key`` in a trainer log history (None if never logged)."""
+    values = [e[key] for e in history if isinstance(e, Mapping) and _finite(e.get(key))] \
+        if isinstance(history, list) else []
+    return values[-1] if values else None
+
+
+def stage_headline(run: Mapping[str, Any]) -> str:
+    """What a stage is judged by, from its own files: SFT's final loss, the reward model's pair
+    accuracy, DPO/KTO's reward accuracy and margin, PPO's score and KL, GRPO/RLOO's reward and
+    KL, an eval's judge score; with the toy judge at the start -> after training when known."""
+    method, metrics = _method_name(run) or "", run["metrics"]
+    history = metrics.get("log_history")
+    train = metrics.get("train") if isinstance(metrics.get("train"), Mapping) else {}
+
+    def last(*pairs: tuple[str, str]) -> list[str]:
+        found = [(label, _last_logged(history, key)) for key, label in pairs]
+        return [f"{label} {format_number(v)}" for label, v in found if v is not None]
+
+    parts: list[str] = []
+    reward = metrics.get("reward")
+    if method == "sft":
+        loss = _last_logged(history, "loss")
+        loss = loss if loss is not None else train.get("train_loss")
+        parts = [f"final loss {format_number(loss)}"] if _finite(loss) else []
+    elif method == "reward" and isinstance(reward, Mapping) and "accuracy" in reward:
+        parts = [f"pair accuracy {format_number(reward.get('accuracy_before'))} → "
+                 f"{format_number(reward['accuracy'])}"]
+    elif method in ("dpo", "kto"):
+        parts = last(("rewards/accuracies", "reward accuracy"), ("rewards/margins", "margin"),
+                     ("kl", "KL"))
+    elif method == "ppo":
+        parts = last(("objective/scores", "score"), ("objective/kl", "KL"))
+    elif method in ("grpo", "rloo"):
+        parts = last(("reward", "reward"), ("kl", "KL"))
+    if not parts:
+        parts = last(("loss", "final loss"))
+    judge = run["eval"].get("judge")
+    if not parts and isinstance(judge, Mapping) and _finite(judge.get("score")):  # an eval
+        parts = [f"judge {format_number(judge['score'])} {_ci(judge)}".strip()]
+    from alignlab.console import before_after
+
+    evals = run["eval"]
+    pair = before_after({**metrics, **{k: evals[k] for k in ("judge", "baseline")
+                                        if isinstance(evals.get(k), Mapping)}})
+    if pair is not None and method != "eval":
+        what, before, after = pair
+        key = ("score", "mean")
+        b, a = _headline(before, key)[1], _headline(after, key)[1]
+        if _finite(b) and _finite(a):
+            parts.append(f"{what} {format_number(b)} → {format_number(a)}")
+    return "; ".join(parts) or "-"
 
 
 def _render_child(path: Path, notes: list[str]) -> bool:
@@ -759,7 +921,7 @@ def _render_recipe(root: Path) -> Path:
     for name in _recipe_stages(root, notes):
         stage_dir = root / name
         if not stage_dir.is_dir():
-            rows.append([name, "", "", "", "", "", "missing"])
+            rows.append([name, "", "", "", "", "", "", "missing"])
             notes.append(f"Stage '{name}' has no directory {stage_dir}.")
             continue
         rendered = _render_child(stage_dir, notes)
@@ -769,7 +931,8 @@ def _render_recipe(root: Path) -> Path:
         s = _summary(run["eval"])
         status = "ok" if rendered else "no results"
         rows.append(
-            [name, _method_name(run) or "", s["judge"], s["win_rate"], s["kl"], s["reward"], status]
+            [name, _method_name(run) or "", s["judge"], s["win_rate"], s["kl"], s["reward"],
+             stage_headline(run), status]
         )
         if _finite(s["judge"]):
             interval = _interval(run["eval"].get("judge"))
@@ -778,7 +941,8 @@ def _render_recipe(root: Path) -> Path:
                 clustered_judge &= _is_number(_get(run["eval"], "judge.n_prompts"))
 
     blocks.append(("h", 2, "Stages"))
-    headers = ["stage", "method", "judge score", "win rate", "KL", "reward mean", "status"]
+    headers = ["stage", "method", "judge score", "win rate", "KL", "reward mean", "headline",
+               "status"]
     blocks.append(("table", headers, rows))
     if bars:
         png = root / "judge_by_stage.png"

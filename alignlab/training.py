@@ -62,12 +62,15 @@ def kill_after_step(method: str) -> int | None:
 def _callbacks(method: str) -> list[Any]:
     from transformers import TrainerCallback
 
+    from alignlab import console
+
     class LogToFile(TrainerCallback):
-        """Mirror the trainer's logs into the run's log file (Hydra's ``<job>.log``)."""
+        """Mirror the trainer's full logs into the run's log file (Hydra's ``<job>.log``); the
+        console gets the short line of :func:`console_progress` instead."""
 
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
             if state.is_world_process_zero and logs:
-                log.info("step %d: %s", state.global_step, logs)
+                log.info("step %d: %s", state.global_step, logs, extra={console.FILE_ONLY: True})
 
     class KillAfterStep(TrainerCallback):
         def __init__(self, step: int) -> None:
@@ -146,7 +149,8 @@ def trainer_config(cfg: Any, args_class: str, run_dir: Path, **fixed: Any) -> An
     cls = getattr(importlib.import_module(module), name)
     args = {"output_dir": str(run_dir / "checkpoints"), "seed": cfg.seed,
             "report_to": cfg.report_to,
-            "disable_tqdm": False, **merged_args(cfg, args_class), **fixed}
+            "disable_tqdm": bool(cfg.get("quiet", False)), **merged_args(cfg, args_class),
+            **fixed}
     if args.get("report_to") in (None, "none"):
         args["report_to"] = "none"
     if "tensorboard" in str(args["report_to"]):  # event files beside the run's other logs
@@ -169,6 +173,7 @@ def train(trainer: Any, cfg: Any, run_dir: Path) -> dict[str, Any]:
         print(f"[alignlab] resuming from {checkpoint}")
     for callback in _callbacks(cfg.method.name):
         trainer.add_callback(callback)
+    console_progress(trainer)
     from transformers import TrainerCallback
 
     class TrainBegun(TrainerCallback):
@@ -239,18 +244,67 @@ def write_model_card(out: Path, cfg: Any, metrics: dict[str, Any]) -> None:
     runs.atomic_write(out / "README.md", "\n".join(lines) + "\n")
 
 
+def console_progress(trainer: Any) -> None:
+    """One progress bar and one short line per logging step on the console.
+
+    The Trainer's own progress callback prints every log dict under the bar, which repeated
+    what the log file gets (two lines per step, at full precision); ``-q`` (``disable_tqdm``)
+    made it a PrinterCallback that prints them all. ``hydra.verbose`` keeps TRL's printing.
+    """
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from alignlab import console
+
+    if console.is_verbose():
+        return
+
+    class StepLines(ProgressCallback):
+        """TRL/transformers' bar, with :func:`console.step_line` instead of the log dict."""
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None,
+                   **kw: Any) -> None:
+            if state.is_world_process_zero and self.training_bar is not None and logs:
+                self.training_bar.write(console.step_line(state.global_step, state.max_steps,
+                                                          logs))
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    if not trainer.args.disable_tqdm:
+        trainer.add_callback(StepLines())
+
+
+def load_start(cfg: Any, like: Any) -> Any:
+    """The starting policy as ``cfg.model.path`` gives it (None, logged, when it cannot be
+    loaded), on the device of ``like``: what the quick evaluation compares the trained one to."""
+    from alignlab import models
+
+    try:
+        path = models.resolve_path(cfg.model, cfg.seed)
+        model = models.load_model(cfg.model, path, cfg.hardware)
+        return model.to(next(like.parameters()).device).eval().requires_grad_(False)
+    except Exception as err:  # the comparison is extra: the trained model is what matters
+        log.warning("quick evaluation: could not load the starting model %s to compare with: "
+                    "%s", cfg.model.path, err)
+        return None
+
+
 def train_policy(trainer: Any, cfg: Any, run_dir: Path) -> dict[str, Any]:
-    """``train`` for a policy stage, then a quick evaluation on the toy world (judge score and
-    KL to the reference, written to ``eval.json``) unless ``quick_eval=false``."""
+    """``train`` for a policy stage, then a quick evaluation on the toy world unless
+    ``quick_eval=false``: the toy judge of the trained policy and of its starting point (the
+    reference when that is the start, else the start reloaded), the win rate against the start,
+    the KL to the reference, written to ``eval.json`` and ``samples.jsonl``."""
     from alignlab import evaluation
 
     metrics = train(trainer, cfg, run_dir)
     if cfg.quick_eval and cfg.data.format == "toy" and runs.is_main_process():
         reference = getattr(trainer, "ref_model", None)
+        start = reference if reference is not None and not cfg.method.reference \
+            else load_start(cfg, trainer.model)
         result, samples = evaluation.evaluate(cfg, trainer.model, trainer.processing_class,
-                                              reference=reference)
+                                              reference=reference, start=start, progress=False)
         evaluation.write(run_dir, result, samples)
         metrics["judge"] = result["judge"]
-        if "kl" in result:
-            metrics["kl"] = result["kl"]
+        for key in ("kl", "baseline"):
+            if key in result:
+                metrics[key] = result[key]
     return metrics

@@ -13,6 +13,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# A preference method started from the untrained built-in model trains its toy SFT first (2 min):
+# tests that do so by accident get a 10-step one (cached under its own key) instead.
+os.environ.setdefault("ALIGNLAB_TOY_SFT_MAX_STEPS", "10")
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs two workers on the 2-core machine: one core each, for the worker and
     # the runs it starts (set before torch is imported; more threads would oversubscribe).

@@ -18,8 +18,9 @@ from alignlab.errors import AlignlabError
 from alignlab.methods import cai
 
 ROOT = Path(__file__).resolve().parent.parent
+# model.from_sft=false: the mechanics need no trained model (no toy-SFT build).
 FAST = ["method=cai", "constitution=toy", "method.args.max_new_tokens=6",
-        "method.args.batch_size=4", "method.args.max_prompts=5"]
+        "method.args.batch_size=4", "method.args.max_prompts=5", "model.from_sft=false"]
 
 
 def _stage(run_dir: Path, *overrides: str) -> dict[str, Any]:

@@ -78,7 +78,7 @@ def test_reward_errors(tmp_path: Path) -> None:
         rewards.function("toy_judg")
     with pytest.raises(AlignlabError, match="Could not import"):
         rewards.function("nope.mod:f")
-    proc = alignlab(f"hydra.run.dir={tmp_path / 'x'}", "method=grpo",
+    proc = alignlab(f"hydra.run.dir={tmp_path / 'x'}", "method=grpo", "model.from_sft=false",
                     "method.args.num_generations=3",  # 32 per batch: not divisible
                     "method.reward_funcs=[toy_judge]", check=False, env=ENV)
     assert proc.returncode == 2 and "num_generations" in proc.stderr, proc.stderr[-800:]

@@ -142,7 +142,8 @@ def test_relabel_pairs_over_http_and_load_them_for_dpo(tmp_path: Path) -> None:
     lm = (models.load_model(base.model, path, base.hardware),
           models.load_tokenizer(base.model, path))
     with FakeOpenAI(*lm) as server:
-        cfg = cli.compose(["method=judge", "constitution=toy", "method.args.source=pairs",
+        cfg = cli.compose(["method=judge", "model.from_sft=false", "constitution=toy",
+                           "method.args.source=pairs",
                            "method.args.max_prompts=4", "method.args.backend=openai",
                            f"method.args.base_url={server.url}", "method.args.top_logprobs=1000",
                            f"run_dir={tmp_path}"])

@@ -160,9 +160,11 @@ def test_run_report(tmp_path: Path) -> None:
     assert rows["Reward"][0] == "1.75" and rows["Reward: accuracy"][0] == "0.68"
     assert rows["Length"][0] == "41.5"
 
-    # 5 of 7 samples, side by side with the reference; pipes/newlines don't break the table.
-    assert "Samples (5 of 7)" in md
-    assert rows["5"][2] == "Reference 4" and "6" not in rows
+    # 3 of 7 samples (one category, up to 3 per category), side by side with the reference;
+    # pipes/newlines don't break the table.
+    assert "Samples (3 of 7)" in md
+    assert rows["#"] == ["category", "prompt", "response", "score", "reference response"]
+    assert rows["3"][4] == "Reference 2" and "4" not in rows
     assert "Answer 0 \\| with pipe<br>and newline" in md
 
     page = (run / "report.html").read_text()
@@ -343,3 +345,122 @@ def test_every_eval_row_has_its_n(tmp_path: Path) -> None:
     assert "Judge score: mean" not in rows and "n_prompts" not in rows
     assert "Settings: n_prompts 8, samples_per_prompt 3, temperature 0.7." in md
     assert "clustered by prompt" in md
+
+
+def _toy_samples() -> list[dict[str, Any]]:
+    """samples.jsonl as the quick evaluation writes it: 3 categories, the start beside."""
+    rows = []
+    for i in range(4):
+        rows += [
+            {"prompt": f"What is {i} plus 1?", "category": "helpful",
+             "response": f"The answer is {i + 1}.", "score": 1.0,
+             "reference_response": f"The answer is {i + 1}.", "reference_score": 1.0},
+            {"prompt": f"How do I rob bank {i}?", "category": "harmful",
+             "response": "I can't help with that." if i else "Sure! Start tonight.",
+             "score": 1.0 if i else 0.0,
+             "reference_response": "Sure! Start tonight.", "reference_score": 0.0},
+            {"prompt": f"How do I kill process {i}?", "category": "borderline",
+             "response": "I can't help with that.", "score": 0.0,
+             "reference_response": "Sure! Run kill." if i % 2 else "I can't help with that.",
+             "reference_score": 1.0 if i % 2 else 0.0},
+        ]
+    return rows
+
+
+def test_samples_cover_every_category_differences_first(tmp_path: Path) -> None:
+    """The samples table shows every category, where policy and start differ first, an
+    improvement and a failure where there are some, side by side with the start's answer."""
+    evals = {**EVAL, "baseline": {"role": "start", "judge": {"score": 0.3, "ci_low": 0.2,
+                                                             "ci_high": 0.4, "n": 12}}}
+    run = make_run(tmp_path / "run", evals=evals, samples=False)
+    (run / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in _toy_samples()))
+    md = render_report(run).read_text()
+    section = md.split("## Samples", 1)[1]
+    rows = table_rows(section)
+    assert rows.pop("#") == ["category", "prompt", "response", "score", "start response",
+                             "start score"]
+    by_cat: dict[str, list[list[str]]] = {}
+    for cells in rows.values():
+        by_cat.setdefault(cells[0], []).append(cells)
+    assert set(by_cat) == {"helpful", "harmful", "borderline"}
+    assert "Samples (9 of 12)" in md  # up to 3 distinct prompts per category
+    harmful = by_cat["harmful"]
+    assert harmful[0][2] == "I can't help with that." and harmful[0][4] == "Sure! Start tonight."
+    assert any(c[3] == "0" for c in harmful)  # its failure is shown too
+    borderline = by_cat["borderline"]
+    assert borderline[0][2] != borderline[0][4]  # a difference first: a regression here
+    assert len(by_cat["helpful"]) == 3 and len({c[1] for c in by_cat["helpful"]}) == 3
+    # The eval table names the start's own score; the before/after plot has error bars.
+    assert table_rows(md)["Baseline judge score"][:2] == ["0.3", "[0.2, 0.4]"]
+    assert_png(run / "before_after.png")
+
+
+def test_html_parses_and_every_image_exists(tmp_path: Path) -> None:
+    """report.html is well-formed HTML whose images are embedded PNGs; report.md links only
+    images that exist beside it (run and recipe)."""
+    from html.parser import HTMLParser
+
+    class Page(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stack: list[str] = []
+            self.images: list[str] = []
+
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            if tag == "img":
+                self.images.append(dict(attrs)["src"] or "")
+            elif tag not in ("meta", "br"):
+                self.stack.append(tag)
+
+        def handle_endtag(self, tag: str) -> None:
+            assert self.stack and self.stack.pop() == tag, f"unbalanced </{tag}>"
+
+    import base64
+    import re
+
+    root = tmp_path / "recipe"
+    evals = {**EVAL, "baseline": {"role": "start", "judge": {"score": 0.3, "ci_low": 0.2,
+                                                             "ci_high": 0.4}}}
+    make_run(root / "sft", method="sft", history=[{"loss": 2.0, "step": 1}])
+    make_run(root / "dpo", evals=evals)
+    (root / "recipe.yaml").write_text(yaml.safe_dump({"stages": ["sft", "dpo"]}))
+    render_report(root)
+    for folder in (root, root / "dpo", root / "sft"):
+        page = Page()
+        page.feed((folder / "report.html").read_text())
+        page.close()
+        assert page.stack == []
+        for src in page.images:
+            assert src.startswith("data:image/png;base64,")
+            assert base64.b64decode(src.split(",", 1)[1])[:8] == PNG_SIGNATURE
+        md = (folder / "report.md").read_text()
+        links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", md)
+        assert len(links) == len(page.images) > 0
+        for link in links:
+            assert_png(folder / link)
+    assert len(Page().images) == 0  # (sanity: a fresh parser holds nothing)
+
+
+def test_recipe_table_gives_each_stage_its_headline(tmp_path: Path) -> None:
+    root = tmp_path / "recipe"
+    make_run(root / "sft", method="sft",
+             history=[{"loss": 2.0, "step": 1}, {"loss": 1.25, "step": 2}])
+    reward = make_run(root / "reward", method="reward")
+    metrics = json.loads((reward / "metrics.json").read_text())
+    metrics["reward"] = {"accuracy_before": 0.5, "accuracy": 0.97, "n": 100}
+    (reward / "metrics.json").write_text(json.dumps(metrics))
+    dpo = make_run(root / "dpo")
+    (dpo / "eval.json").write_text(json.dumps(
+        {"judge": {"score": 0.9}, "baseline": {"role": "start", "judge": {"score": 0.6}}}))
+    make_run(root / "ppo", method="ppo", history=_ppo_history())
+    (root / "eval").mkdir()
+    (root / "eval" / "eval.json").write_text(json.dumps(EVAL))
+    (root / "recipe.yaml").write_text(
+        yaml.safe_dump({"stages": ["sft", "reward", "dpo", "ppo", "eval"]}))
+    rows = table_rows(render_report(root).read_text())
+    assert rows["stage"][-2:] == ["headline", "status"]
+    assert rows["sft"][-2] == "final loss 1.25"
+    assert rows["reward"][-2] == "pair accuracy 0.5 → 0.97"
+    assert rows["dpo"][-2] == "reward accuracy 0.75; margin 1; toy judge 0.6 → 0.9"
+    assert rows["ppo"][-2] == "score 0.5; KL 0.05"
+    assert rows["eval"][-2] == "judge 0.8333 [0.61, 0.94]"

@@ -463,7 +463,7 @@ def train(cfg: Any, run_dir: Path) -> dict[str, Any]:
     from accelerate.utils import DistributedType, set_seed
     from tqdm.auto import tqdm
 
-    from alignlab import data, evaluation, training
+    from alignlab import console, data, evaluation, training
 
     args = training.trainer_config(cfg, ARGS_CLASS, run_dir)
     # step_scheduler_with_optimizer=False: accelerate's scheduler wrapper would otherwise step
@@ -626,8 +626,11 @@ def train(cfg: Any, run_dir: Path) -> dict[str, Any]:
                                                      global_batch)
         if step % args.logging_steps == 0 or step == max_steps:
             state["log_history"].append(row)
-            if accelerator.is_main_process:
-                log.info("step %d: %s", step, json.dumps({k: round(v, 4) for k, v in row.items()}))
+            if accelerator.is_main_process:  # full row to the log file, a short line on screen
+                log.info("step %d: %s", step, json.dumps({k: round(v, 4) for k, v in row.items()}),
+                         extra={console.FILE_ONLY: True})
+                if not args.disable_tqdm:
+                    bar.write(console.step_line(step, max_steps, row))
         bar.update(1)
         bar.set_postfix(score=f"{row['objective/scores']:.3f}", kl=f"{row['objective/kl']:.3f}")
         if args.save_strategy == "steps" and step % args.save_steps == 0:
