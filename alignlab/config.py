@@ -163,13 +163,13 @@ class Config:
     seed: int = 42
     resume: bool = False
     quick_eval: bool = True  # score a trained policy with the toy judge at the end (toy data)
+    # Console: no progress bars or per-step lines, only warnings, errors and each stage's
+    # result (``-q``/``--quiet``); the log file (cli.log) keeps everything either way.
+    quiet: bool = False
     report_to: str = "tensorboard"
     run_dir: str = "${hydra:runtime.output_dir}"
 
 
-    # Console: no progress bars or per-step lines, only warnings, errors and each stage's
-    # result (``-q``/``--quiet``); the log file (cli.log) keeps everything either way.
-    quiet: bool = False
 GROUPS = ("model", "data", "method", "hardware", "constitution", "recipe")
 
 
