@@ -88,11 +88,11 @@ def test_other_untrained_starts_warn_once(overrides: list[str], says: str,
     assert "model.path=<an SFT run>/model" in out
 
 
-def test_sft_and_given_paths_are_left_alone(sft_run: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
-    from alignlab import toy_start
+def test_sft_and_given_paths_are_left_alone(capsys: pytest.CaptureFixture[str]) -> None:
+    from alignlab import models, toy_start
 
-    for cfg in (_cfg(), _cfg("method=dpo", f"model.path={sft_run}/model")):
+    given = models.build_builtin("llama-small", 42)  # any model folder (no training)
+    for cfg in (_cfg(), _cfg("method=dpo", f"model.path={given}")):
         before = cfg.model.path
         toy_start.resolve_start(cfg)
         assert cfg.model.path == before
