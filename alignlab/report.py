@@ -446,13 +446,21 @@ def _html_cell(value: Any) -> str:
     return html.escape(text).replace("\n", "<br>")
 
 
+def _html_td(value: Any) -> str:
+    """A table cell; a short one-word value (a number, a category) never wraps mid-word (the
+    browser broke "0.03968" and "borderline" in two in narrow columns)."""
+    text = value if isinstance(value, str) else format_number(value)
+    short = len(text) <= 24 and not any(ch.isspace() for ch in text)
+    return f'<td class="nw">{_html_cell(value)}</td>' if short else f"<td>{_html_cell(value)}</td>"
+
+
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;
 padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0}
 th,td{border:1px solid #ccc;padding:4px 8px;vertical-align:top;text-align:left}
 th{background:#f3f3f3} td{max-width:420px;overflow-wrap:anywhere}
-img{max-width:100%} .note{color:#8a6d3b}
+img{max-width:100%} .note{color:#8a6d3b} td.nw{white-space:nowrap;overflow-wrap:normal}
 """
 
 
@@ -480,8 +488,7 @@ def _to_html(blocks: list[Block], title: str) -> str:
         elif kind == "table":
             head = "".join(f"<th>{_html_cell(h)}</th>" for h in block[1])
             body = "".join(
-                "<tr>" + "".join(f"<td>{_html_cell(c)}</td>" for c in row) + "</tr>"
-                for row in block[2]
+                "<tr>" + "".join(_html_td(c) for c in row) + "</tr>" for row in block[2]
             )
             parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
         elif kind == "img":

@@ -169,7 +169,7 @@ def test_run_report(tmp_path: Path) -> None:
 
     page = (run / "report.html").read_text()
     assert page.startswith("<!DOCTYPE html>")
-    assert "data:image/png;base64," in page and "<td>0.8333</td>" in page
+    assert "data:image/png;base64," in page and '<td class="nw">0.8333</td>' in page
 
 
 def test_ppo_curves_and_partial_run(tmp_path: Path) -> None:
@@ -393,6 +393,8 @@ def test_samples_cover_every_category_differences_first(tmp_path: Path) -> None:
     # The eval table names the start's own score; the before/after plot has error bars.
     assert table_rows(md)["Baseline judge score"][:2] == ["0.3", "[0.2, 0.4]"]
     assert_png(run / "before_after.png")
+    # In the HTML a narrow column does not break "borderline" (or a number) mid-word.
+    assert '<td class="nw">borderline</td>' in (run / "report.html").read_text()
 
 
 def test_html_parses_and_every_image_exists(tmp_path: Path) -> None:
