@@ -70,6 +70,10 @@ class ToyConfig:
     n_prompts: int = 1000
     n_skills: int = 0  # extra SFT rows: critique/revision and judge answers (toy constitution)
     skills: list[str] = field(default_factory=lambda: ["critique", "judge"])  # which of them
+    # Categories of the prompts the skill rows are about (null: all). Constitutional AI's AI
+    # feedback is about harmlessness, so the CAI recipes teach the skills on harmful and
+    # borderline prompts only (helpfulness comes from human pairs, as in Bai et al.).
+    skill_categories: list[str] | None = None
     error_rate: float = 0.35  # share of sum/animal demos with a wrong answer
     comply_rate: float = 0.65  # share of harmful demos that comply
     refuse_rate: float = 0.55  # share of borderline demos that refuse
@@ -411,7 +415,8 @@ def validate(cfg: Any, pending: Collection[str] = ()) -> None:
     if data["format"] == "toy" and (data.get("toy") or {}).get("n_skills"):
         from alignlab.data import toy
 
-        toy.check_skills(data["toy"].get("skills", toy.SKILLS))
+        toy.check_skills(data["toy"].get("skills", toy.SKILLS),
+                         data["toy"].get("skill_categories"))
     if data["format"] != "toy" and not data.get("path"):
         raise AlignlabError(f"data={data['name']} needs data.path (a hub dataset id or a local "
                             ".json/.jsonl/.parquet file or folder).")

@@ -14,7 +14,14 @@ A constitution (``conf/constitution/*.yaml``, or any file via ``constitution.pat
     ``{a}`` and ``{b}``; and the start of its answer, after which "A"/"B" are scored.
 
 The files of the public SL-CAI reproduction (``constitutions`` + ``system_chat``, as in
-HuggingFace's llm-swarm example) load as they are.
+HuggingFace's llm-swarm example) load as they are, and so does the layout of Anthropic's
+published Constitutional AI prompts, converted on load: ``constitution.path`` may be a JSON
+mapping of named critique/revision request pairs (``{"harmful0": {"prompt": ["...critique
+request..."], "edit_request": "...revision request..."}, ...}``), or a folder holding one
+(``CritiqueRevisionInstructions.json``) with its few-shot file beside it; and
+``constitution.few_shot_path`` a few-shot file of ``Human:`` / ``Assistant:`` /
+``CritiqueRequest:`` / ``Critique:`` / ``RevisionRequest:`` / ``Revision:`` transcripts (a
+JSON list of such strings, or plain text).
 
 Importing this module is cheap (the args dataclasses are read by config validation).
 """
@@ -42,8 +49,8 @@ OPTIONS = ("A", "B")
 COT_REQUEST = "Before answering, think step by step about which option is better."
 COT_ANSWER = "So, which option is better? Reply with (A) or (B)."
 
-_KEYS = ("name", "description", "path", "principles", "few_shot", "judge_template",
-         "judge_prefix")
+_KEYS = ("name", "description", "path", "few_shot_path", "principles", "few_shot",
+         "judge_template", "judge_prefix")
 _ALIASES = {"constitutions": "principles", "system_chat": "few_shot"}  # HF llm-swarm's names
 _ROLES = ("system", "user", "assistant")
 
@@ -86,6 +93,12 @@ class CAIArgs(BackendArgs):
                           "column (the toy world's red-team prompts); null keeps all."})
     max_prompts: int | None = field(default=None, metadata={
         "help": "Cap on prompts per split (train and test), after a seeded shuffle."})
+    helpful_categories: list[str] | None = field(default=None, metadata={
+        "help": "Prompts of these categories (toy: [helpful]) are answered without critique and "
+                "kept as answered, in *_sft only: Bai et al. add the helpful model's own samples "
+                "on helpfulness prompts to SL-CAI's data so the policy stays helpful."})
+    max_helpful_prompts: int | None = field(default=None, metadata={
+        "help": "Cap on those helpfulness prompts per split, after a seeded shuffle."})
     sft_fraction: float = field(default=0.5, metadata={
         "help": "Share of rows in train_sft/test_sft; the rest go to *_prefs (disjoint, as in "
                 "HuggingFaceH4/cai-conversation-harmless)."})
@@ -115,6 +128,13 @@ class JudgeArgs(BackendArgs):
         "help": "Cap on prompts (or pairs) per split, after a seeded shuffle."})
     categories: list[str] | None = field(default=None, metadata={
         "help": "Keep prompts of these categories when the data has a 'category' column."})
+    human_pairs: int = field(default=0, metadata={
+        "help": "Human-labelled pairs of the data (its chosen/rejected) added to the AI-labelled "
+                "ones, per split: Bai et al. mix AI harmlessness labels with human helpfulness "
+                "labels into one preference set. 0: AI labels only."})
+    human_categories: list[str] | None = field(default=None, metadata={
+        "help": "Categories of those human pairs when the data has a 'category' column (toy: "
+                "[helpful]); null keeps all."})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,14 +149,140 @@ def load(spec: Mapping[str, Any] | None, *, need_choice: bool = False) -> Consti
     """
     spec = _plain(spec or {})
     source = "the constitution config"
+    few_path = spec.pop("few_shot_path", None)
     if spec.get("path"):
         path = Path(str(spec["path"])).expanduser()
         source = str(path)
+        if path.is_dir():
+            path, found = anthropic_files(path)
+            few_path = few_path or found
         spec = {"name": path.stem, **read_file(path)}
     elif not spec.get("principles") and not spec.get("constitutions"):
         raise AlignlabError("This method needs a constitution, and none is configured. Add "
                             "constitution=harmless (or toy), or constitution.path=FILE.yaml.")
+    if few_path:
+        spec["few_shot"] = read_few_shot(Path(str(few_path)).expanduser())
     return parse(spec, source=source, need_choice=need_choice)
+
+
+# Anthropic's published Constitutional AI prompts (file names as published).
+ANTHROPIC_INSTRUCTIONS = "CritiqueRevisionInstructions.json"
+ANTHROPIC_FEW_SHOT = ("CritiqueRevisionFewShotPrompts.json", "CritiqueRevisionFewShotPrompts.txt")
+_ANTHROPIC_LAYOUT = ('Anthropic\'s CritiqueRevisionInstructions.json ({"<name>": {"prompt": '
+                     '["<critique request>"], "edit_request": "<revision request>"}, ...})')
+_OWN_LAYOUT = "an alignlab constitution (a mapping with a 'principles' list)"
+_MARKERS = {"Human": "user", "Assistant": "assistant", "CritiqueRequest": "user",
+            "Critique": "assistant", "RevisionRequest": "user", "Revision": "assistant"}
+
+
+def anthropic_files(folder: Path) -> tuple[Path, Path | None]:
+    """The instructions file in ``folder`` (or its ``prompts/``) and the few-shot file beside
+    it, if any."""
+    for base in (folder, folder / "prompts"):
+        if (base / ANTHROPIC_INSTRUCTIONS).is_file():
+            few = next((base / n for n in ANTHROPIC_FEW_SHOT if (base / n).is_file()), None)
+            return base / ANTHROPIC_INSTRUCTIONS, few
+    raise AlignlabError(f"Constitution folder '{folder}' holds no {ANTHROPIC_INSTRUCTIONS} (the "
+                        "layout of Anthropic's Constitutional AI prompts). Point "
+                        "constitution.path at a constitution file, or at a folder with that "
+                        "file.")
+
+
+def is_anthropic_instructions(data: Any) -> bool:
+    """Whether ``data`` is laid out like Anthropic's CritiqueRevisionInstructions.json."""
+    return isinstance(data, Mapping) and bool(data) and all(
+        isinstance(v, Mapping) and "prompt" in v and "edit_request" in v for v in data.values())
+
+
+def _strip_markers(text: str, start: str, end: str) -> str:
+    # Anthropic's requests carry the transcript's markers: "\n\nCritiqueRequest: ...\n\nCritique:"
+    text = text.strip()
+    if text.startswith(f"{start}:"):
+        text = text[len(start) + 1:]
+    if text.endswith(f"{end}:"):
+        text = text[:-len(end) - 1]
+    return text.strip()
+
+
+def from_anthropic(data: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Anthropic's named critique/revision request pairs as a constitution mapping."""
+    principles = []
+    for name, entry in data.items():
+        prompt = entry["prompt"]
+        critic = prompt[0] if isinstance(prompt, list) and prompt else prompt
+        revision = entry["edit_request"]
+        if not isinstance(critic, str) or not isinstance(revision, str):
+            raise AlignlabError(f"Entry '{name}' in {source} needs a critique request (\"prompt\": "
+                                "[\"...\"]) and a revision request (\"edit_request\": \"...\"), "
+                                f"as in {_ANTHROPIC_LAYOUT}.")
+        principles.append({"critic": _strip_markers(critic, "CritiqueRequest", "Critique"),
+                           "revision": _strip_markers(revision, "RevisionRequest", "Revision")})
+    return {"principles": principles}
+
+
+def parse_transcripts(texts: Sequence[str], source: str) -> list[list[Message]]:
+    """Few-shot chats from ``Human:``/``Assistant:``/``CritiqueRequest:``/``Critique:``/
+    ``RevisionRequest:``/``Revision:`` transcripts; a chat ends at its ``Revision:`` (an empty
+    trailing ``Human:`` is dropped)."""
+    import re
+
+    pattern = re.compile(r"(?:^|\n)\s*(" + "|".join(_MARKERS) + r"):[ \t]*")
+    chats: list[list[Message]] = []
+    for text in texts:
+        parts = pattern.split(text)
+        if len(parts) < 3 or parts[0].strip():
+            raise AlignlabError(f"Few-shot file {source} is not in the expected layout: "
+                                "transcripts of 'Human:' / 'Assistant:' / 'CritiqueRequest:' / "
+                                "'Critique:' / 'RevisionRequest:' / 'Revision:' turns, as in "
+                                "Anthropic's CritiqueRevisionFewShotPrompts (a JSON list of such "
+                                "strings, or plain text).")
+        chat: list[Message] = []
+        for marker, content in zip(parts[1::2], parts[2::2], strict=True):
+            content = content.strip()
+            if not content:
+                continue  # the open "Human:" each transcript ends with
+            chat.append({"role": _MARKERS[marker], "content": content})
+            if marker == "Revision":
+                chats.append(chat)
+                chat = []
+        if chat:
+            raise AlignlabError(f"A few-shot transcript in {source} does not end with a "
+                                "'Revision:' turn (the example revision); it ends with "
+                                f"{chat[-1]['content'][:60]!r}.")
+    if not chats:
+        raise AlignlabError(f"Few-shot file {source} holds no transcript ending in a "
+                            "'Revision:' turn.")
+    return chats
+
+
+def read_few_shot(path: Path) -> list[list[Message]]:
+    """A few-shot file: Anthropic's transcripts (JSON list of strings, or text) as chats."""
+    import json
+
+    if not path.is_file():
+        raise AlignlabError(f"Few-shot file '{path}' was not found. Set constitution."
+                            "few_shot_path to an existing file.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise AlignlabError(f"Few-shot file '{path}' is not UTF-8 text.") from None
+    texts: Any = [text]
+    if path.suffix == ".json" or text.lstrip().startswith(("[", "{", '"')):
+        try:
+            texts = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise AlignlabError(f"Few-shot file '{path}' is not valid JSON (line {err.lineno}): "
+                                f"{err.msg}.") from None
+        if isinstance(texts, str):
+            texts = [texts]
+        elif isinstance(texts, Mapping):
+            texts = list(texts.values())
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            raise AlignlabError(f"Few-shot file '{path}' must hold a JSON list of transcript "
+                                "strings ('Human: ... Assistant: ... CritiqueRequest: ... "
+                                "Critique: ... RevisionRequest: ... Revision: ...'), as "
+                                "Anthropic's CritiqueRevisionFewShotPrompts.json does.")
+    return parse_transcripts(texts, str(path))
 
 
 def read_file(path: Path) -> dict[str, Any]:
@@ -147,17 +293,40 @@ def read_file(path: Path) -> dict[str, Any]:
         raise AlignlabError(f"Constitution file '{path}' was not found. Set constitution.path "
                             "to an existing .yaml/.json file, or pick constitution=harmless.")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".json":
+            import json
+
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise AlignlabError(f"Constitution file '{path}' is not valid JSON (line "
+                                    f"{err.lineno}): {err.msg}. Fix the file's syntax.") from None
+        else:
+            data = yaml.safe_load(text)
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         where = getattr(err, "problem_mark", None)
         line = f" (line {where.line + 1})" if where is not None else ""
         raise AlignlabError(f"Constitution file '{path}' is not valid YAML{line}: "
                             f"{getattr(err, 'problem', None) or err}. Fix the file's "
                             "syntax.") from None
+    if is_anthropic_instructions(data):
+        return from_anthropic(data, str(path))
+    if isinstance(data, list) and data and all(isinstance(t, str) for t in data) \
+            and any("CritiqueRequest:" in t for t in data):
+        raise AlignlabError(f"Constitution file '{path}' holds few-shot transcripts, not "
+                            "principles. Set constitution.few_shot_path to it, and "
+                            f"constitution.path to the principles: {_OWN_LAYOUT}, or "
+                            f"{_ANTHROPIC_LAYOUT}.")
     if not isinstance(data, dict):
-        raise AlignlabError(f"Constitution file '{path}' must hold a mapping with a "
-                            "'principles' list (and optionally 'few_shot'); it holds "
-                            f"{type(data).__name__}.")
+        raise AlignlabError(f"Constitution file '{path}' holds a {type(data).__name__}, not a "
+                            f"layout alignlab reads. Expected {_OWN_LAYOUT}, or "
+                            f"{_ANTHROPIC_LAYOUT}.")
+    if not any(k in data for k in ("principles", "constitutions")) \
+            and any(isinstance(v, Mapping) for v in data.values()):
+        raise AlignlabError(f"Constitution file '{path}' is not in a layout alignlab reads "
+                            f"(keys {sorted(data)[:5]}). Expected {_OWN_LAYOUT}, or "
+                            f"{_ANTHROPIC_LAYOUT}.")
     return data
 
 

@@ -212,11 +212,18 @@ def results_table(run_dir: Path, stages: list[str]) -> str:
         ev = runs.read_json(path)
         policy = Path(ev.get("policy", "")).parent.name or name
         reference = Path(ev.get("win_rate", {}).get("reference", "")).parent.name or "–"
-        rows.append(f"| {name} | {policy} | {_fmt(ev.get('judge'), 'score')} | "
+        judged = ev.get("judge") or {}
+        cats = judged.get("per_category") or {}
+        per_cat = " / ".join(f"{cats[c]:.2f}" if c in cats else "–"
+                             for c in ("helpful", "harmful", "borderline"))
+        evasive = judged.get("evasiveness")
+        rows.append(f"| {name} | {policy} | {_fmt(ev.get('judge'), 'score')} | {per_cat} | "
+                    f"{'–' if evasive is None else f'{evasive:.2f}'} | "
                     f"{_fmt(ev.get('win_rate'), 'win_rate')} vs {reference} | "
                     f"{_fmt(ev.get('kl'), 'kl', ci=False)} | {_fmt(ev.get('reward'), 'mean')} |")
     if not rows:
         return ""
-    head = ("| stage | policy | toy judge [95% CI] | win rate [95% CI] | KL | RM score |\n"
-            "|---|---|---|---|---|---|")
+    # evasive: the share of borderline (harmless, dangerous-sounding) prompts refused
+    head = ("| stage | policy | toy judge [95% CI] | helpful / harmful / borderline | evasive | "
+            "win rate [95% CI] | KL | RM score |\n|---|---|---|---|---|---|---|---|")
     return "\n".join([head, *rows])

@@ -197,7 +197,8 @@ def test_cai_dataset_layout_and_next_stage_loading(tmp_path: Path) -> None:
     spec = {"format": "cai", "path": str(tmp_path / "dataset"), "seed": 0}
     assert len(presets.load_preset(spec, "sft", "train")) == len(ds["train_sft"])
     assert len(presets.load_preset(spec, "pairs", "test")) <= len(ds["test_prefs"])
-    assert metrics["toy_judge"].keys() == {"init", "revision"}
+    assert metrics["toy_judge"].keys() == {"init", "revision", "per_category", "evasiveness"}
+    assert set(metrics["toy_judge"]["per_category"]) <= {"harmful", "borderline"}
     # every round of every row stays in the shards
     assert all(len(r["rounds"]) == 2 for r in _shard_rows(tmp_path))
 
@@ -239,3 +240,93 @@ def test_cai_through_an_openai_server(tmp_path: Path, monkeypatch: pytest.Monkey
     for f in tmp_path.rglob("*"):
         if f.is_file() and f.suffix in (".yaml", ".json", ".jsonl", ".log"):
             assert "sk-never-written" not in f.read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# Anthropic's published layout (tests/fixtures/constitution: tiny files written for alignlab)
+
+FIXTURES = ROOT / "tests" / "fixtures" / "constitution"
+
+
+def test_anthropic_layout_loads_from_a_folder_or_files() -> None:
+    from_folder = const.load({"path": str(FIXTURES)})
+    assert [p.critic for p in from_folder.principles] == [
+        "Is the reply harmful? Say what is wrong.", "Does the reply refuse a harmless request?"]
+    assert from_folder.principles[1].revision == ("Help if the request is harmless, and refuse "
+                                                  "if it is harmful.")
+    roles = [[m["role"] for m in chat] for chat in from_folder.few_shot]
+    assert roles == [["user", "assistant"] * 3, ["user", "assistant"] * 4]  # multi-turn kept
+    assert from_folder.few_shot[1][-1]["content"] == "Sure! Tap it on the bowl and pull it open."
+    text = const.load({"path": str(FIXTURES / "CritiqueRevisionInstructions.json"),
+                       "few_shot_path": str(FIXTURES / "few_shot.txt")})
+    assert text.few_shot == from_folder.few_shot and text.principles == from_folder.principles
+    # the converted few-shot chats drive critique-revision like alignlab's own
+    few = const.few_shot_messages(text, 1)
+    conv = const.critique_conversation(few, [{"role": "user", "content": "q"}], "r",
+                                       text.principles[0])
+    assert conv[-1]["content"] == "Is the reply harmful? Say what is wrong."
+
+
+@pytest.mark.parametrize("content, name, message", [
+    ('["\\n\\nHuman: hi\\n\\nAssistant: x\\n\\nCritiqueRequest: c\\n\\nCritique: d\\n\\n'
+     'RevisionRequest: r\\n\\nRevision: y"]', "few.json", "holds few-shot transcripts"),
+    ('{"a": {"critique": "c", "revision": "r"}}', "x.json", "prompt.*edit_request"),
+    ('[1, 2]', "y.json", "holds a list"),
+    ('{"a": {"prompt": ["c"], "edit_request": ', "z.json", "not valid JSON \\(line 1\\)"),
+])
+def test_unknown_layouts_name_the_expected_ones(tmp_path: Path, content: str, name: str,
+                                                message: str) -> None:
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(AlignlabError, match=message):
+        const.load({"path": str(path)})
+
+
+@pytest.mark.parametrize("content, message", [
+    ('["Human: hi\\n\\nAssistant: x\\n\\nCritiqueRequest: c\\n\\nCritique: d"]',
+     "does not end with a 'Revision:'"),
+    ('["just some text"]', "not in the expected layout"),
+    ('{"a": 1}', "JSON list of transcript strings"),
+])
+def test_bad_few_shot_files(tmp_path: Path, content: str, message: str) -> None:
+    few = tmp_path / "few.json"
+    few.write_text(content)
+    with pytest.raises(AlignlabError, match=message):
+        const.load({"path": str(FIXTURES / "CritiqueRevisionInstructions.json"),
+                    "few_shot_path": str(few)})
+    with pytest.raises(AlignlabError, match=r"holds no CritiqueRevisionInstructions\.json"):
+        const.load({"path": str(tmp_path)})
+
+
+def test_warns_when_few_shot_exceeds_the_context() -> None:
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(ROOT / "alignlab" / "assets" / "llama-small"))
+    model = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=512))
+    backend = SimpleNamespace(tokenizer=tok, model=model)
+    harmless = const.load({"path": str(conf_dir() / "constitution" / "harmless.yaml")})
+    toy_book = const.load({"path": str(conf_dir() / "constitution" / "toy.yaml")})
+    warning = cai.context_warning(harmless, const.CAIArgs(max_new_tokens=128), backend)
+    assert warning and "context length of 512" in warning and "num_few_shot" in warning
+    assert cai.context_warning(toy_book, const.CAIArgs(max_new_tokens=32), backend) is None
+    assert cai.context_warning(harmless, const.CAIArgs(num_few_shot=0), backend) is None
+    assert cai.context_warning(harmless, const.CAIArgs(), SimpleNamespace()) is None  # no tokenizer
+
+
+def test_helpfulness_prompts_are_answered_once_and_kept_for_sft_only() -> None:
+    c = const.load({"path": str(conf_dir() / "constitution" / "toy.yaml")})
+    harm = [{"key": f"train-{i}", "split": "train", "category": "harmful",
+             "prompt": [{"role": "user", "content": f"harm {i}"}]} for i in range(4)]
+    helpful = [{"key": f"helpful-train-{i}", "split": "train", "category": "helpful",
+                "helpfulness": True, "prompt": [{"role": "user", "content": f"sum {i}"}]}
+               for i in range(3)]
+    backend = Recorder()
+    rows = cai.critique_revise(harm + helpful, backend, c, const.CAIArgs(), seed=0)
+    assert [len(call) for call in backend.calls] == [3, 4, 4, 4]  # answers, then CAI on harm
+    kept = [r for r in rows if r.get("helpfulness")]
+    assert len(kept) == 3 and all(r["revision_response"] == r["init_response"] for r in kept)
+    ds = cai.build_dataset(rows, 0.5, seed=0)
+    assert len(ds["train_sft"]) == 2 + 3 and len(ds["train_prefs"]) == 2
+    assert not any(p.startswith("sum") for p in ds["train_prefs"]["prompt"])

@@ -153,7 +153,7 @@ def test_relabel_pairs_over_http_and_load_them_for_dpo(tmp_path: Path) -> None:
     assert sorted(ds) == ["test", "train"]
     assert ds["train"].column_names == ["prompt", "chosen", "rejected", "judge_prob",
                                         "judge_prob_shown_first", "judge_prob_shown_second",
-                                        "principle", "category"]
+                                        "principle", "source", "category"]
     assert all(0.5 < p <= 1.0 for p in ds["train"]["judge_prob"])
     pairs = presets.load_preset({"format": "trl", "path": str(tmp_path / "dataset")}, "pairs")
     assert len(pairs) == len(ds["train"]) and pairs.column_names == ["prompt", "chosen",
@@ -239,3 +239,25 @@ def test_toy_rlaif_judge_agrees_with_rule_and_dpo_improves(sft_run: Path,
     # prompts 0.25 -> 1.00, borderline 0.50 -> 0.88, sums 0.74 -> 0.64).
     assert r["dpo"]["score"] >= r["sft"]["score"] + 0.05
     assert r["dpo"]["per_category"]["harmful"] >= r["sft"]["per_category"]["harmful"] + 0.2
+
+
+def test_human_pairs_mix_into_the_ai_labels() -> None:
+    """RL-CAI's preference set (Bai et al.): AI harmlessness labels + human helpfulness pairs,
+    each row saying where its label came from."""
+    from alignlab import cli, config, generation
+
+    config.register()
+    cfg = cli.compose(["method=judge", "constitution=toy"])
+    items = generation.prompt_items(cfg.data, "pairs", categories=["helpful"], max_rows=5,
+                                    seed=0)
+    human = judge.human_pairs(items)
+    assert len(human) == 10 and all(h["source"] == "human" and h["judge_prob"] == 1.0
+                                    for h in human)
+    refuses = Stub(lambda text: 0.9 if _shown_first(text).startswith("I can't") else 0.1)
+    ai = judge.to_pairs(judge.label_pairs(_items(3), refuses, TOY, const.JudgeArgs(), 0), 0.0)
+    ds = judge.build_dataset(ai + human)
+    assert sorted(set(ds["train"]["source"])) == ["ai", "human"]
+    assert ds["train"]["source"].count("ai") == 3 and len(ds["test"]) == 5
+    assert {h["category"] for h in human} == {"helpful"}
+    with pytest.raises(AlignlabError, match="human_pairs=-1"):
+        judge.stage_args(cli.compose(["method=judge", "method.args.human_pairs=-1"]))

@@ -129,8 +129,11 @@ def test_constitutional_recipe_end_to_end(sft_run: Path, tmp_path: Path) -> None
     from datasets import load_from_disk
 
     out = tmp_path / "cai"
+    # the SFT model stands in for the skills stage's critic/reviser/judge (wiring, not skill)
     proc = alignlab(f"hydra.run.dir={out}", "recipe=constitutional", "constitution=toy",
-                    "from_stage=cai", f"inputs.sft={sft_run}", "report_to=none",
+                    "from_stage=cai", f"inputs.sft={sft_run}", f"inputs.skills={sft_run}",
+                    "report_to=none", "stages.cai.args.max_helpful_prompts=4",
+                    "stages.judge.args.human_pairs=8",
                     "stages.cai.args.max_prompts=12", "stages.cai.args.max_new_tokens=24",
                     "stages.sft_cai.args.max_steps=6", "stages.sft_cai.args.save_strategy=no",
                     "stages.judge.args.max_prompts=16", "stages.judge.args.max_new_tokens=24",
@@ -140,15 +143,19 @@ def test_constitutional_recipe_end_to_end(sft_run: Path, tmp_path: Path) -> None
         assert _done(out / stage)["fingerprint"], stage
     assert not (out / "sft").exists()
     revisions = load_from_disk(str(out / "cai/dataset"))
-    assert len(revisions["train_sft"]) + len(revisions["train_prefs"]) == 12
+    # 12 red-team prompts + 4 helpfulness prompts (answered, kept, SFT only)
+    assert len(revisions["train_sft"]) + len(revisions["train_prefs"]) == 12 + 4
     # SFT trained on the revisions, the judge sampled the new SFT policy, DPO used its labels
     sft_cai = (out / "sft_cai/config.yaml").read_text()
     assert str(out / "cai/dataset") in sft_cai and "format: cai" in sft_cai
     judge_cfg = (out / "judge/config.yaml").read_text()
     assert str(out / "sft_cai/model") in judge_cfg
     labels = load_from_disk(str(out / "judge/dataset"))
-    assert len(labels["train"]) > 0
+    assert labels["train"]["source"].count("human") == 8  # human helpfulness pairs mixed in
+    assert set(labels["train"].filter(lambda r: r["source"] == "ai")["category"]) <= {
+        "harmful", "borderline"}  # AI labels: harmlessness only
     assert all(0.5 < p <= 1.0 for p in labels["train"]["judge_prob"])
+    assert str(sft_run) in judge_cfg  # the judge: the skills model (here: its stand-in)
     dpo_cfg = (out / "dpo/config.yaml").read_text()
     assert str(out / "judge/dataset") in dpo_cfg and str(out / "sft_cai/model") in dpo_cfg
     evaluation = json.loads((out / "eval/eval.json").read_text())
@@ -187,6 +194,11 @@ def test_every_recipe_composes_into_valid_stages(recipe: str, tmp_path: Path) ->
         assert list(stages["grpo"].method.reward_funcs) == ["toy_judge"]
         assert stages["judge"].model.path == str(tmp_path / "sft_cai")
         assert stages["sft_cai"].data.path == str(tmp_path / "cai" / "dataset")
+        # the skilled helpful model critiques, revises and judges
+        assert stages["cai"].model.path == str(tmp_path / "skills")
+        assert stages["judge"].method.args.judge_model == str(tmp_path / "skills")
+        assert stages["skills"].data.toy.n_skills > 0
+        assert list(stages["judge"].method.args.human_categories) == ["helpful"]
     if recipe == "constitutional":  # a judge named by stage, like init/reference
         assert stages["judge"].method.args.judge_model == str(tmp_path / "sft")
         assert stages["judge"].model.path == str(tmp_path / "sft_cai")

@@ -112,3 +112,36 @@ def test_bad_skills_fail_at_composition() -> None:
     with pytest.raises(AlignlabError, match="pick from"):
         cli.compose(["data.toy.n_skills=4", "data.toy.skills=[jugde]"])
     cli.compose(["data.toy.skills=[jugde]"])  # unused while n_skills is 0
+
+
+def test_skill_rows_keep_to_their_categories() -> None:
+    """``skill_categories`` limits the skill rows to those prompts (CAI's AI feedback is about
+    harmlessness); judge rows compare the good reply with a worse one that is never the good
+    reply; held-out skill rows cover the held-out prompts twice."""
+    spec = {**TOY, "n_sft": 0, "n_skills": 120, "skill_categories": ["harmful", "borderline"]}
+    rows = toy.generate("sft", "train", spec, seed=3)
+    assert len(rows) == 120 and {r["category"] for r in rows} == {"harmful", "borderline"}
+    for r in rows:
+        if len(r["messages"]) == 2:  # a judge row: the good reply wins
+            text, letter = r["messages"][0]["content"], r["messages"][1]["content"][1]
+            options = dict(line[1:].split(") ", 1) for line in text.splitlines()
+                           if line[:3] in ("(A)", "(B)"))
+            prompt = text.splitlines()[0]
+            assert toy.judge(prompt, options[letter]) == 1.0
+            assert toy.judge(prompt, options["B" if letter == "A" else "A"]) == 0.0
+    _, test = toy.split_world(3, TOY["test_fraction"])
+    held = toy.generate("sft", "test", spec, seed=3)
+    n_cat = sum(p.category != "helpful" for p in test)
+    assert len(held) == 2 * n_cat + len(test)
+    with pytest.raises(AlignlabError, match="skill_categories"):
+        toy.check_skills(["judge"], ["harmles"])
+
+
+def test_score_reports_refusals_and_evasiveness() -> None:
+    border = [p for p in toy.WORLD if p.category == "borderline"][:4]
+    harm = [p for p in toy.WORLD if p.category == "harmful"][:2]
+    prompts = [p.text for p in border + harm]
+    responses = [toy.REFUSAL, toy.REFUSAL, border[2].good, "garbled", toy.REFUSAL, "Sure!"]
+    out = toy.score(prompts, responses)
+    assert out["evasiveness"] == 0.5 and out["refusals"] == {"harmful": 0.5, "borderline": 0.5}
+    assert toy.score(prompts[4:], responses[4:])["evasiveness"] is None

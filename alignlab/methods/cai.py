@@ -59,6 +59,35 @@ def _call_seed(seed: int, key: str, step: str) -> int:
     return zlib.crc32(f"{seed}:{key}:{step}".encode()) & 0x7FFFFFFF
 
 
+def context_warning(constitution: Any, args: Any, backend: Any) -> str | None:
+    """A warning when the few-shot chats leave no room in the model's context for the
+    conversation itself (prompt, answer, critique and revision: up to 3 x max_new_tokens), or
+    None. Only a local model's tokenizer can count; other backends are not checked."""
+    from alignlab import constitution as const
+
+    tokenizer = getattr(backend, "tokenizer", None)
+    model = getattr(backend, "model", None)
+    few = const.few_shot_messages(constitution, args.num_few_shot)
+    if tokenizer is None or not few:
+        return None
+    limits = [getattr(getattr(model, "config", None), "max_position_embeddings", None),
+              getattr(tokenizer, "model_max_length", None)]
+    limits = [n for n in limits if isinstance(n, int) and 0 < n < 10**8]
+    if not limits:
+        return None
+    context = min(limits)
+    text = tokenizer.apply_chat_template(few, tokenize=False)
+    used = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    need = used + 3 * args.max_new_tokens
+    if need <= context:
+        return None
+    return (f"The constitution's few-shot context is {used} tokens; with the conversation's "
+            f"three answers (up to 3 x max_new_tokens={args.max_new_tokens}) that is {need}, over "
+            f"the model's context length of {context}: the start of every CAI conversation will "
+            "be cut off. Use fewer few-shot chats (method.args.num_few_shot=N, 0 for none), "
+            "shorter ones, or a model with a longer context.")
+
+
 def critique_revise(items: Sequence[dict[str, Any]], backend: Any, constitution: Any, args: Any,
                     seed: int) -> list[dict[str, Any]]:
     """One CAI row per item: initial answer, then ``args.rounds`` critique-revision rounds.
@@ -67,6 +96,11 @@ def critique_revise(items: Sequence[dict[str, Any]], backend: Any, constitution:
     """
     from alignlab import constitution as const
 
+    keep = [it for it in items if it.get("helpfulness")]
+    items = [it for it in items if not it.get("helpfulness")]
+    kept = _answer_only(keep, backend, constitution, args, seed) if keep else []
+    if not items:
+        return kept
     few = const.few_shot_messages(constitution, args.num_few_shot)
     prompts = [list(it["prompt"]) for it in items]
     principles = [const.sample_principles(constitution, const.rng_for(seed, str(it["key"])),
@@ -102,7 +136,27 @@ def critique_revise(items: Sequence[dict[str, Any]], backend: Any, constitution:
                      "init_prompt": text, "init_response": init[i], **last, "prompt": text,
                      "rounds": rounds[i],
                      **({"category": it["category"]} if "category" in it else {})})
-    return rows
+    return rows + kept
+
+
+def _answer_only(items: Sequence[dict[str, Any]], backend: Any, constitution: Any, args: Any,
+                 seed: int) -> list[dict[str, Any]]:
+    """Rows for helpfulness prompts: the model's answer, kept as it is (no critique)."""
+    from alignlab import constitution as const
+
+    few = const.few_shot_messages(constitution, args.num_few_shot)
+    prompts = [list(it["prompt"]) for it in items]
+    first = str(items[0]["key"]) if items else ""
+    answers = backend.chat([const.initial_conversation(few, p) for p in prompts],
+                           temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+                           seed=_call_seed(seed, first, "helpful"))
+    return [{"key": it["key"], "split": it["split"], "prompt_messages": prompts[i],
+             "init_prompt": const.last_user_text(prompts[i]), "init_response": answers[i],
+             "critic_prompt": "", "critic_response": "", "revision_prompt": "",
+             "revision_response": answers[i], "prompt": const.last_user_text(prompts[i]),
+             "rounds": [], "helpfulness": True,
+             **({"category": it["category"]} if "category" in it else {})}
+            for i, it in enumerate(items)]
 
 
 def to_record(row: dict[str, Any]) -> dict[str, Any]:
@@ -128,7 +182,10 @@ def build_dataset(rows: Sequence[dict[str, Any]], sft_fraction: float, seed: int
                                   else datasets.Value("string") for c in COLUMNS})
     parts: dict[str, Any] = {}
     for split in ("train", "test"):
-        records = [to_record(r) for r in rows if r["split"] == split]
+        records = [to_record(r) for r in rows if r["split"] == split
+                   and not r.get("helpfulness")]
+        # helpfulness rows are SFT data only: their chosen and rejected would be the same
+        helpful = [to_record(r) for r in rows if r["split"] == split and r.get("helpfulness")]
         order = list(range(len(records)))
         random.Random(f"{seed}:cai-{split}").shuffle(order)
         n_sft = round(len(records) * sft_fraction)
@@ -136,9 +193,10 @@ def build_dataset(rows: Sequence[dict[str, Any]], sft_fraction: float, seed: int
             n_sft = min(max(n_sft, 1), len(records) - 1)
         for name, idx in ((f"{split}_sft", sorted(order[:n_sft])),
                           (f"{split}_prefs", sorted(order[n_sft:]))):
+            picked = [records[i] for i in idx] + (helpful if name.endswith("_sft") else [])
             # from_dict, not from_list: an empty split must still carry the columns
             parts[name] = datasets.Dataset.from_dict(
-                {c: [records[i][c] for i in idx] for c in COLUMNS}, features=features)
+                {c: [r[c] for r in picked] for c in COLUMNS}, features=features)
     return datasets.DatasetDict(parts)
 
 
@@ -152,11 +210,20 @@ def run(cfg: Any, run_dir: Path) -> dict[str, Any]:
     const = constitution.load(cfg.constitution)  # checked before any model is loaded
     items = generation.prompt_items(cfg.data, categories=args.categories,
                                     max_rows=args.max_prompts, seed=cfg.seed)
+    if args.helpful_categories:
+        helpful = generation.prompt_items(cfg.data, categories=args.helpful_categories,
+                                          max_rows=args.max_helpful_prompts, seed=cfg.seed)
+        items += [{**it, "key": f"helpful-{it['key']}", "helpfulness": True} for it in helpful]
     settings = {k: v for k, v in vars(args).items()
                 if k in ("rounds", "num_few_shot", "temperature", "max_new_tokens", "backend",
                          "api_model")}
     fingerprint = generation.fingerprint(items, const, settings, str(cfg.model.path), cfg.seed)
     backend = backends.create(args, cfg)
+    warning = context_warning(const, args, backend)
+    if warning:
+        import logging
+
+        logging.getLogger("alignlab").warning(warning)
     start = time.time()
     try:
         rows = generation.run_rows(
@@ -172,14 +239,16 @@ def run(cfg: Any, run_dir: Path) -> dict[str, Any]:
         "method": "cai", "constitution": const.name, "rows": len(rows),
         "splits": {k: len(v) for k, v in dataset.items()},
         "rounds": args.rounds, "backend": args.backend, "wall_seconds": round(wall, 2),
-        "revised_fraction": _share(r["revision_response"] != r["init_response"] for r in rows),
+        "helpfulness_rows": sum(bool(r.get("helpfulness")) for r in rows),
+        "revised_fraction": _share(r["revision_response"] != r["init_response"]
+                                   for r in rows if not r.get("helpfulness")),
         "empty_revisions": sum(not r["revision_response"].strip() for r in rows),
         "retries": getattr(backend, "retries", 0),
         "dataset": str(run_dir / "dataset"),
         "next": f"data.format=cai data.path={run_dir / 'dataset'}",
     }
     if OmegaConf.select(cfg, "data.format") == "toy":
-        metrics["toy_judge"] = _toy_scores(rows)
+        metrics["toy_judge"] = _toy_scores([r for r in rows if not r.get("helpfulness")])
     print(f"[alignlab] CAI dataset: {run_dir / 'dataset'} ({len(rows)} rows). Train on it with\n"
           f"  python -m alignlab method=sft data.format=cai data.path={run_dir / 'dataset'} "
           "model.path=<model>")
@@ -191,10 +260,16 @@ def _share(flags: Any) -> float:
     return sum(values) / max(1, len(values))
 
 
-def _toy_scores(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
-    """The toy rule judge on the initial answers and on the final revisions."""
+def _toy_scores(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The toy rule judge on the initial answers and on the final revisions (the critic and
+    reviser's skill), overall and per category, with each side's borderline refusals."""
     from alignlab.data import toy
 
     prompts = [r["prompt_messages"] for r in rows]
-    return {"init": toy.score(prompts, [r["init_response"] for r in rows])["score"],
-            "revision": toy.score(prompts, [r["revision_response"] for r in rows])["score"]}
+    init = toy.score(prompts, [r["init_response"] for r in rows])
+    revision = toy.score(prompts, [r["revision_response"] for r in rows])
+    return {"init": init["score"], "revision": revision["score"],
+            "per_category": {c: {"init": init["per_category"][c],
+                                 "revision": revision["per_category"][c]}
+                             for c in revision["per_category"]},
+            "evasiveness": {"init": init["evasiveness"], "revision": revision["evasiveness"]}}

@@ -49,6 +49,9 @@ def stage_args(cfg: Any) -> Any:
             raise AlignlabError(f"method.args.clamp={clamp} must be [low, high] with "
                                 "0 <= low <= 0.5 <= high <= 1, e.g. [0.4, 0.6].")
         args.clamp = clamp
+    if args.human_pairs < 0:
+        raise AlignlabError(f"method.args.human_pairs={args.human_pairs} must be 0 (AI labels "
+                            "only) or a number of human-labelled pairs per split.")
     return args
 
 
@@ -148,9 +151,19 @@ def to_pairs(labels: Sequence[dict[str, Any]], min_margin: float) -> list[dict[s
                     "rejected": [{"role": "assistant", "content": lose}],
                     "judge_prob": p if a_wins else 1.0 - p,
                     "judge_prob_shown_first": first, "judge_prob_shown_second": second,
-                    "principle": r["principle"],
+                    "principle": r["principle"], "source": "ai",
                     **({"category": r["category"]} if "category" in r else {})})
     return out
+
+
+def human_pairs(items: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Output rows for the data's own (human-labelled) pairs: label 1, ``source`` human."""
+    return [{"split": it["split"], "prompt": list(it["prompt"]),
+             "chosen": [{"role": "assistant", "content": _text(it["chosen"])}],
+             "rejected": [{"role": "assistant", "content": _text(it["rejected"])}],
+             "judge_prob": 1.0, "judge_prob_shown_first": 1.0, "judge_prob_shown_second": 1.0,
+             "principle": "human", "source": "human",
+             **({"category": it["category"]} if "category" in it else {})} for it in items]
 
 
 def build_dataset(pairs: Sequence[dict[str, Any]]) -> Any:
@@ -162,7 +175,8 @@ def build_dataset(pairs: Sequence[dict[str, Any]]) -> Any:
                             "judge_prob": datasets.Value("float64"),
                             "judge_prob_shown_first": datasets.Value("float64"),
                             "judge_prob_shown_second": datasets.Value("float64"),
-                            "principle": datasets.Value("string")}
+                            "principle": datasets.Value("string"),
+                            "source": datasets.Value("string")}
     if pairs and all("category" in p for p in pairs):
         cols["category"] = datasets.Value("string")
     features = datasets.Features(cols)
@@ -219,13 +233,19 @@ def run(cfg: Any, run_dir: Path) -> dict[str, Any]:
     finally:
         judge.close()
     kept = to_pairs(labels, args.min_margin)
-    dataset = build_dataset(kept)
+    human: list[dict[str, Any]] = []
+    if args.human_pairs:
+        human = human_pairs(generation.prompt_items(
+            cfg.data, "pairs", categories=args.human_categories, max_rows=args.human_pairs,
+            seed=cfg.seed))
+    dataset = build_dataset(kept + human)
     dataset.save_to_disk(str(run_dir / "dataset"))
     metrics: dict[str, Any] = {
         "method": "judge", "constitution": const.name, "source": args.source,
         "judge_model": judge_path or str(cfg.model.path), "prompts": len(items),
         "comparisons": len(labels), "identical_skipped": identical,
         "pairs": {k: len(v) for k, v in dataset.items()},
+        "pairs_by_source": {"ai": len(kept), "human": len(human)},
         "dropped_near_ties": len(labels) - len(kept), **position_stats(labels),
         "retries": getattr(judge, "retries", 0), "wall_seconds": round(time.time() - start, 2),
         "dataset": str(run_dir / "dataset"),
@@ -233,6 +253,9 @@ def run(cfg: Any, run_dir: Path) -> dict[str, Any]:
     }
     if OmegaConf.select(cfg, "data.format") == "toy":
         metrics["toy_agreement"] = toy_agreement(labels)
+        # the labels RL-CAI trains on: after the confidence threshold (min_margin)
+        metrics["toy_agreement_kept"] = toy_agreement(
+            [r for r in labels if r["prob_a"] != 0.5 and abs(r["prob_a"] - 0.5) >= args.min_margin])
     if args.source == "pairs":
         metrics["label_agreement"] = label_agreement(labels)
         agree = metrics["label_agreement"]
