@@ -159,6 +159,9 @@ def test_relabel_pairs_over_http_and_load_them_for_dpo(tmp_path: Path) -> None:
     assert len(pairs) == len(ds["train"]) and pairs.column_names == ["prompt", "chosen",
                                                                      "rejected"]
     assert 0.0 <= metrics["toy_agreement"]["agreement"] <= 1.0
+    # min_margin=0 keeps every non-tie label: the kept labels' agreement is the same figure
+    assert metrics["toy_agreement_kept"]["n"] == len(ds["train"]) + len(ds["test"])
+    assert metrics["pairs_by_source"] == {"ai": len(ds["train"]) + len(ds["test"]), "human": 0}
 
 
 # ---------------------------------------------------------------------------------------------
