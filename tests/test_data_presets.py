@@ -492,7 +492,7 @@ def test_empty_and_invalid_files(tmp_path: Path) -> None:
     for name in ("empty.jsonl", "blank.json"):
         with pytest.raises(AlignlabError, match="is empty"):
             load_preset(cfg(tmp_path / name), "prompts")
-    with pytest.raises(AlignlabError, match="Could not read"):
+    with pytest.raises(AlignlabError, match="line 1 is not valid JSON"):
         load_preset(cfg(tmp_path / "broken.jsonl"), "prompts")
     with pytest.raises(AlignlabError, match=r"unsupported type '\.csv'"):
         load_preset(cfg(tmp_path / "table.csv"), "prompts")
