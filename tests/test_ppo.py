@@ -104,7 +104,8 @@ def test_ppo_two_processes_ddp(tmp_path: Path) -> None:
            "--dynamo_backend", "no", "-m", "alignlab", f"hydra.run.dir={run}", *TINY,
            "method.args.max_steps=2", "method.args.lr_scheduler_type=linear",
            "method.args.learning_rate=2e-4",
-           "method.reward_funcs=[toy_judge]"]
+           "method.reward_funcs=[toy_judge]",
+           "model.from_sft=false"]  # mechanics from the random init: no toy-SFT build needed
     env = {**os.environ, **ENV, "ACCELERATE_USE_CPU": "true", "ALIGNLAB_RUN_ID": "ddp-test",
            "ALIGNLAB_RANK_CHECK": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
