@@ -170,6 +170,8 @@ def evaluate(cfg: Any, policy: Any, tokenizer: Any, args: EvalArgs | None = None
         if judge == "toy":
             ref_toy = toy.score(flat, ref_responses)
             section.update({k: ref_toy[k] for k in ("per_category", "refusals", "evasiveness")})
+            section["per_category_n"] = {c: ref_toy["categories"].count(c)
+                                         for c in ref_toy["per_category"]}
         result["baseline"] = {"role": role, "judge" if judge == "toy" else "reward": section}
     categories = prompts_ds["category"] if "category" in prompts_ds.column_names else None
     samples = [{"prompt": p[-1]["content"], "response": r,

@@ -610,13 +610,16 @@ def _eval_rows(evals: Mapping[str, Any]) -> list[list[Any]]:
                 own = _qualified(section, sub)
                 rows.append([f"{label}: {sub}", value, _ci(own), _n_cell(own) if own else n, ""])
             elif isinstance(value, Mapping):
-                # e.g. judge.per_category: one row per category, n from per_category_n.
-                counts = section.get(f"{sub}_n")
+                # e.g. judge.per_category: one row per category, n from per_category_n; the
+                # refusal shares are per category of the same samples, so they share those n.
+                counts = section.get(f"{sub}_n", section.get("per_category_n"))
                 counts = counts if isinstance(counts, Mapping) else {}
                 for cat, cat_value in value.items():
                     if _is_number(cat_value):
                         cat_n = counts.get(cat, "")
-                        rows.append([f"{label}: {cat}", cat_value, "", cat_n, sub])
+                        name = f"{label}: {cat}" if sub == "per_category" else \
+                            f"{label}: {sub} {cat}"
+                        rows.append([name, cat_value, "", cat_n, sub])
     return rows
 
 

@@ -61,7 +61,7 @@ def test_llm_swarm_format_loads(tmp_path: Path) -> None:
     ("principles:\n  - {critic: x, revison: y}\n", "Did you mean 'revision'"),
     ("principals:\n  - {critic: x, revision: y}\n", "Did you mean 'principles'"),
     ("principles: [\n", "is not valid YAML (line"),
-    ("- just a list\n", "must hold a mapping"),
+    ("- just a list\n", "holds a list, not a layout alignlab reads"),
     ("principles:\n  - {critic: x, revision: y}\nfew_shot:\n  - - {role: bot, content: hi}\n",
      "bad message"),
     ("principles:\n  - {critic: x, revision: y}\nfew_shot:\n  - - {role: user, content: hi}\n",

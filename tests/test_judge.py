@@ -200,7 +200,10 @@ def toy_rlaif(sft_model: Path, out: Path) -> dict[str, Any]:
          f"model.path={sft_model}", f"method.args.judge_model={out / 'judge_sft' / 'model'}",
          "method.args.num_candidates=4", "method.args.max_new_tokens=24",
          "method.args.max_prompts=150", "method.args.batch_size=64",
-         "method.args.min_margin=0.1")
+         "method.args.min_margin=0.1",
+         # As in Bai et al.: AI harmlessness labels mixed with human helpfulness pairs (the
+         # judge can't add, so its labels on sums alone would un-teach them).
+         "method.args.human_pairs=150", "method.args.human_categories=[helpful]")
     _cli("method=dpo", f"hydra.run.dir={out / 'dpo'}", f"model.path={sft_model}",
          "data.format=trl", f"data.path={out / 'judge' / 'dataset'}",
          "method.args.max_steps=60", "method.args.save_strategy=no")
