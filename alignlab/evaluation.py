@@ -288,22 +288,39 @@ def sequence_logprobs(model: Any, tokenizer: Any, prompts: list, response_ids: l
 
 
 def reward_scores(model: Any, tokenizer: Any, prompts: list, responses: list[str],
-                  batch_size: int = 64) -> list[float]:
-    """Reward-model score of each (prompt, response)."""
+                  batch_size: int = 32, max_length: int | None = None) -> list[float]:
+    """Reward-model score of each (prompt, response).
+
+    Rows are scored shortest first, so a batch pads little, and a row longer than ``max_length``
+    (default: the model's context, at most 4096) keeps its last tokens, where the reply is: real
+    multi-turn conversations run to thousands of tokens, and one of them padded a whole batch
+    (and its attention) to its length.
+    """
     import torch
+    from tqdm.auto import tqdm
 
     texts = [tokenizer.apply_chat_template([*p, {"role": "assistant", "content": r}],
                                            tokenize=False)
              for p, r in zip(prompts, responses, strict=True)]
-    side, tokenizer.padding_side = tokenizer.padding_side, "right"
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None) or 4096
+    limit = max_length or min(int(context), 4096)
+    ids = [x[-limit:] for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = next(model.parameters()).device
     model.eval()
-    out: list[float] = []
-    try:
-        for i in range(0, len(texts), batch_size):
-            enc = tokenizer(texts[i:i + batch_size], return_tensors="pt", padding=True,
-                            add_special_tokens=False).to(next(model.parameters()).device)
-            with torch.no_grad():
-                out += model(**enc).logits[:, 0].float().cpu().tolist()
-    finally:
-        tokenizer.padding_side = side
+    out = [0.0] * len(ids)
+    batches = range(0, len(order), batch_size)
+    for start in tqdm(batches, desc="reward model", disable=len(batches) < 4):
+        idx = order[start:start + batch_size]
+        width = max(len(ids[i]) for i in idx)
+        batch = torch.full((len(idx), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):  # right padding, as the reward model was trained
+            batch[row, :len(ids[i])] = torch.tensor(ids[i], dtype=torch.long)
+            mask[row, :len(ids[i])] = 1
+        with torch.no_grad():
+            logits = model(input_ids=batch.to(device), attention_mask=mask.to(device)).logits
+        for row, i in enumerate(idx):
+            out[i] = float(logits[row, 0])
     return out
