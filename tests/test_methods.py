@@ -68,7 +68,7 @@ def test_kto_trains_from_sft(sft_run: Path, tmp_path: Path) -> None:
 
 
 def test_dpo_reference_is_the_starting_policy(sft_run: Path, tmp_path: Path) -> None:
-    """DESIGN §6: without an explicit reference TRL rebuilds it from config._name_or_path."""
+    """Without an explicit reference TRL rebuilds it from config._name_or_path."""
     import torch
 
     from alignlab import cli

@@ -1,8 +1,9 @@
 """What GRPO and RLOO share (not a method: the registry skips ``_`` modules).
 
 TRL 1.16's GRPOTrainer and RLOOTrainer take no ``ref_model``: with ``beta != 0`` and no LoRA they
-build the reference with ``from_pretrained(model.config._name_or_path)`` (DESIGN §6). So the
-reference is chosen by pointing that name at the right folder while the trainer is built:
+build the reference with ``from_pretrained(model.config._name_or_path)``, a folder on disk that
+need not hold the policy being trained. So the reference is chosen by pointing that name at the
+right folder while the trainer is built:
 ``method.reference`` if set, else the folder the policy was loaded from. With LoRA the
 reference is the base with adapters off; with ``beta=0`` there is none.
 """

@@ -1,6 +1,7 @@
 """PPO: RLHF against a reward model with a KL penalty to the reference (alignlab's own trainer).
 
-TRL 1.16 has no PPOTrainer any more; :mod:`alignlab.ppo` implements it (DESIGN §4). Start from
+TRL 1.16 has no PPOTrainer any more; :mod:`alignlab.ppo` implements it (Ouyang et al. 2022 App. C;
+Huang et al. 2024, arXiv 2403.17031). Start from
 an SFT model (``model.path=<sft run>/model``) with a reward model
 (``method.reward_model=<reward run>/model``) and/or reward functions (``method.reward_funcs``).
 ``method.args`` are :class:`alignlab.ppo.config.PPOConfig` fields.

@@ -128,7 +128,7 @@ def last_token_index(mask: torch.Tensor) -> torch.Tensor:
     """Index of each row's last real token (the EOS if present, else the last generated one).
 
     The score belongs there: old TRL put it one slot *after* EOS, on a padding position that the
-    mask then dropped from the loss (DESIGN §6). Rows without any real token get index 0.
+    mask then dropped from the loss. Rows without any real token get index 0.
     """
     idx = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
     return torch.where(mask.bool(), idx, -1).max(-1).values.clamp(min=0)
