@@ -517,8 +517,10 @@ def prompt_items(data_cfg: Any, kind: str = "prompts", *, categories: Sequence[s
     for split in ("train", "test"):
         try:
             ds = data.load(data_cfg, kind, split, keep_extra=True)
-        except MissingSplit:  # labelling a test-only dataset needs no train split
-            if split == "train" and _has_test(data_cfg, kind):
+        except MissingSplit:
+            # Labelling a test-only dataset needs no train split; without a test split either,
+            # loading "test" below raises this same error.
+            if split == "train":
                 continue
             raise
         rows = [dict(r) for r in ds]
@@ -535,17 +537,6 @@ def prompt_items(data_cfg: Any, kind: str = "prompts", *, categories: Sequence[s
         items += [{"key": f"{split}-{i}", "split": split, **{k: r[k] for k in keep if k in r}}
                   for i, r in enumerate(rows)]
     return items
-
-
-def _has_test(data_cfg: Any, kind: str) -> bool:
-    from alignlab import data
-    from alignlab.data.presets import MissingSplit
-
-    try:
-        data.load(data_cfg, kind, "test")
-    except MissingSplit:
-        return False
-    return True
 
 
 def fingerprint(*parts: Any) -> str:
