@@ -36,8 +36,15 @@ def is_gguf(path: str | Path) -> bool:
 
 def file_digest(path: Path) -> str:
     """A short SHA-256 of the file's bytes (the cache key of its conversion)."""
+    stat = path.stat()
+    return _digest(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)  # a run resolves its model several times (policy, reference...)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    """Hash the file once per process for each (size, mtime): a multi-GB GGUF takes seconds."""
     digest = hashlib.sha256()
-    with path.open("rb") as f:
+    with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 23), b""):
             digest.update(block)
     return digest.hexdigest()[:12]
