@@ -11,7 +11,8 @@ Three ways to get text (and judge log-probs) out of a model, behind one small in
 - ``vllm``: vLLM in this process, on a GPU; a clear error where vLLM is not installed.
 
 Importing this module is cheap; torch/transformers/vllm are imported by the backends that need
-them. The argument fields below are shared by ``method.args`` of cai and judge.
+them. Their settings (``BackendArgs``, shared by ``method.args`` of cai and judge) live in
+:mod:`alignlab.args`.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from alignlab.args import BackendArgs
 from alignlab.errors import AlignlabError, did_you_mean
 
 log = logging.getLogger("alignlab")
@@ -41,40 +42,6 @@ Query = tuple[Conversation, str]
 BACKENDS = ("transformers", "openai", "vllm")
 # HTTP statuses worth retrying: the server is busy, restarting or timed out.
 _RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
-
-
-@dataclass
-class BackendArgs:
-    """How text is generated; shared by ``method.args`` of the cai and judge stages."""
-
-    backend: str = field(default="transformers", metadata={
-        "help": "transformers (local model), openai (OpenAI-compatible HTTP server) or vllm."})
-    batch_size: int = field(default=32, metadata={
-        "help": "Prompts per generate() call (transformers/vllm) and rows per durable chunk."})
-    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature; 0 = greedy."})
-    max_new_tokens: int = field(default=128, metadata={"help": "Tokens generated per answer."})
-    base_url: str | None = field(default=None, metadata={
-        "help": "openai: the server's base URL, e.g. http://127.0.0.1:8000/v1."})
-    api_model: str | None = field(default=None, metadata={
-        "help": "openai: the served model name (default: model.path)."})
-    api: str = field(default="chat", metadata={
-        "help": "openai: chat (/chat/completions) or completions (/completions, the prompt is "
-                "built with the local tokenizer's chat template)."})
-    api_key_env: str = field(default="OPENAI_API_KEY", metadata={
-        "help": "openai: name of the environment variable holding the API key (may be unset "
-                "for local servers). The key itself never goes into a config."})
-    concurrency: int = field(default=8, metadata={"help": "openai: requests in flight at once."})
-    max_retries: int = field(default=5, metadata={
-        "help": "openai: retries of a failed request (5xx, 429, timeouts, dropped connections)."})
-    retry_backoff: float = field(default=1.0, metadata={
-        "help": "openai: first back-off in seconds; doubles on each retry (with jitter)."})
-    request_timeout: float = field(default=120.0, metadata={
-        "help": "openai: seconds to wait for one response before retrying."})
-    top_logprobs: int = field(default=20, metadata={
-        "help": "openai/vllm: how many next-token log-probs to ask for when judging."})
-    prefill: bool = field(default=True, metadata={
-        "help": "openai chat: send the judge's answer prefix as a partial assistant turn "
-                "(vLLM/SGLang continue_final_message). false: rely on the instruction alone."})
 
 
 class Backend(Protocol):

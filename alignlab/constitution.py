@@ -23,18 +23,18 @@ request..."], "edit_request": "...revision request..."}, ...}``), or a folder ho
 ``CritiqueRequest:`` / ``Critique:`` / ``RevisionRequest:`` / ``Revision:`` transcripts (a
 JSON list of such strings, or plain text).
 
-Importing this module is cheap (the args dataclasses are read by config validation).
+Importing this module is cheap: it parses files and builds conversations, nothing more (the
+stages' ``method.args`` dataclasses are in :mod:`alignlab.args`).
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alignlab.backends import BackendArgs
 from alignlab.errors import AlignlabError, did_you_mean
 
 Message = dict[str, str]
@@ -73,68 +73,6 @@ class Constitution:
     few_shot: tuple[tuple[Message, ...], ...]
     judge_template: str = DEFAULT_JUDGE_TEMPLATE
     judge_prefix: str = DEFAULT_JUDGE_PREFIX
-
-
-# ---------------------------------------------------------------------------------------------
-# method.args of the generation stages (validated with ast: plain annotated fields only)
-
-
-@dataclass
-class CAIArgs(BackendArgs):
-    """``method.args`` of ``method=cai`` (SL-CAI critique-revision data)."""
-
-    rounds: int = field(default=1, metadata={
-        "help": "Critique-revision rounds per prompt; each samples a fresh principle."})
-    num_few_shot: int | None = field(default=None, metadata={
-        "help": "How many of the constitution's few-shot chats to prepend (null = all)."})
-    categories: list[str] | None = field(
-        default_factory=lambda: ["harmful", "borderline"],
-        metadata={"help": "Keep prompts of these categories when the data has a 'category' "
-                          "column (the toy world's red-team prompts); null keeps all."})
-    max_prompts: int | None = field(default=None, metadata={
-        "help": "Cap on prompts per split (train and test), after a seeded shuffle."})
-    helpful_categories: list[str] | None = field(default=None, metadata={
-        "help": "Prompts of these categories (toy: [helpful]) are answered without critique and "
-                "kept as answered, in *_sft only: Bai et al. add the helpful model's own samples "
-                "on helpfulness prompts to SL-CAI's data so the policy stays helpful."})
-    max_helpful_prompts: int | None = field(default=None, metadata={
-        "help": "Cap on those helpfulness prompts per split, after a seeded shuffle."})
-    sft_fraction: float = field(default=0.5, metadata={
-        "help": "Share of rows in train_sft/test_sft; the rest go to *_prefs (disjoint, as in "
-                "HuggingFaceH4/cai-conversation-harmless)."})
-
-
-@dataclass
-class JudgeArgs(BackendArgs):
-    """``method.args`` of ``method=judge`` (RLAIF preference labels)."""
-
-    judge_model: str | None = field(default=None, metadata={
-        "help": "The judge: a model folder or hub id (openai: a served name). Default: "
-                "model.path."})
-    source: str = field(default="policy", metadata={
-        "help": "policy: sample candidates from model.path; pairs: relabel the data's "
-                "chosen/rejected."})
-    num_candidates: int = field(default=2, metadata={
-        "help": "source=policy: responses sampled per prompt; every distinct pair is judged."})
-    swap: bool = field(default=True, metadata={
-        "help": "Judge each pair in both orders and average, cancelling position bias."})
-    chain_of_thought: bool = field(default=False, metadata={
-        "help": "Let the judge reason before answering (then clamp, e.g. clamp=[0.4,0.6])."})
-    clamp: list[float] | None = field(default=None, metadata={
-        "help": "[low, high] bounds on the soft label, e.g. [0.4, 0.6] with chain_of_thought."})
-    min_margin: float = field(default=0.0, metadata={
-        "help": "Drop pairs whose label is within this of 0.5 (ties are always dropped)."})
-    max_prompts: int | None = field(default=None, metadata={
-        "help": "Cap on prompts (or pairs) per split, after a seeded shuffle."})
-    categories: list[str] | None = field(default=None, metadata={
-        "help": "Keep prompts of these categories when the data has a 'category' column."})
-    human_pairs: int = field(default=0, metadata={
-        "help": "Human-labelled pairs of the data (its chosen/rejected) added to the AI-labelled "
-                "ones, per split: Bai et al. mix AI harmlessness labels with human helpfulness "
-                "labels into one preference set. 0: AI labels only."})
-    human_categories: list[str] | None = field(default=None, metadata={
-        "help": "Categories of those human pairs when the data has a 'category' column (toy: "
-                "[helpful]); null keeps all."})
 
 
 # ---------------------------------------------------------------------------------------------

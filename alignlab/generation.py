@@ -1,10 +1,11 @@
-"""Local generation and the resumable row writer behind the generation stages.
+"""Local generation: decoding from a transformers model in this process.
 
 - :func:`generate`: batched sampling from a transformers model (left padding, chat template,
   length-sorted batches, stop at EOS);
-- :func:`option_logprobs`: log-probs of answer options (the RLAIF judge's "(A)"/"(B)");
-- :func:`run_rows`: apply a function to items in chunks, appending each finished row to JSONL
-  shards so an interrupted stage resumes without loss or duplicates.
+- :func:`option_logprobs`: log-probs of answer options (the RLAIF judge's "(A)"/"(B)").
+
+The generation stages' resumable row store is :mod:`alignlab.rows`; their work items come from
+:mod:`alignlab.data.items`.
 """
 
 from __future__ import annotations
@@ -12,16 +13,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-import json
 import logging
-import os
-import time
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal, overload
-
-from alignlab import runs
-from alignlab.errors import AlignlabError
 
 log = logging.getLogger("alignlab")
 Conversation = Sequence[dict[str, str]]
@@ -397,151 +391,3 @@ def option_logprobs(model: Any, tokenizer: Any, queries: Sequence[tuple[Conversa
     finally:
         model.train(was_training)
     return scores
-
-
-# ---------------------------------------------------------------------------------------------
-# Resumable row-by-row output: what the CAI and judge stages write as they go.
-
-
-def _read_shard(path: Path) -> list[dict[str, Any]]:
-    """Rows of one JSONL shard; a torn last line (the process was killed mid-write) is skipped."""
-    rows = []
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.endswith("\n"):
-                log.info("%s: ignoring an unfinished last line (it will be redone)", path.name)
-                break
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                log.warning("%s:%d is not valid JSON; that row will be redone", path, n)
-    return rows
-
-
-def read_rows(folder: Path) -> dict[str, dict[str, Any]]:
-    """Every finished row under ``folder`` (``shard-*.jsonl``), by key; the first copy wins."""
-    done: dict[str, dict[str, Any]] = {}
-    for shard in sorted(folder.glob("shard-*.jsonl")):
-        for row in _read_shard(shard):
-            done.setdefault(str(row["key"]), row)
-    return done
-
-
-def run_rows(items: Sequence[dict[str, Any]], work: Callable[[list[dict[str, Any]]],
-                                                                list[dict[str, Any]]],
-             folder: Path, *, fingerprint: str, resume: bool, chunk_size: int, desc: str,
-             method: str) -> list[dict[str, Any]]:
-    """Apply ``work`` to ``items`` chunk by chunk, writing each finished row as it comes.
-
-    Every item has a unique ``key``; ``work`` returns one row per item with that key. Rows go
-    to a new ``shard-NNNNN.jsonl`` per process start (earlier shards are never rewritten), each
-    line flushed as soon as it is written and the shard fsynced after every chunk. With
-    ``resume=True`` finished keys are skipped, so a killed run loses at most the rows in flight
-    and never duplicates one. ``fingerprint`` names what the rows depend on (prompts, model,
-    settings): resuming with a different one is refused. Returns the rows in ``items`` order.
-
-    ``ALIGNLAB_KILL_AFTER_STEP=N`` (or ``<method>:N``; a test hook, as for the trainers) exits
-    with code 75 once N rows of this stage are on disk.
-    """
-    from tqdm.auto import tqdm
-
-    from alignlab.training import kill_after_step
-
-    keys = [str(it["key"]) for it in items]
-    if len(set(keys)) != len(keys):
-        raise ValueError("item keys must be unique")
-    folder.mkdir(parents=True, exist_ok=True)
-    state = folder / "state.json"
-    done = read_rows(folder)
-    if done and not resume:
-        raise AlignlabError(f"{folder} already holds {len(done)} rows of an earlier run. Set "
-                            "resume=true to continue it, or choose a new hydra.run.dir.")
-    if done and state.exists() \
-            and json.loads(state.read_text()).get("fingerprint") != fingerprint:
-        raise AlignlabError(f"The rows in {folder} were made with different prompts, model "
-                            "or settings than this run. Resume with the original config, or "
-                            "choose a new hydra.run.dir.")
-    runs.write_json(state, {"fingerprint": fingerprint})
-    wanted = set(keys)
-    done = {k: v for k, v in done.items() if k in wanted}
-    todo = [it for it in items if str(it["key"]) not in done]
-    if done:
-        log.info("%s: resuming, %d of %d rows already done", desc, len(done), len(items))
-    kill_at = kill_after_step(method)
-    written = len(done)
-    shard = folder / f"shard-{len(list(folder.glob('shard-*.jsonl'))):05d}.jsonl"
-    new: dict[str, dict[str, Any]] = {}
-    start, last_log = time.time(), time.time()
-    bar = tqdm(total=len(items), initial=len(done), unit="row", desc=desc, smoothing=0.1,
-               dynamic_ncols=True)
-    try:
-        with shard.open("a", encoding="utf-8") as fh:
-            for c in range(0, len(todo), chunk_size):
-                for row in work(list(todo[c:c + chunk_size])):
-                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-                    fh.flush()
-                    new[str(row["key"])] = row
-                    written += 1
-                    bar.update(1)
-                    if kill_at is not None and written >= kill_at:
-                        os.fsync(fh.fileno())
-                        os._exit(75)
-                os.fsync(fh.fileno())
-                if time.time() - last_log > 30:  # the log file gets progress too, not just tqdm
-                    last_log = time.time()
-                    rate = len(new) / max(1e-9, last_log - start)
-                    log.info("%s: %d/%d rows (%.2f rows/s, ETA %.0f s)", desc, written,
-                             len(items), rate, (len(items) - written) / max(rate, 1e-9))
-    finally:
-        bar.close()
-    if not new and shard.exists() and shard.stat().st_size == 0:
-        shard.unlink()  # a resume that had nothing left to do leaves no empty shard
-    rows = {**done, **new}
-    return [rows[k] for k in keys]
-
-
-def prompt_items(data_cfg: Any, kind: str = "prompts", *, categories: Sequence[str] | None = None,
-                 max_rows: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
-    """Work items of a generation stage: the data's train and test rows, each with a stable key.
-
-    ``categories`` keeps rows of those categories when the data has a ``category`` column (the
-    toy world); ``max_rows`` caps each split after a seeded shuffle. Keys ("train-17") are
-    positions in that deterministic order, so a resumed run finds the same items.
-    """
-    import random
-
-    from alignlab import data
-    from alignlab.data.presets import MissingSplit
-
-    items: list[dict[str, Any]] = []
-    for split in ("train", "test"):
-        try:
-            ds = data.load(data_cfg, kind, split, keep_extra=True)
-        except MissingSplit:
-            # Labelling a test-only dataset needs no train split; without a test split either,
-            # loading "test" below raises this same error.
-            if split == "train":
-                continue
-            raise
-        rows = [dict(r) for r in ds]
-        if categories is not None and "category" in ds.column_names:
-            rows = [r for r in rows if r["category"] in set(categories)]
-            if not rows:
-                raise AlignlabError(f"No {split} prompts of categories {list(categories)}. Set "
-                                    "method.args.categories to some of "
-                                    f"{sorted(set(ds['category']))}, or null for all.")
-        if max_rows is not None and len(rows) > max_rows:
-            random.Random(f"{seed}:{split}").shuffle(rows)
-            rows = rows[:max_rows]
-        keep = ("prompt", "chosen", "rejected", "category")
-        items += [{"key": f"{split}-{i}", "split": split, **{k: r[k] for k in keep if k in r}}
-                  for i, r in enumerate(rows)]
-    return items
-
-
-def fingerprint(*parts: Any) -> str:
-    """A short hash of what a stage's rows depend on (for refusing a mismatched resume)."""
-    import hashlib
-
-    text = json.dumps(parts, sort_keys=True, default=str, ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -19,6 +19,10 @@ from alignlab.errors import AlignlabError
 MARKER = "DONE"
 LOCK = ".alignlab.lock"
 REDACTED = "<redacted>"
+# Test hooks, read from the environment by the stages that honour them.
+KILL_ENV = "ALIGNLAB_KILL_AFTER_STEP"
+KILL_IN_SAVE_ENV = "ALIGNLAB_TEST_KILL_IN_SAVE"  # die with the final save half done
+RANK_CHECK_ENV = "ALIGNLAB_RANK_CHECK"  # every rank writes a hash of its weights
 # Keys that hold a credential: api_key, password, secret, and the tokens that authenticate
 # (hub_token, hf_token, access_token ...). Not pad_token/eos_token (special tokens of a
 # tokenizer), max_new_tokens, or api_key_env (which only names an environment variable).
@@ -35,6 +39,17 @@ _SECRET_VALUE = re.compile(r"(?<![A-Za-z0-9])(?:hf_[A-Za-z0-9]{30,}|sk-[A-Za-z0-
 def is_main_process() -> bool:
     """True on rank 0 (or when not launched distributed)."""
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def kill_after_step(method: str) -> int | None:
+    """Test hook: ``ALIGNLAB_KILL_AFTER_STEP=N`` (or ``<method>:N`` to hit one stage of a
+    recipe) ends the process with exit code 75 after update N, once any checkpoint due at N is
+    on disk, as a real kill would at that moment."""
+    value = os.environ.get(KILL_ENV, "")
+    target, _, step = value.rpartition(":")
+    if not step or (target and target != method):
+        return None
+    return int(step)
 
 
 def atomic_write(path: Path, text: str) -> None:

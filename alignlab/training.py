@@ -16,11 +16,9 @@ from omegaconf import OmegaConf
 from alignlab import runs
 from alignlab.config import dataclass_fields
 from alignlab.errors import AlignlabError
+from alignlab.runs import KILL_IN_SAVE_ENV, RANK_CHECK_ENV, kill_after_step
 
 log = logging.getLogger("alignlab")
-KILL_ENV = "ALIGNLAB_KILL_AFTER_STEP"
-KILL_IN_SAVE_ENV = "ALIGNLAB_TEST_KILL_IN_SAVE"  # test hook: die with the final save half done
-RANK_CHECK_ENV = "ALIGNLAB_RANK_CHECK"  # test hook: every rank writes a hash of its weights
 
 
 def peak_memory() -> dict[str, float]:
@@ -46,17 +44,6 @@ def write_rank_fingerprint(model: Any, run_dir: Path, rank: int, world: int) -> 
         digest.update(param.detach().float().cpu().numpy().tobytes())
     runs.write_json(run_dir / "ranks" / f"rank-{rank}.json",
                     {"rank": rank, "world_size": world, "params_sha256": digest.hexdigest()})
-
-
-def kill_after_step(method: str) -> int | None:
-    """Test hook: ``ALIGNLAB_KILL_AFTER_STEP=N`` (or ``<method>:N`` to hit one stage of a
-    recipe) ends the process with exit code 75 after update N, once any checkpoint due at N is
-    on disk, as a real kill would at that moment."""
-    value = os.environ.get(KILL_ENV, "")
-    target, _, step = value.rpartition(":")
-    if not step or (target and target != method):
-        return None
-    return int(step)
 
 
 def _callbacks(method: str) -> list[Any]:

@@ -66,23 +66,24 @@ def main() -> None:
 
     import torch
 
-    from alignlab import backends, cli, config, generation
+    from alignlab import backends, cli, config
     from alignlab import constitution as const
+    from alignlab.args import CAIArgs
+    from alignlab.data.items import prompt_items
 
     if opts.threads:
         torch.set_num_threads(opts.threads)
     config.register()
     cfg = cli.compose(["method=cai", "constitution=toy", f"model.path={opts.model}"])
-    items = generation.prompt_items(cfg.data, categories=["harmful", "borderline"],
-                                    seed=cfg.seed)
+    items = prompt_items(cfg.data, categories=["harmful", "borderline"], seed=cfg.seed)
     items = [it for it in items if it["split"] == "train"]
     items = (items * (opts.prompts // max(1, len(items)) + 1))[:opts.prompts]
     items = [{**it, "key": f"bench-{i}"} for i, it in enumerate(items)]
     constitution = const.load(cfg.constitution)
     modes = {}
     for name, batch in (("batched", opts.batch_size), ("one at a time", 1)):
-        args = const.CAIArgs(batch_size=batch, rounds=opts.rounds, temperature=0.7,
-                             max_new_tokens=opts.max_new_tokens)
+        args = CAIArgs(batch_size=batch, rounds=opts.rounds, temperature=0.7,
+                       max_new_tokens=opts.max_new_tokens)
         backend = backends.create(args, cfg)
         if opts.decoder == "generate":
             backend.chat = functools.partial(_plain_chat, backend)  # type: ignore[method-assign]

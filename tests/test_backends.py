@@ -188,7 +188,7 @@ def test_option_logprobs_equal_full_sequence_scores(lm: tuple[Any, Any],
 
 def test_backend_choice_errors() -> None:
     from alignlab import cli, config
-    from alignlab.constitution import CAIArgs
+    from alignlab.args import CAIArgs
 
     config.register()
     cfg = cli.compose(["method=cai"])

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from alignlab import constitution as const
-from alignlab import generation
+from alignlab import rows as row_store
+from alignlab.args import CAIArgs
 from alignlab.config import conf_dir
 from alignlab.errors import AlignlabError
 from alignlab.methods import cai
@@ -56,8 +57,8 @@ def _square(chunk: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _rows(folder: Path, items: list[dict[str, Any]], *, resume: bool, fp: str = "f") -> list:
-    return generation.run_rows(items, _square, folder, fingerprint=fp, resume=resume,
-                               chunk_size=3, desc="test", method="cai")
+    return row_store.run_rows(items, _square, folder, fingerprint=fp, resume=resume,
+                              chunk_size=3, desc="test")
 
 
 def test_run_rows_resume_skips_finished_and_keeps_order(tmp_path: Path) -> None:
@@ -69,14 +70,14 @@ def test_run_rows_resume_skips_finished_and_keeps_order(tmp_path: Path) -> None:
         calls.extend(it["key"] for it in chunk)
         return _square(chunk)
 
-    out = generation.run_rows(items, spy, tmp_path, fingerprint="f", resume=True, chunk_size=3,
-                              desc="test", method="cai")
+    out = row_store.run_rows(items, spy, tmp_path, fingerprint="f", resume=True, chunk_size=3,
+                             desc="test")
     assert [r["y"] for r in out] == [i * i for i in range(10)]
     assert calls == [f"train-{i}" for i in range(4, 10)]  # finished rows are never redone
     assert sorted(p.name for p in tmp_path.glob("shard-*")) == ["shard-00000.jsonl",
                                                                 "shard-00001.jsonl"]
-    again = generation.run_rows(items, spy, tmp_path, fingerprint="f", resume=True,
-                                chunk_size=3, desc="test", method="cai")
+    again = row_store.run_rows(items, spy, tmp_path, fingerprint="f", resume=True,
+                               chunk_size=3, desc="test")
     assert again == out and len(list(tmp_path.glob("shard-*"))) == 2  # nothing left to do
 
 
@@ -86,7 +87,7 @@ def test_run_rows_redoes_a_torn_last_line(tmp_path: Path) -> None:
         fh.write('{"key": "train-3", "y"')  # killed mid-write
     out = _rows(tmp_path, _items(5), resume=True)
     assert [r["y"] for r in out] == [0, 1, 4, 9, 16]
-    keys = [r["key"] for r in generation.read_rows(tmp_path).values()]
+    keys = [r["key"] for r in row_store.read_rows(tmp_path).values()]
     assert sorted(keys) == [f"train-{i}" for i in range(5)]
 
 
@@ -120,7 +121,7 @@ def test_critique_revise_rounds_build_on_the_last_revision() -> None:
     c = const.load({"path": str(conf_dir() / "constitution" / "harmless.yaml")})
     items = [{"key": f"train-{i}", "split": "train",
               "prompt": [{"role": "user", "content": f"question {i}"}]} for i in range(3)]
-    args = const.CAIArgs(rounds=2, num_few_shot=1)
+    args = CAIArgs(rounds=2, num_few_shot=1)
     backend = Recorder()
     rows = cai.critique_revise(items, backend, c, args, seed=5)
     few = const.few_shot_messages(c, 1)
@@ -308,11 +309,11 @@ def test_warns_when_few_shot_exceeds_the_context() -> None:
     backend = SimpleNamespace(tokenizer=tok, model=model)
     harmless = const.load({"path": str(conf_dir() / "constitution" / "harmless.yaml")})
     toy_book = const.load({"path": str(conf_dir() / "constitution" / "toy.yaml")})
-    warning = cai.context_warning(harmless, const.CAIArgs(max_new_tokens=128), backend)
+    warning = cai.context_warning(harmless, CAIArgs(max_new_tokens=128), backend)
     assert warning and "context length of 512" in warning and "num_few_shot" in warning
-    assert cai.context_warning(toy_book, const.CAIArgs(max_new_tokens=32), backend) is None
-    assert cai.context_warning(harmless, const.CAIArgs(num_few_shot=0), backend) is None
-    assert cai.context_warning(harmless, const.CAIArgs(), SimpleNamespace()) is None  # no tokenizer
+    assert cai.context_warning(toy_book, CAIArgs(max_new_tokens=32), backend) is None
+    assert cai.context_warning(harmless, CAIArgs(num_few_shot=0), backend) is None
+    assert cai.context_warning(harmless, CAIArgs(), SimpleNamespace()) is None  # no tokenizer
 
 
 def test_helpfulness_prompts_are_answered_once_and_kept_for_sft_only() -> None:
@@ -323,7 +324,7 @@ def test_helpfulness_prompts_are_answered_once_and_kept_for_sft_only() -> None:
                 "helpfulness": True, "prompt": [{"role": "user", "content": f"sum {i}"}]}
                for i in range(3)]
     backend = Recorder()
-    rows = cai.critique_revise(harm + helpful, backend, c, const.CAIArgs(), seed=0)
+    rows = cai.critique_revise(harm + helpful, backend, c, CAIArgs(), seed=0)
     assert [len(call) for call in backend.calls] == [3, 4, 4, 4]  # answers, then CAI on harm
     kept = [r for r in rows if r.get("helpfulness")]
     assert len(kept) == 3 and all(r["revision_response"] == r["init_response"] for r in kept)

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from alignlab import constitution as const
+from alignlab.args import JudgeArgs
 from alignlab.config import conf_dir
 from alignlab.errors import AlignlabError
 from alignlab.methods import judge
@@ -57,19 +58,19 @@ def _shown_first(text: str) -> str:
 
 def test_swapping_cancels_pure_position_bias() -> None:
     always_a = Stub(lambda text: 0.9)  # prefers whatever is shown first
-    rows = judge.label_pairs(_items(), always_a, TOY, const.JudgeArgs(), seed=0)
+    rows = judge.label_pairs(_items(), always_a, TOY, JudgeArgs(), seed=0)
     assert all(r["prob_a"] == pytest.approx(0.5) for r in rows)
     assert judge.to_pairs(rows, 0.0) == []  # a tie teaches nothing: dropped
     stats = judge.position_stats(rows)
     assert stats["first_position_preference"] == pytest.approx(0.4)
     assert stats["order_consistency"] == 0.0
-    biased = judge.label_pairs(_items(), always_a, TOY, const.JudgeArgs(swap=False), seed=0)
+    biased = judge.label_pairs(_items(), always_a, TOY, JudgeArgs(swap=False), seed=0)
     assert all(r["prob_a"] == pytest.approx(0.9) for r in biased)  # what swapping removes
 
 
 def test_labels_follow_the_judges_preference_in_both_orders() -> None:
     refuses = Stub(lambda text: 0.8 if _shown_first(text).startswith("I can't") else 0.3)
-    rows = judge.label_pairs(_items(), refuses, TOY, const.JudgeArgs(), seed=0)
+    rows = judge.label_pairs(_items(), refuses, TOY, JudgeArgs(), seed=0)
     assert len(refuses.queries) == 8  # each pair in both orders
     r = rows[0]
     assert r["prob_a_shown_first"] == pytest.approx(0.3)  # a = compliance, shown as (A)
@@ -87,7 +88,7 @@ def test_labels_follow_the_judges_preference_in_both_orders() -> None:
 
 def test_principles_are_seeded_per_pair_and_clamping_bounds_labels() -> None:
     refuses = Stub(lambda text: 0.99 if _shown_first(text).startswith("I can't") else 0.01)
-    args = const.JudgeArgs(clamp=[0.4, 0.6])
+    args = JudgeArgs(clamp=[0.4, 0.6])
     a = judge.label_pairs(_items(8), refuses, TOY, args, seed=1)
     b = judge.label_pairs(_items(8), Stub(refuses.prefer), TOY, args, seed=1)
     assert [r["principle"] for r in a] == [r["principle"] for r in b]
@@ -97,7 +98,7 @@ def test_principles_are_seeded_per_pair_and_clamping_bounds_labels() -> None:
 
 def test_chain_of_thought_reasons_then_answers() -> None:
     stub = Stub(lambda text: 0.7, reasoning="B refuses, A helps with harm.")
-    judge.label_pairs(_items(1), stub, TOY, const.JudgeArgs(chain_of_thought=True), seed=0)
+    judge.label_pairs(_items(1), stub, TOY, JudgeArgs(chain_of_thought=True), seed=0)
     assert len(stub.chats) == 2 and const.COT_REQUEST in stub.chats[0][0]["content"]
     conv, prefix = stub.queries[0]
     assert [m["role"] for m in conv] == ["user", "assistant", "user"]
@@ -209,10 +210,11 @@ def toy_rlaif(sft_model: Path, out: Path) -> dict[str, Any]:
          "method.args.max_steps=60", "method.args.save_strategy=no")
     metrics = json.loads((out / "judge" / "metrics.json").read_text())
     # The same pairs judged by the untrained policy itself, for contrast.
-    from alignlab import backends, generation, models
+    from alignlab import backends, models
+    from alignlab import rows as row_store
 
     cfg = cli.compose(["method=judge", "constitution=toy", f"model.path={sft_model}"])
-    labels = list(generation.read_rows(out / "judge" / "labels").values())[:200]
+    labels = list(row_store.read_rows(out / "judge" / "labels").values())[:200]
     untrained = backends.create(judge.stage_args(cfg), cfg)
     relabelled = judge.label_pairs(labels, untrained, TOY, judge.stage_args(cfg), cfg.seed)
     scores = {}
@@ -250,17 +252,17 @@ def test_toy_rlaif_judge_agrees_with_rule_and_dpo_improves(sft_run: Path,
 def test_human_pairs_mix_into_the_ai_labels() -> None:
     """RL-CAI's preference set (Bai et al.): AI harmlessness labels + human helpfulness pairs,
     each row saying where its label came from."""
-    from alignlab import cli, config, generation
+    from alignlab import cli, config
+    from alignlab.data.items import prompt_items
 
     config.register()
     cfg = cli.compose(["method=judge", "constitution=toy"])
-    items = generation.prompt_items(cfg.data, "pairs", categories=["helpful"], max_rows=5,
-                                    seed=0)
+    items = prompt_items(cfg.data, "pairs", categories=["helpful"], max_rows=5, seed=0)
     human = judge.human_pairs(items)
     assert len(human) == 10 and all(h["source"] == "human" and h["judge_prob"] == 1.0
                                     for h in human)
     refuses = Stub(lambda text: 0.9 if _shown_first(text).startswith("I can't") else 0.1)
-    ai = judge.to_pairs(judge.label_pairs(_items(3), refuses, TOY, const.JudgeArgs(), 0), 0.0)
+    ai = judge.to_pairs(judge.label_pairs(_items(3), refuses, TOY, JudgeArgs(), 0), 0.0)
     ds = judge.build_dataset(ai + human)
     assert sorted(set(ds["train"]["source"])) == ["ai", "human"]
     assert ds["train"]["source"].count("ai") == 3 and len(ds["test"]) == 5

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from alignlab import cli, generation
+from alignlab import cli
+from alignlab.data.items import prompt_items
 from alignlab.methods import judge
 from tests.conftest import ROOT
 
@@ -19,7 +20,7 @@ def test_a_test_only_dataset_gives_its_test_items(tmp_path: Path) -> None:
     (tmp_path / "harmless-base").mkdir()
     shutil.copy(REAL / "test.jsonl", tmp_path / "harmless-base" / "test.jsonl")
     cfg = cli.compose(["data=hh-rlhf-harmless", f"data.path={tmp_path}", "method=judge"])
-    items = generation.prompt_items(cfg.data, "pairs")
+    items = prompt_items(cfg.data, "pairs")
     assert len(items) == 16 and {it["split"] for it in items} == {"test"}
     assert all(it["chosen"] and it["rejected"] for it in items)
 

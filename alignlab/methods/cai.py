@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-ARGS_CLASS = "alignlab.constitution:CAIArgs"
+ARGS_CLASS = "alignlab.args:CAIArgs"
 DATA_KIND = "prompts"
 COLUMNS = ("init_prompt", "init_response", "critic_prompt", "critic_response", "revision_prompt",
            "revision_response", "prompt", "messages", "chosen", "rejected")
@@ -37,8 +37,8 @@ SPLITS = ("train_sft", "train_prefs", "test_sft", "test_prefs")
 
 def stage_args(cfg: Any) -> Any:
     """``method.args`` (over model/hardware suggestions) as a checked CAIArgs."""
+    from alignlab.args import CAIArgs
     from alignlab.backends import check
-    from alignlab.constitution import CAIArgs
     from alignlab.errors import AlignlabError
     from alignlab.training import merged_args
 
@@ -204,20 +204,22 @@ def run(cfg: Any, run_dir: Path) -> dict[str, Any]:
     """Generate the critique-revision dataset into ``run_dir/dataset``; return its metrics."""
     from omegaconf import OmegaConf
 
-    from alignlab import backends, constitution, generation
+    from alignlab import backends, constitution, runs
+    from alignlab import rows as row_store
+    from alignlab.data.items import prompt_items
 
     args = stage_args(cfg)
     const = constitution.load(cfg.constitution)  # checked before any model is loaded
-    items = generation.prompt_items(cfg.data, categories=args.categories,
-                                    max_rows=args.max_prompts, seed=cfg.seed)
+    items = prompt_items(cfg.data, categories=args.categories, max_rows=args.max_prompts,
+                         seed=cfg.seed)
     if args.helpful_categories:
-        helpful = generation.prompt_items(cfg.data, categories=args.helpful_categories,
-                                          max_rows=args.max_helpful_prompts, seed=cfg.seed)
+        helpful = prompt_items(cfg.data, categories=args.helpful_categories,
+                               max_rows=args.max_helpful_prompts, seed=cfg.seed)
         items += [{**it, "key": f"helpful-{it['key']}", "helpfulness": True} for it in helpful]
     settings = {k: v for k, v in vars(args).items()
                 if k in ("rounds", "num_few_shot", "temperature", "max_new_tokens", "backend",
                          "api_model")}
-    fingerprint = generation.fingerprint(items, const, settings, str(cfg.model.path), cfg.seed)
+    fingerprint = row_store.fingerprint(items, const, settings, str(cfg.model.path), cfg.seed)
     backend = backends.create(args, cfg)
     warning = context_warning(const, args, backend)
     if warning:
@@ -226,10 +228,10 @@ def run(cfg: Any, run_dir: Path) -> dict[str, Any]:
         logging.getLogger("alignlab").warning(warning)
     start = time.time()
     try:
-        rows = generation.run_rows(
+        rows = row_store.run_rows(
             items, lambda chunk: critique_revise(chunk, backend, const, args, cfg.seed),
             run_dir / "rows", fingerprint=fingerprint, resume=bool(cfg.resume),
-            chunk_size=args.batch_size, desc="cai", method="cai")
+            chunk_size=args.batch_size, desc="cai", kill_at=runs.kill_after_step("cai"))
     finally:
         backend.close()
     wall = time.time() - start

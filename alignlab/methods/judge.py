@@ -24,14 +24,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-ARGS_CLASS = "alignlab.constitution:JudgeArgs"
+ARGS_CLASS = "alignlab.args:JudgeArgs"
 DATA_KIND = "prompts"
 
 
 def stage_args(cfg: Any) -> Any:
     """``method.args`` as a checked JudgeArgs."""
+    from alignlab.args import JudgeArgs
     from alignlab.backends import check
-    from alignlab.constitution import JudgeArgs
     from alignlab.errors import AlignlabError
     from alignlab.training import merged_args
 
@@ -193,7 +193,9 @@ def run(cfg: Any, run_dir: Path) -> dict[str, Any]:
     """Sample (or take) candidates, judge every pair, write ``run_dir/dataset``."""
     from omegaconf import OmegaConf
 
-    from alignlab import backends, constitution, generation
+    from alignlab import backends, constitution, runs
+    from alignlab import rows as row_store
+    from alignlab.data.items import prompt_items
 
     args = stage_args(cfg)
     const = constitution.load(cfg.constitution, need_choice=True)
@@ -202,40 +204,39 @@ def run(cfg: Any, run_dir: Path) -> dict[str, Any]:
     start = time.time()
     policy = None
     if args.source == "pairs":
-        items = generation.prompt_items(cfg.data, "pairs", categories=args.categories,
-                                        max_rows=args.max_prompts, seed=cfg.seed)
+        items = prompt_items(cfg.data, "pairs", categories=args.categories,
+                             max_rows=args.max_prompts, seed=cfg.seed)
         candidates = [{**{c: it[c] for c in ("key", "split", "prompt", "category") if c in it},
                        "candidates": [_text(it["chosen"]), _text(it["rejected"])]}
                       for it in items]
     else:
-        items = generation.prompt_items(cfg.data, "prompts", categories=args.categories,
-                                        max_rows=args.max_prompts, seed=cfg.seed)
+        items = prompt_items(cfg.data, "prompts", categories=args.categories,
+                             max_rows=args.max_prompts, seed=cfg.seed)
         policy = backends.create(args, cfg)
-        fp = generation.fingerprint(items, str(cfg.model.path), args.num_candidates,
-                                    args.temperature, args.max_new_tokens, args.backend,
-                                    cfg.seed)
-        candidates = generation.run_rows(
+        fp = row_store.fingerprint(items, str(cfg.model.path), args.num_candidates,
+                                   args.temperature, args.max_new_tokens, args.backend, cfg.seed)
+        candidates = row_store.run_rows(
             items, lambda chunk: sample_candidates(chunk, policy, args, cfg.seed),
             run_dir / "candidates", fingerprint=fp, resume=resume,
-            chunk_size=args.batch_size, desc="sample", method="judge")
+            chunk_size=args.batch_size, desc="sample", kill_at=runs.kill_after_step("judge"))
     pairs, identical = comparisons(candidates)
     if policy is not None and judge_path not in (None, str(cfg.model.path)):
         policy.close()  # free the policy before the judge is loaded
         policy = None
     judge = policy or backends.create(args, cfg, judge_path)
-    fp = generation.fingerprint(pairs, const, judge_path or str(cfg.model.path), args.swap,
-                                args.chain_of_thought, args.clamp, cfg.seed)
+    fp = row_store.fingerprint(pairs, const, judge_path or str(cfg.model.path), args.swap,
+                               args.chain_of_thought, args.clamp, cfg.seed)
     try:
-        labels = generation.run_rows(
+        labels = row_store.run_rows(
             pairs, lambda chunk: label_pairs(chunk, judge, const, args, cfg.seed),
             run_dir / "labels", fingerprint=fp, resume=resume, chunk_size=args.batch_size,
-            desc="judge", method="judge")
+            desc="judge", kill_at=runs.kill_after_step("judge"))
     finally:
         judge.close()
     kept = to_pairs(labels, args.min_margin)
     human: list[dict[str, Any]] = []
     if args.human_pairs:
-        human = human_pairs(generation.prompt_items(
+        human = human_pairs(prompt_items(
             cfg.data, "pairs", categories=args.human_categories, max_rows=args.human_pairs,
             seed=cfg.seed))
     dataset = build_dataset(kept + human)

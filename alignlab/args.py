@@ -1,0 +1,102 @@
+"""``method.args`` of the stages that are not TRL trainers: dataclasses read by config validation.
+
+Plain annotated fields only: validation reads them with ``ast`` (alignlab.config.check_args)
+before anything is imported, and the stages build them from the merged arguments. Importing this
+module is cheap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class BackendArgs:
+    """How text is generated; shared by ``method.args`` of the cai and judge stages."""
+
+    backend: str = field(default="transformers", metadata={
+        "help": "transformers (local model), openai (OpenAI-compatible HTTP server) or vllm."})
+    batch_size: int = field(default=32, metadata={
+        "help": "Prompts per generate() call (transformers/vllm) and rows per durable chunk."})
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature; 0 = greedy."})
+    max_new_tokens: int = field(default=128, metadata={"help": "Tokens generated per answer."})
+    base_url: str | None = field(default=None, metadata={
+        "help": "openai: the server's base URL, e.g. http://127.0.0.1:8000/v1."})
+    api_model: str | None = field(default=None, metadata={
+        "help": "openai: the served model name (default: model.path)."})
+    api: str = field(default="chat", metadata={
+        "help": "openai: chat (/chat/completions) or completions (/completions, the prompt is "
+                "built with the local tokenizer's chat template)."})
+    api_key_env: str = field(default="OPENAI_API_KEY", metadata={
+        "help": "openai: name of the environment variable holding the API key (may be unset "
+                "for local servers). The key itself never goes into a config."})
+    concurrency: int = field(default=8, metadata={"help": "openai: requests in flight at once."})
+    max_retries: int = field(default=5, metadata={
+        "help": "openai: retries of a failed request (5xx, 429, timeouts, dropped connections)."})
+    retry_backoff: float = field(default=1.0, metadata={
+        "help": "openai: first back-off in seconds; doubles on each retry (with jitter)."})
+    request_timeout: float = field(default=120.0, metadata={
+        "help": "openai: seconds to wait for one response before retrying."})
+    top_logprobs: int = field(default=20, metadata={
+        "help": "openai/vllm: how many next-token log-probs to ask for when judging."})
+    prefill: bool = field(default=True, metadata={
+        "help": "openai chat: send the judge's answer prefix as a partial assistant turn "
+                "(vLLM/SGLang continue_final_message). false: rely on the instruction alone."})
+
+
+@dataclass
+class CAIArgs(BackendArgs):
+    """``method.args`` of ``method=cai`` (SL-CAI critique-revision data)."""
+
+    rounds: int = field(default=1, metadata={
+        "help": "Critique-revision rounds per prompt; each samples a fresh principle."})
+    num_few_shot: int | None = field(default=None, metadata={
+        "help": "How many of the constitution's few-shot chats to prepend (null = all)."})
+    categories: list[str] | None = field(
+        default_factory=lambda: ["harmful", "borderline"],
+        metadata={"help": "Keep prompts of these categories when the data has a 'category' "
+                          "column (the toy world's red-team prompts); null keeps all."})
+    max_prompts: int | None = field(default=None, metadata={
+        "help": "Cap on prompts per split (train and test), after a seeded shuffle."})
+    helpful_categories: list[str] | None = field(default=None, metadata={
+        "help": "Prompts of these categories (toy: [helpful]) are answered without critique and "
+                "kept as answered, in *_sft only: Bai et al. add the helpful model's own samples "
+                "on helpfulness prompts to SL-CAI's data so the policy stays helpful."})
+    max_helpful_prompts: int | None = field(default=None, metadata={
+        "help": "Cap on those helpfulness prompts per split, after a seeded shuffle."})
+    sft_fraction: float = field(default=0.5, metadata={
+        "help": "Share of rows in train_sft/test_sft; the rest go to *_prefs (disjoint, as in "
+                "HuggingFaceH4/cai-conversation-harmless)."})
+
+
+@dataclass
+class JudgeArgs(BackendArgs):
+    """``method.args`` of ``method=judge`` (RLAIF preference labels)."""
+
+    judge_model: str | None = field(default=None, metadata={
+        "help": "The judge: a model folder or hub id (openai: a served name). Default: "
+                "model.path."})
+    source: str = field(default="policy", metadata={
+        "help": "policy: sample candidates from model.path; pairs: relabel the data's "
+                "chosen/rejected."})
+    num_candidates: int = field(default=2, metadata={
+        "help": "source=policy: responses sampled per prompt; every distinct pair is judged."})
+    swap: bool = field(default=True, metadata={
+        "help": "Judge each pair in both orders and average, cancelling position bias."})
+    chain_of_thought: bool = field(default=False, metadata={
+        "help": "Let the judge reason before answering (then clamp, e.g. clamp=[0.4,0.6])."})
+    clamp: list[float] | None = field(default=None, metadata={
+        "help": "[low, high] bounds on the soft label, e.g. [0.4, 0.6] with chain_of_thought."})
+    min_margin: float = field(default=0.0, metadata={
+        "help": "Drop pairs whose label is within this of 0.5 (ties are always dropped)."})
+    max_prompts: int | None = field(default=None, metadata={
+        "help": "Cap on prompts (or pairs) per split, after a seeded shuffle."})
+    categories: list[str] | None = field(default=None, metadata={
+        "help": "Keep prompts of these categories when the data has a 'category' column."})
+    human_pairs: int = field(default=0, metadata={
+        "help": "Human-labelled pairs of the data (its chosen/rejected) added to the AI-labelled "
+                "ones, per split: Bai et al. mix AI harmlessness labels with human helpfulness "
+                "labels into one preference set. 0: AI labels only."})
+    human_categories: list[str] | None = field(default=None, metadata={
+        "help": "Categories of those human pairs when the data has a 'category' column (toy: "
+                "[helpful]); null keeps all."})
