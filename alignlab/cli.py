@@ -17,8 +17,9 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
-from alignlab import checks, config, console, runs
+from alignlab import checks, config, console, launch, pipeline, runs, stage, toy_start, validation
 from alignlab.errors import AlignlabError, did_you_mean
+from alignlab.report import render_report
 
 log = logging.getLogger("alignlab")
 
@@ -161,10 +162,8 @@ def compose(overrides: list[str]) -> Any:
     from omegaconf import OmegaConf
 
     runs.refuse_secrets(OmegaConf.to_container(cfg, resolve=False))
-    config.validate(cfg)
+    validation.validate(cfg)
     if cfg.recipe.name:
-        from alignlab import pipeline
-
         pipeline.check(cfg)
     return cfg
 
@@ -205,12 +204,10 @@ def _task(cfg: Any) -> None:
     existed = (run_dir / "config.yaml").exists()
     console.setup(cfg.quiet, verbose=_hydra_verbose())
     try:
-        config.validate(cfg)
+        validation.validate(cfg)
         config.apply_hardware(cfg)
         if cfg.recipe.name:
-            from alignlab import pipeline
-
-            metrics = pipeline.run(cfg, run_dir, run_stage)
+            metrics = pipeline.run(cfg, run_dir, render=_render)
             if runs.is_main_process():
                 write_report(run_dir)
         else:  # run_stage rendered the run's report
@@ -228,32 +225,12 @@ def _task(cfg: Any) -> None:
 
 
 def run_stage(cfg: Any, run_dir: Path, fingerprint: str | None = None) -> dict[str, Any]:
-    """Run the configured method into ``run_dir`` and leave its metrics and marker there.
-
-    Ends with the stage's report and one summary line (its headline metric before -> after).
-    A preference or RL method named with an untrained built-in model starts from its toy-SFT
-    checkpoint instead (``alignlab.toy_start``).
-    """
-    from alignlab import methods, toy_start
-
-    stage = methods.load(cfg.method.name)
-    toy_start.resolve_start(cfg)
-    if runs.is_main_process():
-        runs.write_config(run_dir, cfg)
-    metrics = stage.run(cfg, run_dir)
-    if runs.is_main_process():
-        runs.write_json(run_dir / "metrics.json", metrics)
-        runs.mark_done(run_dir, {"method": cfg.method.name, "fingerprint": fingerprint})
-        report = _render(run_dir)
-        console.note(console.stage_summary(cfg.method.name, metrics,
-                                           report.with_suffix(".html") if report else None))
-    return metrics
+    """:func:`alignlab.stage.run_stage` ending with the stage's report (``report.md/html``)."""
+    return stage.run_stage(cfg, run_dir, fingerprint, render=_render)
 
 
 def _render(run_dir: Path) -> Path | None:
     """report.md/html of ``run_dir`` (None, with a warning, when rendering fails)."""
-    from alignlab.report import render_report
-
     try:
         return render_report(run_dir)
     except Exception as err:  # a report that fails never fails the finished run
@@ -273,8 +250,6 @@ def _hydra_verbose() -> bool:
 
 def write_report(run_dir: Path) -> None:
     """Render report.md/html; a report that fails never fails the finished run."""
-    from alignlab.report import render_report
-
     try:
         print(f"[alignlab] report: {render_report(run_dir)}")
     except Exception as err:
@@ -352,8 +327,6 @@ def main(argv: list[str] | None = None) -> None:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "report":
-        from alignlab.report import render_report
-
         if len(argv) != 2:
             fail(AlignlabError("Usage: python -m alignlab report <run, recipe or sweep dir>."))
         try:
@@ -373,11 +346,7 @@ def main(argv: list[str] | None = None) -> None:
             cfg = compose(_overrides(argv))
         except AlignlabError as err:
             fail(err)
-        from alignlab import launch
-
         if "--cfg" not in flags and "-c" not in flags and launch.needs_launch(cfg.hardware):
-            from alignlab import toy_start
-
             toy_start.build_before_launch(cfg)
             sys.exit(launch.relaunch(cfg.hardware, argv))
         if "--cfg" not in flags and "-c" not in flags:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from alignlab import gguf
-from alignlab.config import _plain, normalize_lora
+from alignlab.config import normalize_lora, to_plain
 from alignlab.errors import AlignlabError
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -255,7 +255,7 @@ def _local_device(hardware: Any) -> Any:
 
 def lora_config(model_cfg: Any, task_type: str = "CAUSAL_LM") -> Any:
     """A peft LoraConfig when ``model.lora`` is enabled, else None."""
-    lora = normalize_lora(_plain(model_cfg.lora))
+    lora = normalize_lora(to_plain(model_cfg.lora))
     if not lora.pop("enabled"):
         return None
     from peft import LoraConfig

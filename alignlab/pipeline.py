@@ -16,8 +16,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from alignlab import config, runs
+from alignlab import config, runs, validation
 from alignlab.errors import AlignlabError, did_you_mean, nearest
+from alignlab.stage import Render, run_stage
 
 log = logging.getLogger("alignlab")
 
@@ -102,7 +103,7 @@ def check_stages(cfg: Any) -> None:
     for name in order[start:]:
         try:
             stage_cfg = stage_config(cfg, name, outputs, run_dir=placeholder)
-            config.validate(stage_cfg, pending=pending)
+            validation.validate(stage_cfg, pending=pending)
         except AlignlabError as err:
             raise AlignlabError(f"Recipe '{cfg.recipe.name}', stage '{name}': {err}") from None
 
@@ -148,8 +149,9 @@ def fingerprint(cfg: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def run(cfg: Any, run_dir: Path, run_stage: Any) -> dict[str, Any]:
-    """Run every stage of the recipe in ``run_dir``; ``run_stage(cfg, dir)`` runs one."""
+def run(cfg: Any, run_dir: Path, render: Render | None = None) -> dict[str, Any]:
+    """Run every stage of the recipe in ``run_dir`` (:func:`alignlab.stage.run_stage`, each
+    ending with its report made by ``render``)."""
     check(cfg)
     order = list(cfg.recipe.stages)
     start = order.index(cfg.from_stage) if cfg.from_stage else 0
@@ -162,7 +164,7 @@ def run(cfg: Any, run_dir: Path, run_stage: Any) -> dict[str, Any]:
     started = time.time()
     for name in order[start:]:
         stage_cfg = stage_config(cfg, name, outputs)
-        config.validate(stage_cfg)
+        validation.validate(stage_cfg)
         out = stage_dir(run_dir, name)
         digest = fingerprint(stage_cfg)
         if runs.is_done(out):
@@ -179,7 +181,7 @@ def run(cfg: Any, run_dir: Path, run_stage: Any) -> dict[str, Any]:
         stage_cfg.resume = runs.last_checkpoint(out) is not None or bool(cfg.resume)
         print(f"[alignlab] stage {name}: {stage_cfg.method.name}"
               + (" (resuming)" if stage_cfg.resume and out.exists() else ""))
-        summary[name] = run_stage(stage_cfg, out, fingerprint=digest)
+        summary[name] = run_stage(stage_cfg, out, fingerprint=digest, render=render)
         outputs[name] = out
     table = results_table(run_dir, order[start:])
     if table:

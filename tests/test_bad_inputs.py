@@ -282,7 +282,7 @@ def _lora(*overrides: str) -> dict[str, Any]:
     from alignlab import cli, config
 
     cfg = cli.compose(list(overrides))
-    return config.normalize_lora(config._plain(cfg.model.lora))
+    return config.normalize_lora(config.to_plain(cfg.model.lora))
 
 
 @pytest.mark.parametrize("overrides", [

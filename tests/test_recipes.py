@@ -176,7 +176,7 @@ def test_constitutional_recipe_end_to_end(sft_run: Path, tmp_path: Path) -> None
 def test_every_recipe_composes_into_valid_stages(recipe: str, tmp_path: Path) -> None:
     """Each stage of each shipped recipe resolves its links and passes validation (cheap: no
     training), so a typo in a recipe file fails here rather than minutes into a run."""
-    from alignlab import cli, config, pipeline
+    from alignlab import cli, pipeline, validation
 
     extra = ["stages.judge.judge_model=sft"] if recipe == "constitutional" else []
     cfg = cli.compose([f"recipe={recipe}", f"run_dir={tmp_path}", *extra])
@@ -187,7 +187,7 @@ def test_every_recipe_composes_into_valid_stages(recipe: str, tmp_path: Path) ->
     # the stand-ins hold no model: their paths are pending, as for a recipe not yet run
     pending = {str(p) for out in outputs.values() for p in (out, out / "dataset")}
     for stage in stages.values():
-        config.validate(stage, pending=pending)
+        validation.validate(stage, pending=pending)
     if recipe == "demo":
         assert cfg.constitution.name == "toy" and not cfg.quick_eval
         for arm in ("sft", "dpo", "ppo", "grpo", "cai"):
