@@ -143,7 +143,16 @@ def test_http_judge_logprobs_match_local(lm: tuple[Any, Any], api: str) -> None:
     with FakeOpenAI(*lm) as server:
         remote = _client(server, api=api, top_logprobs=100_000,
                          template=template).option_logprobs(queries, ("A", "B"))
-    assert all(b.get("continue_final_message") for b in server.bodies) or api == "completions"
+    if api == "chat":  # the prefix goes as the assistant's unfinished reply, continued
+        assert all(b.get("continue_final_message") and "prompt" not in b for b in server.bodies)
+        asked = sorted(str(b["messages"]) for b in server.bodies)
+        expected = sorted(str([*conv, {"role": "assistant", "content": prefix}])
+                          for conv, prefix in queries)
+    else:  # the client renders the chat template itself and appends the prefix
+        assert not any("messages" in b or "continue_final_message" in b for b in server.bodies)
+        asked = sorted(b["prompt"] for b in server.bodies)
+        expected = sorted(template(conv) + prefix for conv, prefix in queries)
+    assert asked == expected and all(prefix for _, prefix in queries)
     for got, want in zip(remote, local, strict=True):
         assert got == pytest.approx(want, abs=1e-4)
 
