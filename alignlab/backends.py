@@ -30,7 +30,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
+from alignlab import generation, models
 from alignlab.args import BackendArgs
+from alignlab.config import cuda_present
 from alignlab.errors import AlignlabError, did_you_mean
 
 log = logging.getLogger("alignlab")
@@ -78,21 +80,17 @@ class TransformersBackend:
 
     def chat(self, conversations: Sequence[Conversation], *, temperature: float,
              max_new_tokens: int, seed: int) -> list[str]:
-        from alignlab.generation import generate
-
         # Finished rows leave the batch: answers of very different lengths (critiques!) don't
         # keep the whole batch running to the longest one.
-        out = generate(self.model, self.tokenizer, conversations, num_samples=1,
-                       temperature=temperature, max_new_tokens=max_new_tokens,
-                       batch_size=self.batch_size, seed=seed, prune_finished=True)
+        out = generation.generate(self.model, self.tokenizer, conversations, num_samples=1,
+                                  temperature=temperature, max_new_tokens=max_new_tokens,
+                                  batch_size=self.batch_size, seed=seed, prune_finished=True)
         return [o[0] for o in out]
 
     def option_logprobs(self, queries: Sequence[Query],
                         options: Sequence[str]) -> list[list[float]]:
-        from alignlab.generation import option_logprobs
-
-        return option_logprobs(self.model, self.tokenizer, queries, options,
-                               batch_size=self.batch_size)
+        return generation.option_logprobs(self.model, self.tokenizer, queries, options,
+                                          batch_size=self.batch_size)
 
     def close(self) -> None:
         self.model = None
@@ -311,8 +309,6 @@ class VLLMBackend:
                                 "installed. Install it on a CUDA machine (`pip install vllm`), "
                                 "or use backend=transformers (or openai with a vLLM "
                                 "server).") from None
-        from alignlab.config import cuda_present
-
         if not cuda_present():
             raise AlignlabError("method.args.backend=vllm needs an NVIDIA GPU, and this machine "
                                 "has none. Use backend=transformers.")
@@ -392,8 +388,6 @@ def create(args: BackendArgs, cfg: Any, model_path: str | None = None) -> Backen
                              request_timeout=args.request_timeout,
                              top_logprobs=args.top_logprobs, prefill=args.prefill,
                              template=template)
-    from alignlab import models
-
     path = models.resolve_path(model_cfg, cfg.seed)
     if args.backend == "vllm":
         return VLLMBackend(path, seed=cfg.seed, dtype=str(model_cfg.dtype),
@@ -408,8 +402,6 @@ def create(args: BackendArgs, cfg: Any, model_path: str | None = None) -> Backen
 
 def _remote_template(model_cfg: Any, seed: int) -> Callable[[Conversation], str]:
     """The served model's chat template, applied here (for the /completions API)."""
-    from alignlab import models
-
     path = models.resolve_path(model_cfg, seed)
     tokenizer = models.load_tokenizer(model_cfg, path)
 

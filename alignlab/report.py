@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from alignlab import console
 from alignlab.errors import AlignlabError
 
 __all__ = ["detect_kind", "format_number", "load_run", "render_report"]
@@ -743,11 +744,9 @@ def _sample_rows(samples: list[dict[str, Any]],
 
 def _before_after_plot(root: Path, run: Mapping[str, Any]) -> list[Block]:
     """A bar plot of the headline metric at the start and after training, with intervals."""
-    from alignlab.console import before_after
-
     evals = run["eval"]
-    pair = before_after({**run["metrics"], **{k: evals[k] for k in ("judge", "baseline")
-                                               if isinstance(evals.get(k), Mapping)}})
+    pair = console.before_after({**run["metrics"], **{k: evals[k] for k in ("judge", "baseline")
+                                                       if isinstance(evals.get(k), Mapping)}})
     if pair is None:
         return []
     what, before, after = pair
@@ -879,11 +878,9 @@ def stage_headline(run: Mapping[str, Any]) -> str:
     judge = run["eval"].get("judge")
     if not parts and isinstance(judge, Mapping) and _finite(judge.get("score")):  # an eval
         parts = [f"judge {format_number(judge['score'])} {_ci(judge)}".strip()]
-    from alignlab.console import before_after
-
     evals = run["eval"]
-    pair = before_after({**metrics, **{k: evals[k] for k in ("judge", "baseline")
-                                        if isinstance(evals.get(k), Mapping)}})
+    pair = console.before_after({**metrics, **{k: evals[k] for k in ("judge", "baseline")
+                                                if isinstance(evals.get(k), Mapping)}})
     if pair is not None and method != "eval":
         what, before, after = pair
         key = ("score", "mean")
