@@ -259,39 +259,3 @@ def console_progress(trainer: Any) -> None:
     if not trainer.args.disable_tqdm:
         trainer.add_callback(StepLines())
 
-
-def load_start(cfg: Any, like: Any) -> Any:
-    """The starting policy as ``cfg.model.path`` gives it (None, logged, when it cannot be
-    loaded), on the device of ``like``: what the quick evaluation compares the trained one to."""
-    from alignlab import models
-
-    try:
-        path = models.resolve_path(cfg.model, cfg.seed)
-        model = models.load_model(cfg.model, path, cfg.hardware)
-        return model.to(next(like.parameters()).device).eval().requires_grad_(False)
-    except Exception as err:  # the comparison is extra: the trained model is what matters
-        log.warning("quick evaluation: could not load the starting model %s to compare with: "
-                    "%s", cfg.model.path, err)
-        return None
-
-
-def train_policy(trainer: Any, cfg: Any, run_dir: Path) -> dict[str, Any]:
-    """``train`` for a policy stage, then a quick evaluation on the toy world unless
-    ``quick_eval=false``: the toy judge of the trained policy and of its starting point (the
-    reference when that is the start, else the start reloaded), the win rate against the start,
-    the KL to the reference, written to ``eval.json`` and ``samples.jsonl``."""
-    from alignlab import evaluation
-
-    metrics = train(trainer, cfg, run_dir)
-    if cfg.quick_eval and cfg.data.format == "toy" and runs.is_main_process():
-        reference = getattr(trainer, "ref_model", None)
-        start = reference if reference is not None and not cfg.method.reference \
-            else load_start(cfg, trainer.model)
-        result, samples = evaluation.evaluate(cfg, trainer.model, trainer.processing_class,
-                                              reference=reference, start=start, progress=False)
-        evaluation.write(run_dir, result, samples)
-        metrics["judge"] = result["judge"]
-        for key in ("kl", "baseline"):
-            if key in result:
-                metrics[key] = result[key]
-    return metrics

@@ -40,14 +40,12 @@ def test_mixed_rewards_and_explicit_reference(sft_run: Path, reward_run: Path,
     TRL would rebuild from the policy's ``_name_or_path``)."""
     import torch
 
-    from alignlab import cli, models
-    from alignlab.methods import _online
+    from alignlab import cli, methods, models
 
     cfg = cli.compose(["method=rloo", f"method.reward_model={reward_run}/model",
                        "method.reward_funcs=[toy_judge]", "++method.args.max_steps=1",
                        f"method.reference={sft_run}/model", f"run_dir={tmp_path / 'r'}"])
-    trainer = _online.build(cfg, tmp_path / "r", "RLOOTrainer",
-                            "trl.trainer.rloo_config:RLOOConfig")
+    trainer = methods.load("rloo").build(cfg, tmp_path / "r")
     assert trainer.reward_func_names[1] == "judge_reward"
     assert trainer.reward_funcs[0].config.num_labels == 1
     policy = trainer.accelerator.unwrap_model(trainer.model)

@@ -71,12 +71,11 @@ def test_dpo_reference_is_the_starting_policy(sft_run: Path, tmp_path: Path) -> 
     """Without an explicit reference TRL rebuilds it from config._name_or_path."""
     import torch
 
-    from alignlab import cli
-    from alignlab.methods import dpo
+    from alignlab import cli, methods
 
     cfg = cli.compose(["method=dpo", f"model.path={sft_run}/model", "method.args.beta=0.05",
                        f"run_dir={tmp_path}"])
-    trainer = dpo.build(cfg, tmp_path)
+    trainer = methods.load("dpo").build(cfg, tmp_path)
     assert trainer.args.beta == 0.05  # the TRL argument arrived under its TRL name
     policy = dict(trainer.model.named_parameters())
     ref = dict(trainer.ref_model.named_parameters())
@@ -129,10 +128,10 @@ def test_bad_data_fails_before_the_trainer_is_imported(tmp_path: Path) -> None:
     code = ("import sys\n"
             "from alignlab import cli\n"
             "from alignlab.errors import AlignlabError\n"
-            "from alignlab.methods import dpo\n"
+            "from alignlab import methods\n"
             f"cfg = cli.compose(['method=dpo', 'data=local', 'data.path={data}'])\n"
             "try:\n"
-            f"    dpo.build(cfg, __import__('pathlib').Path('{tmp_path}'))\n"
+            f"    methods.load('dpo').build(cfg, __import__('pathlib').Path('{tmp_path}'))\n"
             "except AlignlabError as e:\n"
             "    print('error:', e)\n"
             "print('trainer imported:', 'trl.trainer.dpo_trainer' in sys.modules)\n")
