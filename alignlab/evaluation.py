@@ -8,6 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alignlab import data, runs, stats
+from alignlab.data import RuleScorer, RuleScores
+from alignlab.errors import AlignlabError, did_you_mean
+from alignlab.generation import generate
+
 log = logging.getLogger("alignlab")
 
 
@@ -26,16 +31,70 @@ class EvalArgs:
     num_examples: int = field(default=8, metadata={"help": "Samples shown in the report."})
 
 
-JUDGES = ("auto", "toy", "reward")
+# Values of ``EvalArgs.judge``, the scorer that decides wins: ``toy`` is the data's rule (the toy
+# world's, the only data with one), ``reward`` the reward model, ``auto`` the rule when there is
+# one. Public names (config values, and ``win_rate.judge`` in eval.json).
+RULE, REWARD = "toy", "reward"
+JUDGES = ("auto", RULE, REWARD)
 
 
 @dataclass
 class EvalInputs:
-    """What :func:`prepare` checked and loaded: the judge in use and the held-out data."""
+    """What :func:`prepare` checked and loaded: the scorer that decides wins, the data's rule
+    and the held-out data."""
 
-    judge: str  # "toy" or "reward"
+    scorer: str  # RULE or REWARD
     prompts: Any  # held-out prompts (a datasets.Dataset, capped at max_prompts)
     pairs: Any = None  # held-out preference pairs, for the reward model's accuracy
+    # The data's rule (its source's scorer), when it has one: scored whatever decides wins.
+    rule: RuleScorer | None = None
+
+
+@dataclass
+class Baseline:
+    """The model a policy is compared with, scored as the policy is."""
+
+    role: str  # "reference" or "start"
+    scores: dict[str, Any]  # its mean score with a 95 % CI (the rule's: also per category)
+    by_rule: bool  # scored by the data's rule, else by the reward model
+
+    def to_dict(self) -> dict[str, Any]:
+        """As in eval.json: ``{"role", "judge"|"reward": scores}``."""
+        return {"role": self.role, "judge" if self.by_rule else "reward": self.scores}
+
+
+@dataclass
+class EvalResult:
+    """What :func:`evaluate` measured; :meth:`to_dict` is eval.json. Every section is a mapping
+    of figures with its 95 % interval and n (:mod:`alignlab.stats`), None when not measured."""
+
+    n_prompts: int
+    samples_per_prompt: int
+    temperature: float
+    length: dict[str, Any]  # response length in tokens: mean, n
+    rule: dict[str, Any] | None = None  # the data's rule ("judge"): score, per category, ...
+    reward: dict[str, Any] | None = None  # the reward model's mean score and pair accuracy
+    kl: dict[str, Any] | None = None  # sequence KL(policy || reference)
+    win_rate: dict[str, Any] | None = None  # vs the baseline's samples
+    baseline: Baseline | None = None
+    policy: str | None = None  # what was evaluated (method=eval)
+
+    def to_dict(self) -> dict[str, Any]:
+        """eval.json: the sections measured, under their public names."""
+        out: dict[str, Any] = {"n_prompts": self.n_prompts,
+                               "samples_per_prompt": self.samples_per_prompt,
+                               "temperature": self.temperature, "length": self.length}
+        baseline = self.baseline.to_dict() if self.baseline is not None else None
+        for key, value in (("judge", self.rule), ("reward", self.reward), ("kl", self.kl),
+                           ("win_rate", self.win_rate), ("baseline", baseline),
+                           ("policy", self.policy)):
+            if value is not None:
+                out[key] = value
+        return out
+
+    def pick(self, *keys: str) -> dict[str, Any]:
+        """The eval.json sections named ``keys`` that were measured (for a stage's metrics)."""
+        return {k: v for k, v in self.to_dict().items() if k in keys}
 
 
 def prepare(cfg: Any, args: EvalArgs, *, reward_model: bool) -> EvalInputs:
@@ -46,9 +105,6 @@ def prepare(cfg: Any, args: EvalArgs, *, reward_model: bool) -> EvalInputs:
     nonsensical setting, or data without the columns evaluation needs; loading models and
     sampling first made a mistake cost the whole start-up instead of a second or two.
     """
-    from alignlab import data
-    from alignlab.errors import AlignlabError, did_you_mean
-
     if args.judge not in JUDGES:
         raise AlignlabError(f"method.args.judge={args.judge!r} is not a judge."
                             f"{did_you_mean(str(args.judge), JUDGES)}")
@@ -59,31 +115,32 @@ def prepare(cfg: Any, args: EvalArgs, *, reward_model: bool) -> EvalInputs:
     if args.temperature < 0:
         raise AlignlabError(f"method.args.temperature={args.temperature} must be >= 0 "
                             "(0 = greedy).")
-    toy_world = cfg.data.format == "toy"
-    judge = args.judge if args.judge != "auto" else ("toy" if toy_world else "reward")
-    if judge == "toy" and not toy_world:
+    rule = data.source(cfg.data).rule
+    scorer = args.judge if args.judge != "auto" else (RULE if rule is not None else REWARD)
+    if scorer == RULE and rule is None:
         raise AlignlabError("method.args.judge=toy only knows the toy world's prompts. Use "
                             "data=toy, or judge=reward with method.reward_model=<reward "
                             "run>/model.")
-    if judge == "reward" and not reward_model:
+    if scorer == REWARD and not reward_model:
         raise AlignlabError("Evaluation needs a judge: set method.reward_model=<reward run>/model "
                             "(or use data=toy, whose rule judge needs no model).")
     prompts = data.load(cfg.data, "prompts", "test", keep_extra=True)
     if args.max_prompts:
         prompts = prompts.select(range(min(args.max_prompts, len(prompts))))
     pairs = data.load(cfg.data, "pairs", "test") if reward_model else None
-    return EvalInputs(judge=judge, prompts=prompts, pairs=pairs)
+    return EvalInputs(scorer=scorer, prompts=prompts, pairs=pairs, rule=rule)
 
 
 def evaluate(cfg: Any, policy: Any, tokenizer: Any, args: EvalArgs | None = None, *,
              reference: Any = None, sample_reference: bool = False, reward_model: Any = None,
              reward_tokenizer: Any = None, inputs: EvalInputs | None = None, start: Any = None,
-             progress: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Sample ``policy`` on the held-out prompts and measure it; returns (eval.json, samples).
+             progress: bool = True) -> tuple[EvalResult, list[dict[str, Any]]]:
+    """Sample ``policy`` on the held-out prompts and measure it; returns (result, samples).
 
     Every 95 % interval is clustered by prompt (see :mod:`alignlab.stats`).
 
-    - toy world: the rule judge's score with a 95 % CI, overall and per category. Sampled
+    - data with a rule (the toy world's; ``inputs.rule``, from the data's source): its score
+      with a 95 % CI, overall and per category, with refusals and evasiveness. Sampled
       (T=0.7, several samples per prompt), because greedy decoding takes the majority answer
       and hides how mixed a policy still is;
     - ``reward_model``: its mean score on the samples and its accuracy on held-out pairs;
@@ -100,14 +157,9 @@ def evaluate(cfg: Any, policy: Any, tokenizer: Any, args: EvalArgs | None = None
     Every figure comes with its n (samples, prompts, or held-out pairs). ``inputs``: what
     :func:`prepare` returned, when the caller checked the inputs before loading the models.
     """
-    from alignlab import stats
-    from alignlab.data import toy
-    from alignlab.generation import generate
-
     args = args or EvalArgs()
     inputs = inputs or prepare(cfg, args, reward_model=reward_model is not None)
-    toy_world = cfg.data.format == "toy"
-    judge, prompts_ds = inputs.judge, inputs.prompts
+    scorer, rule, prompts_ds = inputs.scorer, inputs.rule, inputs.prompts
     prompts = list(prompts_ds["prompt"])
     flat = [p for p in prompts for _ in range(args.num_samples)]
     # The prompt of each sample: intervals are clustered by prompt, whose samples correlate.
@@ -122,72 +174,71 @@ def evaluate(cfg: Any, policy: Any, tokenizer: Any, args: EvalArgs | None = None
 
     responses, response_ids = sample(policy)
     lengths = [len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in responses]
-    result: dict[str, Any] = {"n_prompts": len(prompts), "samples_per_prompt": args.num_samples,
-                              "temperature": args.temperature,
-                              "length": {"mean": sum(lengths) / max(1, len(lengths)),
-                                         "n": len(lengths)}}
+    result = EvalResult(n_prompts=len(prompts), samples_per_prompt=args.num_samples,
+                        temperature=args.temperature,
+                        length={"mean": sum(lengths) / max(1, len(lengths)), "n": len(lengths)})
     scores: dict[str, list[float]] = {}
-    if toy_world:
-        scores["toy"] = [toy.judge(p, r) for p, r in zip(flat, responses, strict=True)]
-        ci = stats.mean_ci(scores["toy"], groups=groups)
-        toy_scores = toy.score(flat, responses)
-        result["judge"] = {"score": ci["mean"], **ci,
-                           "per_category": toy_scores["per_category"],
-                           "per_category_n": {c: toy_scores["categories"].count(c)
-                                              for c in toy_scores["per_category"]},
-                           "refusals": toy_scores["refusals"],
-                           "evasiveness": toy_scores["evasiveness"]}
+    if rule is not None:
+        by_rule = rule(flat, responses)
+        scores[RULE] = by_rule.items
+        result.rule = _rule_section(by_rule, groups)
     if reward_model is not None:
-        scores["reward"] = reward_scores(reward_model, reward_tokenizer, flat, responses)
+        scores[REWARD] = reward_scores(reward_model, reward_tokenizer, flat, responses)
         correct = reward_pair_correct(reward_model, reward_tokenizer, inputs.pairs)
         # Pairs sharing a prompt are clustered like samples.
         accuracy = stats.mean_ci(correct, groups=[json.dumps(p, sort_keys=True)
                                                   for p in inputs.pairs["prompt"]])
-        result["reward"] = {**stats.mean_ci(scores["reward"], groups=groups),
-                            "accuracy": accuracy["mean"],
-                            **{f"accuracy_{k}": v for k, v in accuracy.items() if k != "mean"}}
+        result.reward = {**stats.mean_ci(scores[REWARD], groups=groups),
+                         "accuracy": accuracy["mean"],
+                         **{f"accuracy_{k}": v for k, v in accuracy.items() if k != "mean"}}
     ref_responses: list[str] | None = None
     ref_scores: list[float] | None = None
     if reference is not None:
         if args.temperature > 0:
-            result["kl"] = kl_to_reference(policy, reference, tokenizer, flat, response_ids,
-                                           temperature=args.temperature, groups=groups)
+            result.kl = kl_to_reference(policy, reference, tokenizer, flat, response_ids,
+                                        temperature=args.temperature, groups=groups)
         else:
             log.info("evaluation: no KL to the reference at temperature 0 (greedy responses "
                      "are not samples of a distribution)")
     baseline, role = (reference, "reference") if reference is not None and sample_reference \
         else (start, "start")
-    if baseline is not None and (judge == "toy" or reward_model is not None):
+    if baseline is not None and (scorer == RULE or reward_model is not None):
         ref_responses = sample(baseline)[0]
-        ref_scores = [toy.judge(p, r) for p, r in zip(flat, ref_responses, strict=True)] \
-            if judge == "toy" else reward_scores(reward_model, reward_tokenizer, flat,
-                                                 ref_responses)
-        outcomes = stats.outcomes_from_scores(scores[judge], ref_scores)
-        result["win_rate"] = {**stats.win_rate(outcomes, groups=groups), "judge": judge,
-                              "versus": role}
-        ci = stats.mean_ci(ref_scores, groups=groups)
-        section = {"score": ci["mean"], **ci}
-        if judge == "toy":
-            ref_toy = toy.score(flat, ref_responses)
-            section.update({k: ref_toy[k] for k in ("per_category", "refusals", "evasiveness")})
-            section["per_category_n"] = {c: ref_toy["categories"].count(c)
-                                         for c in ref_toy["per_category"]}
-        result["baseline"] = {"role": role, "judge" if judge == "toy" else "reward": section}
+        if scorer == RULE:
+            ref_by_rule = rule(flat, ref_responses)
+            ref_scores = ref_by_rule.items
+            section = _rule_section(ref_by_rule, groups)
+            section["per_category_n"] = section.pop("per_category_n")  # last, as it always was
+        else:
+            ref_scores = reward_scores(reward_model, reward_tokenizer, flat, ref_responses)
+            ci = stats.mean_ci(ref_scores, groups=groups)
+            section = {"score": ci["mean"], **ci}
+        outcomes = stats.outcomes_from_scores(scores[scorer], ref_scores)
+        result.win_rate = {**stats.win_rate(outcomes, groups=groups), "judge": scorer,
+                           "versus": role}
+        result.baseline = Baseline(role=role, scores=section, by_rule=scorer == RULE)
     categories = prompts_ds["category"] if "category" in prompts_ds.column_names else None
     samples = [{"prompt": p[-1]["content"], "response": r,
                 "reference_response": ref_responses[i] if ref_responses else None,
                 "reference_score": ref_scores[i] if ref_scores else None,
-                "score": scores[judge][i] if judge in scores else None,
+                "score": scores[scorer][i] if scorer in scores else None,
                 "category": categories[i // args.num_samples] if categories else None}
                for i, (p, r) in enumerate(zip(flat, responses, strict=True))]
     return result, samples
 
 
-def write(run_dir: Path, result: dict[str, Any], samples: list[dict[str, Any]]) -> None:
-    """``eval.json`` and ``samples.jsonl`` in the run directory."""
-    from alignlab import runs
+def _rule_section(by_rule: RuleScores, groups: list[int]) -> dict[str, Any]:
+    """The rule's figures in eval.json (``judge``): its mean score with a 95 % CI clustered by
+    prompt, per category (with each category's n), refusals and evasiveness."""
+    ci = stats.mean_ci(by_rule.items, groups=groups)
+    return {"score": ci["mean"], **ci, "per_category": by_rule.per_category,
+            "per_category_n": by_rule.per_category_n(), "refusals": by_rule.refusals,
+            "evasiveness": by_rule.evasiveness}
 
-    runs.write_json(run_dir / "eval.json", result)
+
+def write(run_dir: Path, result: EvalResult, samples: list[dict[str, Any]]) -> None:
+    """``eval.json`` and ``samples.jsonl`` in the run directory."""
+    runs.write_json(run_dir / "eval.json", result.to_dict())
     runs.atomic_write(run_dir / "samples.jsonl",
                       "".join(json.dumps(s) + "\n" for s in samples))
 
@@ -221,8 +272,6 @@ def kl_to_reference(policy: Any, reference: Any, tokenizer: Any, prompts: list,
     length limit, estimated no KL at all (and could come out negative).
     ``groups`` (the prompt of each sample) clusters the standard errors by prompt.
     """
-    from alignlab import stats
-
     logp = sequence_logprobs(policy, tokenizer, prompts, response_ids, temperature=temperature)
     logq = sequence_logprobs(reference, tokenizer, prompts, response_ids,
                              temperature=temperature)

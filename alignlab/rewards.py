@@ -6,8 +6,8 @@ Two kinds, usable together (their scores add up):
   RewardTrainer formatted it in training (``evaluation.reward_scores``; TRL's GRPO/RLOO do the
   same);
 - Python functions (``method.reward_funcs``) with TRL's signature
-  ``f(prompts, completions, **kw) -> list[float]``, named from :data:`FUNCTIONS` (``toy_judge``)
-  or as ``package.module:function``.
+  ``f(prompts, completions, **kw) -> list[float]``, named from :data:`FUNCTIONS` (``toy_judge``:
+  the toy world's rule) or as ``package.module:function``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from typing import Any
 
 from alignlab.errors import AlignlabError, did_you_mean
 
-# Built-in reward functions: name -> "module:function".
+# Built-in reward functions: name -> "module:function". Both names are public (config values,
+# and TRL logs each function by its own name: ``rewards/judge_reward/mean``).
 FUNCTIONS = {"toy_judge": "alignlab.data.toy:judge_reward"}
 
 

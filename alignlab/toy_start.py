@@ -2,11 +2,12 @@
 
 ``python -m alignlab method=dpo`` names ``builtin:llama-small``: random weights, which no
 preference method can align (it needs a model that already answers; the README's recipes start
-from SFT). On the toy world such a start becomes the built-in model's toy-SFT checkpoint: the
-default SFT of ``python -m alignlab``, trained once on first use and cached beside the random
-init, keyed by the model's assets, the seed and the SFT config that built it. The reference
-(DPO, KTO, PPO, GRPO/RLOO) is the starting policy, so it follows. Recipe stages with ``init:``
-name an SFT stage already: their path is not ``builtin:``, so they are left alone.
+from SFT). On data whose source offers it (the toy world's, ``Source.sft_start``) such a start
+becomes the built-in model's toy-SFT checkpoint: the default SFT of ``python -m alignlab``,
+trained once on first use and cached beside the random init, keyed by the model's assets, the
+seed and the SFT config that built it. The reference (DPO, KTO, PPO, GRPO/RLOO) is the starting
+policy, so it follows. Recipe stages with ``init:`` name an SFT stage already: their path is not
+``builtin:``, so they are left alone.
 ``model.from_sft=false`` keeps the untrained start for experts.
 """
 
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from alignlab import console, runs
+from alignlab import console, data, runs
 from alignlab.errors import AlignlabError
 
 # Methods that refine a policy (or score one) rather than teach it to answer.
@@ -60,7 +61,7 @@ def resolve_start(cfg: Any) -> None:
 def wants_toy_sft(cfg: Any) -> bool:
     """Whether ``cfg`` (one stage) starts from the toy-SFT checkpoint."""
     return cfg.method.name in NEEDS_SFT and str(cfg.model.path).startswith("builtin:") \
-        and bool(cfg.model.get("from_sft", True)) and cfg.data.format == "toy"
+        and bool(cfg.model.get("from_sft", True)) and data.source(cfg.data).sft_start
 
 
 def build_before_launch(cfg: Any) -> None:
@@ -102,11 +103,11 @@ def cache_key(sft: Any) -> str:
     train_args = model.pop("train_args", {}) or {}
     for key in ("lora", "from_sft", "quantization"):
         model.pop(key, None)
-    data = OmegaConf.to_container(sft.data, resolve=True)
+    data_cfg = OmegaConf.to_container(sft.data, resolve=True)
     for key in _NOT_SFT_DATA:
-        data.get("toy", {}).pop(key, None)
+        data_cfg.get("toy", {}).pop(key, None)
     blob = {"model": model, "train_args": {k: train_args.get(k) for k in ("default", "sft")},
-            "data": data, "method": OmegaConf.to_container(sft.method, resolve=True),
+            "data": data_cfg, "method": OmegaConf.to_container(sft.method, resolve=True),
             "seed": sft.seed, "hardware_args": OmegaConf.to_container(sft.hardware.args)}
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()
                           ).hexdigest()[:10]

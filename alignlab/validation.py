@@ -25,7 +25,7 @@ from alignlab.config import (
     dataclass_fields,
     normalize_lora,
 )
-from alignlab.data import presets, toy
+from alignlab.data import formats, source
 from alignlab.errors import AlignlabError, did_you_mean
 from alignlab.methods import method_info
 
@@ -92,21 +92,17 @@ def validate(cfg: Any, pending: Collection[str] = ()) -> None:
 
     _validate_hardware(c)
     data = c["data"]
-    formats = ("toy", "hh-rlhf", "ultrafeedback", "cai", "trl")
-    if data["format"] not in formats:
+    known = formats()
+    if data["format"] not in known:
         raise AlignlabError(f"data.format='{data['format']}' is unknown."
-                            f"{did_you_mean(data['format'], formats)}")
-    if data["format"] == "toy" and (data.get("toy") or {}).get("n_skills"):
-        toy.check_skills(data["toy"].get("skills", toy.SKILLS),
-                         data["toy"].get("skill_categories"))
-    if data["format"] != "toy" and not data.get("path"):
+                            f"{did_you_mean(data['format'], known)}")
+    src = source(data)  # the toy world's generator, or the presets over files and hub data
+    if src.needs_path and not data.get("path"):
         raise AlignlabError(f"data={data['name']} needs data.path (a hub dataset id or a local "
                             ".json/.jsonl/.parquet file or folder).")
     checks.check_data_values(data)
-    if data["format"] != "toy" and data.get("path") not in pending:
-        root = Path(str(data["path"])).expanduser()
-        presets.check_files(root / data["data_dir"] if data.get("data_dir") and root.is_dir()
-                            else data["path"])
+    if src.check is not None:  # e.g. the toy world's skills, or the files data.path names
+        src.check(data, pending)
     if info.name in ("cai", "judge"):  # the stages that read a constitution: check it now
         constitution.load(c.get("constitution"), need_choice=info.name == "judge")
 

@@ -189,7 +189,7 @@ def evaluate(model_dir: str, sft: str, rm: str, seed: int) -> dict[str, float]:
     ref_lp = evaluation.sequence_logprobs(ref, tok, flat_p, flat_r)
     return {"reward": sum(scores) / len(scores),
             "kl": sum(a - b for a, b in zip(lp, ref_lp, strict=True)) / len(lp),
-            "judge": toy.score(flat_p, flat_r)["score"]}
+            "judge": toy.rule_scores(flat_p, flat_r).score}
 
 
 TOY = {"n_sft": 4000, "n_pairs": 2000, "n_prompts": 1000, "error_rate": 0.3, "comply_rate": 0.6,

@@ -105,3 +105,23 @@ def test_eval_reports_wall_time_and_every_figure_with_its_n(tmp_path: Path) -> N
     assert not missing, f"eval rows without an n: {missing}"
     assert rows["Judge score"][2] == "12 (6 prompts)"
     assert rows["Reward: accuracy"][2].split()[0] == str(evals["reward"]["accuracy_n"])
+
+
+def test_eval_result_to_dict_is_eval_json() -> None:
+    """``EvalResult.to_dict()`` is eval.json: the measured sections under their public names, in
+    eval.json's order; the baseline's scores under the name of what scored them."""
+    from alignlab.evaluation import Baseline, EvalResult
+
+    result = EvalResult(n_prompts=2, samples_per_prompt=3, temperature=0.7,
+                        length={"mean": 4.0, "n": 6}, rule={"score": 0.5}, kl={"kl": 0.1},
+                        win_rate={"win_rate": 0.5, "judge": "toy", "versus": "start"},
+                        baseline=Baseline("start", {"score": 0.25}, by_rule=True))
+    out = result.to_dict()
+    assert list(out) == ["n_prompts", "samples_per_prompt", "temperature", "length", "judge",
+                         "kl", "win_rate", "baseline"]
+    assert out["judge"] == {"score": 0.5}
+    assert out["baseline"] == {"role": "start", "judge": {"score": 0.25}}
+    assert Baseline("reference", {"mean": 1.0}, by_rule=False).to_dict() == \
+        {"role": "reference", "reward": {"mean": 1.0}}
+    assert result.pick("judge", "baseline", "reward") == {"judge": out["judge"],
+                                                          "baseline": out["baseline"]}

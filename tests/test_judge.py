@@ -16,6 +16,7 @@ import pytest
 from alignlab import constitution as const
 from alignlab.args import JudgeArgs
 from alignlab.config import conf_dir
+from alignlab.data import toy
 from alignlab.errors import AlignlabError
 from alignlab.methods import judge
 
@@ -224,10 +225,10 @@ def toy_rlaif(sft_model: Path, out: Path) -> dict[str, Any]:
         from alignlab import evaluation
 
         result, _ = evaluation.evaluate(cli.compose([]), model, tokenizer)
-        scores[name] = result["judge"]
+        scores[name] = result.rule
     return {"agreement": metrics["toy_agreement"], "position": metrics["first_position_preference"],
-            "untrained": judge.toy_agreement(relabelled), "pairs": metrics["pairs"],
-            "sft": scores["sft"], "dpo": scores["dpo"]}
+            "untrained": judge.rule_agreement(relabelled, toy.rule_scores),
+            "pairs": metrics["pairs"], "sft": scores["sft"], "dpo": scores["dpo"]}
 
 
 @pytest.mark.slow

@@ -2,13 +2,20 @@
 
 ``kind`` says what a method needs: ``sft`` (messages), ``pairs`` (prompt/chosen/rejected),
 ``unpaired`` (prompt/completion/label, for KTO) or ``prompts`` (prompt only, for RL and CAI).
+Each ``data.format`` has a :class:`Source` (:mod:`alignlab.data.sources`): the toy world
+registers its own on import; hub datasets and local files use the presets.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from alignlab.data import toy  # noqa: F401  (registers the toy world's source)
+from alignlab.data.sources import RuleScorer, RuleScores, Source, formats, register_source, source
 from alignlab.errors import AlignlabError
+
+__all__ = ["COLUMNS", "RuleScorer", "RuleScores", "Source", "check", "formats", "load",
+           "register_source", "source"]
 
 COLUMNS = {"sft": ("messages",), "pairs": ("prompt", "chosen", "rejected"),
            "unpaired": ("prompt", "completion", "label"), "prompts": ("prompt",)}
@@ -20,19 +27,11 @@ def load(data_cfg: Any, kind: str, split: str = "train", *, keep_extra: bool = F
     Extra columns (such as the toy world's ``category``) are dropped unless ``keep_extra``.
     Raises AlignlabError for a missing column or an empty dataset.
     """
-    from datasets import Dataset
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.to_container(data_cfg, resolve=True) if OmegaConf.is_config(data_cfg) \
         else dict(data_cfg)
-    if cfg["format"] == "toy":
-        from alignlab.data import toy
-
-        ds = Dataset.from_list(toy.generate(kind, split, cfg["toy"], int(cfg["seed"])))
-    else:
-        from alignlab.data import presets
-
-        ds = presets.load_preset(cfg, kind, split)
+    ds = source(cfg).rows(cfg, kind, split)
     check(ds, kind, cfg.get("name", "data"))
     if cfg.get("max_samples") and len(ds) > cfg["max_samples"]:
         ds = ds.shuffle(seed=int(cfg["seed"])).select(range(int(cfg["max_samples"])))

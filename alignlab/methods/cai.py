@@ -28,6 +28,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from alignlab import data
+from alignlab.data import RuleScorer
+
 ARGS_CLASS = "alignlab.args:CAIArgs"
 DATA_KIND = "prompts"
 COLUMNS = ("init_prompt", "init_response", "critic_prompt", "critic_response", "revision_prompt",
@@ -249,8 +252,9 @@ def run(cfg: Any, run_dir: Path) -> dict[str, Any]:
         "dataset": str(run_dir / "dataset"),
         "next": f"data.format=cai data.path={run_dir / 'dataset'}",
     }
-    if OmegaConf.select(cfg, "data.format") == "toy":
-        metrics["toy_judge"] = _toy_scores([r for r in rows if not r.get("helpfulness")])
+    rule = data.source(OmegaConf.select(cfg, "data") or {}).rule
+    if rule is not None:  # metrics key "toy_judge": the toy world's rule is the only one
+        metrics["toy_judge"] = _rule_scores(rule, [r for r in rows if not r.get("helpfulness")])
     print(f"[alignlab] CAI dataset: {run_dir / 'dataset'} ({len(rows)} rows). Train on it with\n"
           f"  python -m alignlab method=sft data.format=cai data.path={run_dir / 'dataset'} "
           "model.path=<model>")
@@ -262,16 +266,14 @@ def _share(flags: Any) -> float:
     return sum(values) / max(1, len(values))
 
 
-def _toy_scores(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The toy rule judge on the initial answers and on the final revisions (the critic and
+def _rule_scores(rule: RuleScorer, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The data's rule on the initial answers and on the final revisions (the critic and
     reviser's skill), overall and per category, with each side's borderline refusals."""
-    from alignlab.data import toy
-
     prompts = [r["prompt_messages"] for r in rows]
-    init = toy.score(prompts, [r["init_response"] for r in rows])
-    revision = toy.score(prompts, [r["revision_response"] for r in rows])
-    return {"init": init["score"], "revision": revision["score"],
-            "per_category": {c: {"init": init["per_category"][c],
-                                 "revision": revision["per_category"][c]}
-                             for c in revision["per_category"]},
-            "evasiveness": {"init": init["evasiveness"], "revision": revision["evasiveness"]}}
+    init = rule(prompts, [r["init_response"] for r in rows])
+    revision = rule(prompts, [r["revision_response"] for r in rows])
+    return {"init": init.score, "revision": revision.score,
+            "per_category": {c: {"init": init.per_category[c],
+                                 "revision": revision.per_category[c]}
+                             for c in revision.per_category},
+            "evasiveness": {"init": init.evasiveness, "revision": revision.evasiveness}}

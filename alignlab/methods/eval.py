@@ -1,10 +1,10 @@
 """Evaluation: sample a policy on held-out prompts and measure it against a reference.
 
-Reports the toy judge per category (on the toy world), reward-model score and pair accuracy,
-win rate vs the reference (ties count half), each with a 95 % interval clustered by prompt and
-its n, sequence KL(policy || reference) of the policy's samples at the sampling temperature,
-and response length. Writes ``eval.json`` and ``samples.jsonl``. The settings, the judge and the
-held-out data are checked before any model is loaded.
+Reports the data's rule per category (the toy judge, on the toy world), reward-model score and
+pair accuracy, win rate vs the reference (ties count half), each with a 95 % interval clustered
+by prompt and its n, sequence KL(policy || reference) of the policy's samples at the sampling
+temperature, and response length. Writes ``eval.json`` and ``samples.jsonl``. The settings, the
+judge and the held-out data are checked before any model is loaded.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def run(cfg: Any, run_dir: Path) -> dict[str, Any]:
     args = evaluation.EvalArgs(**cfg.method.args)
     inputs = evaluation.prepare(cfg, args, reward_model=bool(cfg.method.reward_model))
     log.info("eval: %d held-out prompts, judge %s; loading the models", len(inputs.prompts),
-             inputs.judge)
+             inputs.scorer)
     path = models.resolve_path(cfg.model, cfg.seed)
     tokenizer = models.load_tokenizer(cfg.model, path)
     policy = models.load_model(cfg.model, path, cfg.hardware)
@@ -41,11 +41,10 @@ def run(cfg: Any, run_dir: Path) -> dict[str, Any]:
     result, samples = evaluation.evaluate(cfg, policy, tokenizer, args, reference=reference,
                                           sample_reference=True, reward_model=rm,
                                           reward_tokenizer=rm_tok, inputs=inputs)
-    result["policy"] = str(cfg.model.path)
-    if "win_rate" in result:
-        result["win_rate"]["reference"] = str(cfg.method.reference)
+    result.policy = str(cfg.model.path)
+    if result.win_rate is not None:
+        result.win_rate["reference"] = str(cfg.method.reference)
     if runs.is_main_process():
         evaluation.write(run_dir, result, samples)
-    return {"method": "eval", "eval": result,
-            **({"judge": result["judge"]} if "judge" in result else {}),
+    return {"method": "eval", "eval": result.to_dict(), **result.pick("judge"),
             "wall_seconds": round(time.time() - started, 2)}

@@ -24,6 +24,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from alignlab import data
+from alignlab.data import RuleScorer
+
 ARGS_CLASS = "alignlab.args:JudgeArgs"
 DATA_KIND = "prompts"
 
@@ -252,11 +255,13 @@ def run(cfg: Any, run_dir: Path) -> dict[str, Any]:
         "dataset": str(run_dir / "dataset"),
         "next": f"data.format=trl data.path={run_dir / 'dataset'}",
     }
-    if OmegaConf.select(cfg, "data.format") == "toy":
-        metrics["toy_agreement"] = toy_agreement(labels)
+    rule = data.source(OmegaConf.select(cfg, "data") or {}).rule
+    if rule is not None:  # metrics keys "toy_agreement*": the toy world's rule is the only one
+        metrics["toy_agreement"] = rule_agreement(labels, rule)
         # the labels RL-CAI trains on: after the confidence threshold (min_margin)
-        metrics["toy_agreement_kept"] = toy_agreement(
-            [r for r in labels if r["prob_a"] != 0.5 and abs(r["prob_a"] - 0.5) >= args.min_margin])
+        metrics["toy_agreement_kept"] = rule_agreement(
+            [r for r in labels if r["prob_a"] != 0.5 and abs(r["prob_a"] - 0.5) >= args.min_margin],
+            rule)
     if args.source == "pairs":
         metrics["label_agreement"] = label_agreement(labels)
         agree = metrics["label_agreement"]
@@ -301,24 +306,26 @@ def label_agreement(labels: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "n": n, "ci": list(stats.wilson_interval(sum(hard), n)) if n else [0.0, 1.0]}
 
 
-def toy_agreement(labels: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Agreement with the toy rule judge on the pairs where it prefers one response.
+def rule_agreement(labels: Sequence[dict[str, Any]], rule: RuleScorer) -> dict[str, Any]:
+    """Agreement with the data's rule (the toy world's) on the pairs where it prefers one
+    response.
 
-    A hard label counts 1 when it picks the rule judge's winner, 0.5 for a tie; ``soft`` is the
-    mean probability the judge gave the rule judge's winner.
+    A hard label counts 1 when the judge picks the rule's winner, 0.5 for a tie; ``soft`` is the
+    mean probability the judge gave the rule's winner.
     """
-    from alignlab.data import toy
-
+    prompts = [r["prompt"] for r in labels]
+    by_rule_a = rule(prompts, [r["a"] for r in labels])
+    by_rule_b = rule(prompts, [r["b"] for r in labels])
     hard, soft, per_cat = [], [], {}
-    for r in labels:
-        good_a, good_b = toy.judge(r["prompt"], r["a"]), toy.judge(r["prompt"], r["b"])
+    for r, good_a, good_b, category in zip(labels, by_rule_a.items, by_rule_b.items,
+                                           by_rule_a.categories, strict=True):
         if good_a == good_b:
             continue
         p = r["prob_a"] if good_a > good_b else 1.0 - r["prob_a"]
         h = 1.0 if p > 0.5 else 0.5 if p == 0.5 else 0.0
         hard.append(h)
         soft.append(p)
-        per_cat.setdefault(toy.category(r["prompt"]), []).append(h)
+        per_cat.setdefault(category, []).append(h)
     return {"agreement": sum(hard) / max(1, len(hard)), "soft": sum(soft) / max(1, len(soft)),
             "n_decisive": len(hard), "n": len(labels),
             "per_category": {c: sum(v) / len(v) for c, v in sorted(per_cat.items())}}

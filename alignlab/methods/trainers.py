@@ -65,17 +65,14 @@ def train_policy(trainer: Any, cfg: Any, run_dir: Path) -> dict[str, Any]:
     reference when that is the start, else the start reloaded), the win rate against the start,
     the KL to the reference, written to ``eval.json`` and ``samples.jsonl``."""
     metrics = training.train(trainer, cfg, run_dir)
-    if cfg.quick_eval and cfg.data.format == "toy" and runs.is_main_process():
+    if cfg.quick_eval and data.source(cfg.data).rule is not None and runs.is_main_process():
         reference = getattr(trainer, "ref_model", None)
         start = reference if reference is not None and not cfg.method.reference \
             else load_start(cfg, trainer.model)
         result, samples = evaluation.evaluate(cfg, trainer.model, trainer.processing_class,
                                               reference=reference, start=start, progress=False)
         evaluation.write(run_dir, result, samples)
-        metrics["judge"] = result["judge"]
-        for key in ("kl", "baseline"):
-            if key in result:
-                metrics[key] = result[key]
+        metrics.update(result.pick("judge", "kl", "baseline"))
     return metrics
 
 

@@ -508,8 +508,8 @@ def train(cfg: Any, run_dir: Path) -> dict[str, Any]:
 
     # Evaluate on the main process only (the other ranks wait): toy world, or any data with an RM.
     do_eval = cfg.quick_eval and accelerator.is_main_process and (
-        cfg.data.format == "toy" or env["reward_model"] is not None)
-    eval_before = evaluate(cfg, env, inner, args, before=True)[0] if do_eval else None
+        data.source(cfg.data).rule is not None or env["reward_model"] is not None)
+    eval_before = evaluate(cfg, env, inner, args, before=True)[0].to_dict() if do_eval else None
     state: dict[str, Any] = {"kl_coef": args.kl_coef, "log_history": [], "max_steps": max_steps,
                              "trainable": sorted(trainable)}
     start_step = 0
@@ -658,8 +658,8 @@ def train(cfg: Any, run_dir: Path) -> dict[str, Any]:
         if do_eval:
             result, samples = evaluate(cfg, env, inner, args, before=False)
             evaluation.write(run_dir, result, samples)
-            metrics["eval"] = {"before": eval_before, "after": result}
-            metrics.update({k: result[k] for k in ("judge", "kl") if k in result})
+            metrics["eval"] = {"before": eval_before, "after": result.to_dict()}
+            metrics.update(result.pick("judge", "kl"))
         training.write_model_card(out, cfg, metrics)
     accelerator.wait_for_everyone()
     return metrics
