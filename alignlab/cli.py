@@ -7,7 +7,6 @@ trl are imported, so ``--help``, ``--cfg job`` and mistakes answer in well under
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import re
 import shutil
@@ -219,8 +218,9 @@ def _task(cfg: Any) -> None:
     except Exception as err:  # not a mistake the user can fix: a bug, or the machine failed
         _report_crash(err, run_dir)
     name = f"recipe {cfg.recipe.name}" if cfg.recipe.name else cfg.method.name
-    log.info("finished %s: %s", name, _summary(metrics), extra={console.FILE_ONLY: True})
-    print(f"[alignlab] {name} finished: {_summary(metrics)}\n"
+    summary = console.summarise(metrics).line()
+    log.info("finished %s: %s", name, summary, extra={console.FILE_ONLY: True})
+    print(f"[alignlab] {name} finished: {summary}\n"
           f"[alignlab] run directory: {run_dir}")
 
 
@@ -305,20 +305,6 @@ def _report_crash(err: Exception, run_dir: Path) -> None:
           "(the run directory is kept; please include that file when reporting the bug).",
           file=sys.stderr)
     sys.exit(1)
-
-
-def _summary(metrics: dict[str, Any]) -> str:
-    parts = []
-    train = metrics.get("train", {})
-    if "train_loss" in train:
-        parts.append(f"train_loss={train['train_loss']:.4f}")
-    if "judge" in metrics:
-        parts.append(f"toy_judge={metrics['judge']['score']:.3f}")
-    if "reward" in metrics:
-        r = metrics["reward"]
-        parts.append(f"pair_accuracy {r['accuracy_before']:.3f} -> {r['accuracy']:.3f}")
-    parts.append(f"wall={metrics.get('wall_seconds', 0):.0f}s")
-    return ", ".join(parts) if parts else json.dumps(metrics)[:200]
 
 
 def main(argv: list[str] | None = None) -> None:

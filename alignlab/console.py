@@ -13,6 +13,7 @@ import logging
 import math
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 QUIET_FLAGS = ("-q", "--quiet")
@@ -131,9 +132,51 @@ def _figure(section: Mapping[str, Any], key: str = "score") -> str:
     return text
 
 
-def before_after(metrics: Mapping[str, Any]) -> tuple[str, Mapping, Mapping] | None:
-    """(what, before, after) of a stage's headline metric from its metrics, if it has one:
-    the toy judge of the starting model vs the trained one, else the reward model's score."""
+# What a recipe's metrics keep of each stage: the toy judge, the reward model's figures, PPO's
+# evaluations before and after, and the wall time.
+KEPT_KEYS = ("judge", "reward", "eval", "wall_seconds")
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A stage's headline figures, picked out of its metrics in one place (:func:`summarise`)."""
+
+    kept: dict[str, Any]  # the metrics of KEPT_KEYS it has, as they are
+    # (what, before, after) of its headline metric, if it has one (see :func:`summarise`)
+    change: tuple[str, Mapping[str, Any], Mapping[str, Any]] | None = None
+    rule: Any = None  # the toy world's rule ("judge": score with its interval, per category)
+    reward: Any = None  # the reward model's pair accuracy before and after (method=reward)
+    train_loss: Any = None
+    wall_seconds: Any = 0
+
+    def line(self) -> str:
+        """The figures after ``finished``: ``train_loss=0.1234, toy_judge=0.600, wall=12s``."""
+        parts = []
+        if self.train_loss is not None:
+            parts.append(f"train_loss={self.train_loss:.4f}")
+        if self.rule is not None:
+            parts.append(f"toy_judge={self.rule['score']:.3f}")
+        if self.reward is not None:
+            r = self.reward
+            parts.append(f"pair_accuracy {r['accuracy_before']:.3f} -> {r['accuracy']:.3f}")
+        parts.append(f"wall={self.wall_seconds:.0f}s")
+        return ", ".join(parts)
+
+
+def summarise(metrics: Mapping[str, Any]) -> Summary:
+    """The headline figures of a stage's (or a recipe's) metrics.
+
+    Its headline change (``Summary.change``): the toy judge of the starting model vs the trained
+    one, else (PPO's evaluations before and after) the toy judge or the reward model's score.
+    """
+    train = metrics.get("train") or {}
+    return Summary(kept={k: metrics[k] for k in KEPT_KEYS if k in metrics},
+                   change=_change(metrics), rule=metrics.get("judge"),
+                   reward=metrics.get("reward"), train_loss=train.get("train_loss"),
+                   wall_seconds=metrics.get("wall_seconds", 0))
+
+
+def _change(metrics: Mapping[str, Any]) -> tuple[str, Mapping, Mapping] | None:
     after = metrics.get("judge")
     baseline = metrics.get("baseline") or {}
     if isinstance(after, Mapping) and baseline.get("role") == "start" and "judge" in baseline:
@@ -146,12 +189,18 @@ def before_after(metrics: Mapping[str, Any]) -> tuple[str, Mapping, Mapping] | N
     return None
 
 
+def before_after(metrics: Mapping[str, Any]) -> tuple[str, Mapping, Mapping] | None:
+    """(what, before, after) of a stage's headline metric from its metrics, if it has one
+    (:attr:`Summary.change`)."""
+    return summarise(metrics).change
+
+
 def stage_summary(name: str, metrics: Mapping[str, Any], report: Any = None) -> str:
     """The line that ends a stage: headline before -> after with intervals, and the report."""
     where = f"; report: {report}" if report else ""
-    pair = before_after(metrics)
-    if pair is not None:
-        what, before, after = pair
+    summary = summarise(metrics)
+    if summary.change is not None:
+        what, before, after = summary.change
         key = "score" if what == "toy judge" else "mean"
         text = f"{what} {_figure(before, key)} at the start -> {_figure(after, key)} trained"
         b, a = before.get(key, before.get("mean")), after.get(key, after.get("mean"))
@@ -165,11 +214,11 @@ def stage_summary(name: str, metrics: Mapping[str, Any], report: Any = None) -> 
                            + ", 95 % intervals")
         text += f" ({'; '.join(details)})" if details else ""
         return f"[alignlab] {name}: {text}{where}"
-    reward = metrics.get("reward")
+    reward = summary.reward
     if isinstance(reward, Mapping) and "accuracy_before" in reward:
         n = f" on {reward['n']} held-out pairs" if reward.get("n") else ""
         return (f"[alignlab] {name}: reward-model pair accuracy {reward['accuracy_before']:.2f} "
                 f"-> {reward['accuracy']:.2f}{n}{where}")
-    if isinstance(metrics.get("judge"), Mapping):
-        return f"[alignlab] {name}: toy judge {_figure(metrics['judge'])}{where}"
+    if isinstance(summary.rule, Mapping):
+        return f"[alignlab] {name}: toy judge {_figure(summary.rule)}{where}"
     return f"[alignlab] {name}: done{where}"

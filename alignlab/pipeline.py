@@ -16,7 +16,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from alignlab import config, runs, validation
+from alignlab import config, console, runs, validation
 from alignlab.errors import AlignlabError, did_you_mean, nearest
 from alignlab.stage import Render, run_stage
 
@@ -186,13 +186,9 @@ def run(cfg: Any, run_dir: Path, render: Render | None = None) -> dict[str, Any]
     table = results_table(run_dir, order[start:])
     if table:
         print(table)
-    return {"recipe": cfg.recipe.name, "stages": {k: _brief(v) for k, v in summary.items()},
+    return {"recipe": cfg.recipe.name,
+            "stages": {k: console.summarise(v).kept for k, v in summary.items()},
             "wall_seconds": round(time.time() - started, 2)}
-
-
-def _brief(metrics: dict[str, Any]) -> dict[str, Any]:
-    keep = ("judge", "reward", "eval", "wall_seconds")
-    return {k: metrics[k] for k in keep if k in metrics}
 
 
 def _fmt(section: dict[str, Any] | None, key: str, ci: bool = True) -> str:

@@ -143,3 +143,26 @@ def test_two_processes_build_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert len(calls) == 1 and found[0] == found[1] and (found[0] / "DONE").exists()
     assert (found[0] / "model" / "model.safetensors").read_bytes() == b"weights"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_stage_metrics_are_summarised_in_one_place() -> None:
+    """``console.summarise`` picks a stage's headline figures for every place that shows them:
+    the ``finished`` line, what a recipe keeps of the stage, and the toy judge before -> after."""
+    from alignlab import console
+
+    judge = {"score": 0.6, "ci_low": 0.5, "ci_high": 0.7, "n": 30, "n_prompts": 10}
+    start = {"score": 0.4, "ci_low": 0.3, "ci_high": 0.5}
+    metrics = {"method": "dpo", "train": {"train_loss": 0.12345}, "judge": judge,
+               "baseline": {"role": "start", "judge": start}, "kl": {"kl": 0.1},
+               "wall_seconds": 12.4}
+    summary = console.summarise(metrics)
+    assert summary.line() == "train_loss=0.1235, toy_judge=0.600, wall=12s"
+    assert summary.kept == {"judge": judge, "wall_seconds": 12.4}
+    assert summary.change == ("toy judge", start, judge)
+    assert console.stage_summary("dpo", metrics) == (
+        "[alignlab] dpo: toy judge 0.40 [0.30, 0.50] at the start -> 0.60 [0.50, 0.70] trained "
+        "(+20 points; 30 samples of 10 prompts, 95 % intervals)")
+    reward = {"reward": {"accuracy_before": 0.5, "accuracy": 0.75, "n": 40}, "wall_seconds": 3}
+    assert console.summarise(reward).line() == "pair_accuracy 0.500 -> 0.750, wall=3s"
+    assert console.stage_summary("reward", reward) == \
+        "[alignlab] reward: reward-model pair accuracy 0.50 -> 0.75 on 40 held-out pairs"
