@@ -1,7 +1,9 @@
 """The math of PPO for language models, on plain tensors (no models, no distributed code).
 
 Shapes: ``B`` sequences, ``T`` response positions. ``mask`` is 1 on real response tokens (up to
-and including the first EOS) and 0 on the padding after them. Sources:
+and including the first EOS) and 0 on the padding after them. The records the trainer's phases
+pass on (:class:`Rollout`, :class:`Advantages`, :class:`MicroBatch`) are defined here too, with
+the shapes of their tensors. Sources:
 - Ouyang et al. 2022 (InstructGPT), App. C: per-token KL penalty, score at the end, PPO-clip;
 - Huang et al. 2024, "The N+ implementation details of RLHF with PPO" (arXiv 2403.17031):
   EOS trick, score placement, masked whitening, value clipping, temperature-scaled log-probs;
@@ -13,6 +15,7 @@ and including the first EOS) and 0 on the padding after them. Sources:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -235,3 +238,96 @@ def lr_multiplier(step: int, kind: str, warmup: int, total: int) -> float:
     if kind == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * progress))
     raise ValueError(f"unknown lr_scheduler_type {kind!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The records passed between the trainer's phases. Shapes: ``B`` rollout rows, ``P`` prompt
+# columns (prompts left-padded to the longest), ``R`` response columns (right-padded).
+
+
+@dataclass
+class Rollout:
+    """Sampled responses and what the policy, the reference and the critic said about them
+    (no gradients). Padding: response tokens after a row's end are the pad id, and its
+    log-probs there are :data:`INVALID_LOGPROB`; values there are whatever the critic said
+    (every use masks them)."""
+
+    query_responses: torch.Tensor  # LongTensor [B, P+R]: left-padded prompt, then the response
+    attention_mask: torch.Tensor  # LongTensor [B, P+R]: 1 on real prompt and response tokens
+    context: int  # P: the response starts at column P of ``query_responses``
+    responses: torch.Tensor  # LongTensor [B, R]: ``query_responses[:, P:]``
+    response_mask: torch.Tensor  # LongTensor [B, R]: 1 up to and including the first EOS
+    has_eos: torch.Tensor  # BoolTensor [B]: the response ended with EOS (not truncated)
+    logprobs: torch.Tensor  # FloatTensor [B, R]: log pi(token) at sampling time, temperature T
+    ref_logprobs: torch.Tensor  # FloatTensor [B, R]: log pi_ref(token), temperature T
+    values: torch.Tensor  # FloatTensor [B, R]: V(state before each response token)
+
+    @property
+    def size(self) -> int:
+        """B: the number of rows."""
+        return self.query_responses.shape[0]
+
+
+@dataclass
+class Advantages:
+    """What the update learns from and the log reports, per rollout row: the scores, the KL
+    penalty, and the per-token rewards, advantages and returns (all 0 on padding)."""
+
+    scores: torch.Tensor  # FloatTensor [B]: reward model + reward functions (+ EOS trick)
+    kl: torch.Tensor  # FloatTensor [B, R]: per-token KL estimate (the penalised estimator)
+    non_score: torch.Tensor  # FloatTensor [B, R]: -kl_coef * kl on real tokens
+    rewards: torch.Tensor  # FloatTensor [B, R]: non_score + score on the last real token
+    advantages: torch.Tensor  # FloatTensor [B, R]: GAE, whitened over the real tokens
+    returns: torch.Tensor  # FloatTensor [B, R]: GAE before whitening + values (critic target)
+
+
+def advantages(rollout: Rollout, scores: torch.Tensor, kl_coef: float, estimator: str = "k1", *,
+               whiten_rewards: bool = False, gamma: float = 1.0,
+               lam: float = 0.95) -> Advantages:
+    """Per-token rewards (-beta * KL on every token, the score on the last real token), GAE and
+    masked whitening of the advantages (InstructGPT App. C; Huang et al. 2024)."""
+    mask = rollout.response_mask.float()
+    kl = kl_per_token(rollout.logprobs, rollout.ref_logprobs, estimator)
+    rewards, non_score = per_token_rewards(scores, kl, mask, kl_coef)
+    if whiten_rewards:
+        rewards = masked_whiten(rewards, mask, shift_mean=False)
+    advantage, returns = gae(rewards, rollout.values, mask, gamma, lam)
+    return Advantages(scores=scores, kl=kl, non_score=non_score, rewards=rewards,
+                      advantages=masked_whiten(advantage, mask), returns=returns)
+
+
+@dataclass
+class MicroBatch:
+    """Some rows of a rollout for one forward/backward, cut to the columns that are real in at
+    least one of them: ``b`` rows, ``W`` columns, of which the last ``w`` are response ones."""
+
+    query_responses: torch.Tensor  # LongTensor [b, W]
+    attention_mask: torch.Tensor  # LongTensor [b, W]
+    context: int  # W - w: prompt columns kept (those that are padding in every row are dropped)
+    response_mask: torch.Tensor  # FloatTensor [b, w]
+    old_logprobs: torch.Tensor  # FloatTensor [b, w]: the rollout's log-probs
+    old_values: torch.Tensor  # FloatTensor [b, w]: the rollout's values
+    advantages: torch.Tensor  # FloatTensor [b, w]
+    returns: torch.Tensor  # FloatTensor [b, w]
+
+    @property
+    def responses(self) -> torch.Tensor:
+        """LongTensor [b, w]: the response tokens."""
+        return self.query_responses[:, self.context:]
+
+
+def micro_batch(rollout: Rollout, adv: Advantages, rows: torch.Tensor,
+                device: torch.device | str = "cpu") -> MicroBatch:
+    """Rows ``rows`` of ``rollout`` on ``device``, without the columns that are padding in every
+    one of them (prompt padding on the left, response padding on the right)."""
+    real = rollout.attention_mask[rows].any(0).nonzero()
+    first, end = int(real[0]), int(real[-1]) + 1
+    width = end - rollout.context
+    old_lp, old_v, advantage, ret, mask = (
+        x[rows, :width].to(device)
+        for x in (rollout.logprobs, rollout.values, adv.advantages, adv.returns,
+                  rollout.response_mask.float()))
+    return MicroBatch(query_responses=rollout.query_responses[rows, first:end].to(device),
+                      attention_mask=rollout.attention_mask[rows, first:end].to(device),
+                      context=rollout.context - first, response_mask=mask, old_logprobs=old_lp,
+                      old_values=old_v, advantages=advantage, returns=ret)
