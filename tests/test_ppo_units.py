@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -10,13 +12,13 @@ import pytest
 import torch
 from torch import nn
 
-from alignlab.ppo import trainer
+from alignlab.ppo import core, trainer
 from alignlab.ppo.config import PPOConfig
 
 
 @pytest.mark.parametrize("lora", [False, True])
 def test_eval_before_is_the_starting_policy(lora: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``eval.before`` measured env["reference"], which is method.reference when that is set
+    """``eval.before`` measured the reference model, which is method.reference when that is set
     (another model): it must be the policy PPO starts from."""
     from alignlab import evaluation
 
@@ -30,8 +32,7 @@ def test_eval_before_is_the_starting_policy(lora: bool, monkeypatch: pytest.Monk
     policy, reference = nn.Linear(2, 2), nn.Linear(2, 2)
     model = trainer.PolicyAndValue(policy, None if lora else nn.Linear(2, 2), nn.Linear(2, 1),
                                    lora)
-    env = {"reference": None if lora else reference, "tokenizer": None, "reward_model": None,
-           "reward_tokenizer": None}
+    env = trainer.PPOModels(model=model, reference=None if lora else reference, tokenizer=None)
     trainer.evaluate(SimpleNamespace(), env, model, PPOConfig(), before=True)
     assert seen["policy"] is policy and seen["reference"] is None
     trainer.evaluate(SimpleNamespace(), env, model, PPOConfig(), before=False)
@@ -94,7 +95,7 @@ def test_lora_gradient_checkpointing_keeps_each_adapters_gradients() -> None:
         torch.testing.assert_close(checkpointed[name], plain[name], msg=name)
 
 
-def _full_ppo_env(seed: int = 0) -> tuple[trainer.PolicyAndValue, dict[str, Any]]:
+def _full_ppo_env(seed: int = 0) -> tuple[trainer.PolicyAndValue, trainer.PPOModels]:
     """Full fine-tuning setup on llama-small: policy, critic (+ its score head), reference
     (a copy of the policy) and no reward (scores 0)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
@@ -107,9 +108,8 @@ def _full_ppo_env(seed: int = 0) -> tuple[trainer.PolicyAndValue, dict[str, Any]
     torch.manual_seed(seed)
     critic = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
     model = trainer.PolicyAndValue(policy, critic, trainer.value_head_of(critic), False).train()
-    env = {"tokenizer": tok, "eos_ids": trainer.eos_token_ids(tok, policy),
-           "reference": AutoModelForCausalLM.from_pretrained(path).eval(),
-           "reward_model": None, "reward_funcs": []}
+    env = trainer.PPOModels(model=model, tokenizer=tok, eos_ids=trainer.eos_token_ids(tok, policy),
+                            reference=AutoModelForCausalLM.from_pretrained(path).eval())
     return model, env
 
 
@@ -121,8 +121,6 @@ def test_bf16_rollout_matches_the_update(from_generate: bool) -> None:
     the update's forward (the first minibatch's ratio is 1, approxkl 0)."""
     import functools
 
-    from alignlab.ppo import core
-
     bf16 = functools.partial(torch.autocast, "cpu", dtype=torch.bfloat16)
     model, env = _full_ppo_env()
     # one prompt, so no padding columns: the update trims those, and in bf16 a different width
@@ -133,22 +131,21 @@ def test_bf16_rollout_matches_the_update(from_generate: bool) -> None:
     assert not trainer.logprobs_from_generate(args)  # cached steps round differently in bf16
     torch.manual_seed(0)
     batch = trainer.rollout(env, model, prompts, args, torch.device("cpu"), autocast=bf16)
-    context, mask = int(batch["context"]), batch["resp_mask"]
-    assert batch["mask"][:, :context].all()
+    context, mask = batch.context, batch.response_mask
+    assert batch.attention_mask[:, :context].all()
     # The update's forward as in train(): one micro batch of all rows, trimmed to real columns.
-    end = int(batch["mask"].any(0).nonzero()[-1]) + 1
-    ids, width = batch["ids"][:, :end], end - context
+    end = int(batch.attention_mask.any(0).nonzero()[-1]) + 1
+    ids, width = batch.query_responses[:, :end], end - context
     with torch.no_grad(), bf16():
-        logits, values = model(ids, batch["mask"][:, :end], context)
+        logits, values = model(ids, batch.attention_mask[:, :end], context)
         new = trainer.logprobs_of(logits, ids[:, context:], args.temperature)
-        ref = env["reference"](input_ids=ids, attention_mask=batch["mask"][:, :end],
-                               use_cache=False).logits[:, context - 1:-1]
+        ref = env.reference(input_ids=ids, attention_mask=batch.attention_mask[:, :end],
+                            use_cache=False).logits[:, context - 1:-1]
         ref = trainer.logprobs_of(ref, ids[:, context:], args.temperature)
     real = mask[:, :width].bool()
-    for got, want in ((batch["logprobs"], new), (batch["ref_logprobs"], ref),
-                      (batch["values"], values)):
+    for got, want in ((batch.logprobs, new), (batch.ref_logprobs, ref), (batch.values, values)):
         torch.testing.assert_close(got[:, :width][real], want[real], atol=1e-4, rtol=0)
-    old_lp, mask = batch["logprobs"][:, :width], mask[:, :width]
+    old_lp, mask = batch.logprobs[:, :width], mask[:, :width]
     _, stats = core.policy_loss(new, old_lp, torch.ones_like(new), mask, 0.2)
     assert stats["ratio"].item() == pytest.approx(1.0, abs=1e-4)
     assert stats["approxkl"].item() == pytest.approx(0.0, abs=1e-8)
@@ -185,12 +182,12 @@ def test_ppo_starts_from_a_lora_sft_adapter(lora: bool, tmp_path: Path) -> None:
                        f"model.lora={str(lora).lower()}", f"run_dir={tmp_path / 'ppo'}"])
     args = PPOConfig(response_length=5, logprobs_from_generate=False)
     env = trainer.build_models(cfg, args)
-    env["eos_ids"], env["reward_funcs"] = trainer.eos_token_ids(env["tokenizer"], sft), []
+    env.eos_ids, env.reward_funcs = trainer.eos_token_ids(env.tokenizer, sft), []
     prompts = [[{"role": "user", "content": "hi"}], [{"role": "user", "content": "what is 2+2?"}]]
-    batch = trainer.rollout(env, env["model"], prompts, args, torch.device("cpu"))
+    batch = trainer.rollout(env, env.model, prompts, args, torch.device("cpu"))
 
-    ids, mask, context = batch["ids"], batch["mask"], int(batch["context"])
-    real = batch["resp_mask"].bool()
+    ids, mask, context = batch.query_responses, batch.attention_mask, batch.context
+    real = batch.response_mask.bool()
 
     def logprobs(model: nn.Module) -> torch.Tensor:
         with torch.no_grad():
@@ -203,5 +200,422 @@ def test_ppo_starts_from_a_lora_sft_adapter(lora: bool, tmp_path: Path) -> None:
     want = logprobs(sft_model)
     bare = logprobs(AutoModelForCausalLM.from_pretrained(base_path).eval())
     assert (want - bare).abs().max() > 1e-2  # the adapter matters
-    torch.testing.assert_close(batch["logprobs"][real], want, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(batch["ref_logprobs"][real], want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(batch.logprobs[real], want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(batch.ref_logprobs[real], want, atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# The phases of train(), one at a time, on tiny tensors and models.
+
+EOS, PAD = 1, 0
+STAT_KEYS = {"policy/approxkl_avg", "policy/clipfrac_avg", "loss/policy_avg", "loss/value_avg",
+             "val/clipfrac_avg", "policy/entropy_avg", "val/ratio"}
+
+
+def _hand_rollout(prompt_lengths: list[int], responses: list[list[int]], *,
+                  values: torch.Tensor | None = None, logprobs: torch.Tensor | None = None,
+                  ref_logprobs: torch.Tensor | None = None) -> core.Rollout:
+    """A rollout built by hand: prompts of token 3 left-padded to the longest, responses ended
+    by EOS (or truncated), log-probs and values given or zero."""
+    width_p = max(prompt_lengths)
+    query = torch.tensor([[PAD] * (width_p - n) + [3] * n for n in prompt_lengths])
+    query_mask = torch.tensor([[0] * (width_p - n) + [1] * n for n in prompt_lengths])
+    resp = torch.tensor(responses)
+    resp_mask, has_eos = core.response_mask(resp, [EOS])
+    resp = torch.where(resp_mask.bool(), resp, PAD)
+    zeros = torch.zeros(resp.shape)
+    lp = logprobs if logprobs is not None else zeros
+    ref = ref_logprobs if ref_logprobs is not None else zeros
+    return core.Rollout(query_responses=torch.cat([query, resp], 1),
+                        attention_mask=torch.cat([query_mask, resp_mask], 1), context=width_p,
+                        responses=resp, response_mask=resp_mask, has_eos=has_eos,
+                        logprobs=core.fill_padding(lp, resp_mask),
+                        ref_logprobs=core.fill_padding(ref, resp_mask),
+                        values=values if values is not None else zeros)
+
+
+def test_rollout_record_shapes_and_padding() -> None:
+    """rollout() on llama-small: the record's shapes, left-padded prompts, responses cut at
+    their first EOS with pad tokens and INVALID_LOGPROB after it, and (the reference being a
+    copy of the policy) reference log-probs equal to the policy's on real tokens."""
+    model, env = _full_ppo_env()
+    # every even id ends a response: rows stop at different lengths, so there is padding
+    vocab = model.policy.config.vocab_size
+    env.eos_ids = sorted({*range(2, vocab, 2), *env.eos_ids})
+    prompts = [[{"role": "user", "content": "hi"}],
+               [{"role": "user", "content": "what is 12 + 30 and then 7?"}]] * 3
+    args = PPOConfig(response_length=8, temperature=1.0)
+    torch.manual_seed(0)
+    batch = trainer.rollout(env, model, prompts, args, torch.device("cpu"))
+    b, p, r = batch.size, batch.context, batch.responses.shape[1]
+    assert b == 6 and 1 <= r <= 8
+    assert batch.query_responses.shape == batch.attention_mask.shape == (b, p + r)
+    for x in (batch.response_mask, batch.logprobs, batch.ref_logprobs, batch.values):
+        assert x.shape == (b, r)
+    assert batch.has_eos.shape == (b,)
+    assert torch.equal(batch.responses, batch.query_responses[:, p:])
+    assert torch.equal(batch.response_mask, batch.attention_mask[:, p:])
+    prompt_mask = batch.attention_mask[:, :p]
+    assert not prompt_mask[0].all() and prompt_mask[1].all()  # the short prompt is left-padded
+    assert (prompt_mask.diff(dim=1) >= 0).all()  # padding only on the left
+    assert (batch.query_responses[:, :p][prompt_mask == 0] == env.tokenizer.pad_token_id).all()
+    real, pad = batch.response_mask.bool(), ~batch.response_mask.bool()
+    assert pad.any() and batch.has_eos.any()
+    assert (batch.responses[pad] == env.tokenizer.pad_token_id).all()
+    assert (batch.logprobs[pad] == core.INVALID_LOGPROB).all()
+    assert (batch.ref_logprobs[pad] == core.INVALID_LOGPROB).all()
+    assert (batch.logprobs[real] < 0).all()
+    torch.testing.assert_close(batch.ref_logprobs[real], batch.logprobs[real], atol=1e-4, rtol=0)
+    last = core.last_token_index(batch.response_mask)
+    ended = torch.isin(batch.responses[torch.arange(b), last], torch.tensor(env.eos_ids))
+    assert torch.equal(ended, batch.has_eos)
+    assert model.training  # back in training mode for the update
+
+
+def test_score_sums_rewards_on_real_tokens_with_the_eos_trick() -> None:
+    seen: dict[str, Any] = {}
+
+    def length(prompts: list[Any], completions: list[Any], completion_ids: list[list[int]],
+               **kw: Any) -> list[float]:
+        seen.update(prompts=prompts, completions=completions, ids=completion_ids)
+        return [float(len(ids)) for ids in completion_ids]
+
+    def sparse(completion_ids: list[list[int]], **kw: Any) -> list[float | None]:
+        return [None, 1.0, 2.0]  # None counts as 0
+
+    tok = SimpleNamespace(batch_decode=lambda lists, skip_special_tokens: [
+        "-".join(map(str, ids)) for ids in lists])
+    env = trainer.PPOModels(model=None, reference=None, tokenizer=tok,
+                            reward_funcs=[length, sparse])
+    batch = _hand_rollout([2, 2, 2], [[5, 6, EOS, 9], [5, 6, 7, 8], [EOS, 4, 4, 4]])
+    prompts = ["p0", "p1", "p2"]
+    scores = trainer.score(env, prompts, batch, PPOConfig(missing_eos_penalty=0.5))
+    assert scores.tolist() == pytest.approx([3.0, 4.0 + 1.0 - 0.5, 1.0 + 2.0])
+    assert seen["ids"] == [[5, 6, EOS], [5, 6, 7, 8], [EOS]]  # no padding, EOS kept
+    assert seen["prompts"] == prompts
+    assert seen["completions"][0] == [{"role": "assistant", "content": "5-6-1"}]
+    no_penalty = trainer.score(env, prompts, batch, PPOConfig(missing_eos_penalty=None))
+    assert no_penalty.tolist() == pytest.approx([3.0, 5.0, 3.0])
+
+
+def test_advantages_phase() -> None:
+    """Score on the last real token, KL penalty on every real one, returns = Monte Carlo return
+    with gamma = lam = 1, advantages whitened over real tokens only, padding inert."""
+    values = torch.tensor([[0.5, 0.1, -0.3, 99.0], [0.2, 0.4, 0.6, 0.8], [1.0, -50, -50, -50]])
+    lp = torch.tensor([[-1.0, -2.0, -0.5, 0.0], [-1.0, -1.0, -1.0, -1.0], [-3.0, 0, 0, 0]])
+    ref = lp - torch.tensor([[0.1, 0.2, 0.3, 0.0], [0.0, 0.0, 0.0, 0.5], [1.0, 0, 0, 0]])
+    batch = _hand_rollout([1, 1, 1], [[5, 6, EOS, PAD], [5, 6, 7, 8], [EOS, 4, 4, 4]],
+                          values=values, logprobs=lp, ref_logprobs=ref)
+    scores = torch.tensor([2.0, -1.0, 0.5])
+    mask = batch.response_mask.bool()
+
+    adv = core.advantages(batch, scores, 0.0, gamma=1.0, lam=1.0)
+    assert adv.scores is scores
+    assert adv.rewards.tolist() == [[0, 0, 2.0, 0], [0, 0, 0, -1.0], [0.5, 0, 0, 0]]
+    expected_returns = scores[:, None].expand(-1, 4) * mask
+    torch.testing.assert_close(adv.returns, expected_returns)
+    real = adv.advantages[mask]
+    assert real.mean().item() == pytest.approx(0.0, abs=1e-6)
+    assert real.var().item() == pytest.approx(1.0, abs=1e-4)
+    assert (adv.advantages[~mask] == 0).all()
+    # raw advantages are returns - values: whitening keeps their order on real tokens
+    raw = (expected_returns - values)[mask]
+    assert torch.equal(real.argsort(), raw.argsort())
+
+    beta = 0.1
+    adv = core.advantages(batch, scores, beta, "k1", gamma=1.0, lam=1.0)
+    kl = (lp - ref) * mask
+    torch.testing.assert_close(adv.kl * mask, kl)
+    torch.testing.assert_close(adv.non_score, -beta * kl)
+    assert adv.rewards[0].tolist() == pytest.approx([-0.01, -0.02, 2.0 - 0.03, 0.0])
+    assert adv.rewards[1, 3].item() == pytest.approx(-1.0 - 0.05)
+    kept = core.advantages(batch, scores, beta, whiten_rewards=True).rewards
+    assert core.masked_mean(kept, mask).item() == pytest.approx(
+        core.masked_mean(adv.rewards, mask).item(), abs=1e-6)  # whitening keeps the mean
+    assert (kept[~mask] == 0).all()
+
+
+def test_micro_batch_drops_only_padding_columns() -> None:
+    batch = _hand_rollout([2, 3, 4], [[EOS, 4, 4, 4], [5, EOS, 4, 4], [5, 6, 7, 8]],
+                          values=torch.arange(12.0).view(3, 4))
+    adv = core.advantages(batch, torch.tensor([1.0, 2.0, 3.0]), 0.1)
+    part = core.micro_batch(batch, adv, torch.tensor([0, 1]))
+    # prompt column 0 is padding in both rows, response columns 2-3 too: 8 -> 5 columns
+    assert part.query_responses.shape == part.attention_mask.shape == (2, 5)
+    assert part.context == 3 and part.responses.shape == (2, 2)
+    assert part.attention_mask.sum() == batch.attention_mask[:2].sum()  # nothing real dropped
+    assert torch.equal(part.query_responses, batch.query_responses[:2, 1:6])
+    assert torch.equal(part.responses, batch.responses[:2, :2])
+    assert part.response_mask.tolist() == [[1.0, 0.0], [1.0, 1.0]]
+    assert torch.equal(part.old_values, batch.values[:2, :2])
+    for got, full in ((part.old_logprobs, batch.logprobs), (part.advantages, adv.advantages),
+                      (part.returns, adv.returns)):
+        assert torch.equal(got, full[:2, :2])
+    whole = core.micro_batch(batch, adv, torch.tensor([2, 0]))  # no column is padding in row 2
+    assert whole.query_responses.shape == (2, 8) and whole.context == 4
+    assert torch.equal(whole.old_values, batch.values[[2, 0]])
+
+
+class _TinyPolicyAndValue(nn.Module):
+    """PolicyAndValue's interface on an embedding: logits and values of response positions."""
+
+    def __init__(self, vocab: int = 11, hidden: int = 16) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed, self.head = nn.Embedding(vocab, hidden), nn.Linear(hidden, vocab)
+        self.value_head = nn.Linear(hidden, 1)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor,
+                context: int) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.embed(ids)[:, context - 1:-1] * mask[:, context - 1:-1, None]
+        return self.head(h), self.value_head(h).squeeze(-1)
+
+
+class _FakeAccelerator:
+    """accelerate.Accelerator's surface used by the phases, on one CPU process; it counts."""
+
+    def __init__(self, num_processes: int = 1) -> None:
+        self.num_processes, self.process_index, self.is_main_process = num_processes, 0, True
+        self.device = torch.device("cpu")
+        self.calls: dict[str, list[Any]] = {}
+
+    def _note(self, name: str, *args: Any) -> None:
+        self.calls.setdefault(name, []).append(args)
+
+    def autocast(self) -> Any:
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def no_sync(self, model: nn.Module) -> Any:
+        import contextlib
+
+        self._note("no_sync")
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def clip_grad_norm_(self, params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+        self._note("clip", max_norm)
+        return nn.utils.clip_grad_norm_(params, max_norm)
+
+    def reduce(self, x: torch.Tensor, reduction: str) -> torch.Tensor:
+        self._note("reduce", reduction)
+        return x.clone()
+
+    def wait_for_everyone(self) -> None:
+        self._note("wait")
+
+    def save_state(self, path: str) -> None:
+        Path(path).mkdir(parents=True)
+        (Path(path) / "model.safetensors").write_text("weights")
+
+    def load_state(self, path: str, strict: bool = True) -> None:
+        self._note("load", path, strict)
+
+
+def _session(args: PPOConfig, tmp: Path | None = None, **kw: Any) -> trainer.Session:
+    fields: dict[str, Any] = {
+        "cfg": None, "run_dir": tmp, "args": args, "accelerator": _FakeAccelerator(),
+        "env": None, "model": None, "inner": None, "params": [], "optimizer": None,
+        "scheduler": None, "prompts": [], "max_steps": 3,
+        "state": trainer.TrainState(kl_coef=args.kl_coef, log_history=[], max_steps=3,
+                                    trainable=["w"])}
+    return trainer.Session(**{**fields, **kw})
+
+
+def test_update_phase_learns_on_a_tiny_model() -> None:
+    """update(): epochs x mini batches optimizer steps, DDP sync only at each mini batch's last
+    micro batch, a first ratio of 1, and over the epochs both losses fall, the log-probs of
+    tokens with positive advantages rise and those with negative ones fall."""
+    model = _TinyPolicyAndValue()
+    args = PPOConfig(per_device_train_batch_size=1, gradient_accumulation_steps=2,
+                     num_mini_batches=2, num_ppo_epochs=6, learning_rate=0.05, temperature=1.0,
+                     max_grad_norm=5.0, vf_coef=1.0, cliprange_value=10.0)
+    # no (previous token, token) pair in two rows: the embedding model can move each freely
+    responses = [[5, 6, EOS, 8], [7, EOS, 8, 8], [9, 2, EOS, 8], [4, 4, 4, 4]]
+    probe = _hand_rollout([2, 3, 1, 2], responses)
+    with torch.no_grad():
+        logits, values = model(probe.query_responses, probe.attention_mask, probe.context)
+        lp0 = trainer.logprobs_of(logits, probe.responses, args.temperature)
+    batch = _hand_rollout([2, 3, 1, 2], responses, logprobs=lp0, ref_logprobs=lp0,
+                          values=values)
+    mask = batch.response_mask.float()
+    sign = torch.tensor([1.0, 1.0, -1.0, -1.0])[:, None]
+    adv = core.Advantages(scores=torch.zeros(4), kl=torch.zeros(4, 4),
+                          non_score=torch.zeros(4, 4), rewards=torch.zeros(4, 4),
+                          advantages=sign * mask, returns=torch.full((4, 4), 1.0) * mask)
+    params = list(model.parameters())
+    optimizer = torch.optim.Adam(params, lr=args.learning_rate)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    run = _session(args, model=model, inner=model, params=params, optimizer=optimizer,
+                   scheduler=scheduler)
+
+    stats = trainer.update(run, batch, adv, step=1)
+    n_micro = 4  # per epoch: one row each
+    assert set(stats) == STAT_KEYS
+    assert all(len(v) == args.num_ppo_epochs * n_micro for v in stats.values())
+    assert scheduler.last_epoch == args.num_ppo_epochs * args.num_mini_batches
+    calls = run.accelerator.calls
+    assert len(calls["no_sync"]) == args.num_ppo_epochs * args.num_mini_batches  # 1 of 2 each
+    assert calls["clip"] == [(5.0,)] * (args.num_ppo_epochs * args.num_mini_batches)
+    assert stats["val/ratio"][0] == pytest.approx(1.0, abs=1e-6)
+    assert stats["policy/approxkl_avg"][0] == pytest.approx(0.0, abs=1e-10)
+
+    def per_epoch(key: str) -> list[float]:
+        return [sum(stats[key][i:i + n_micro]) for i in range(0, len(stats[key]), n_micro)]
+
+    assert per_epoch("loss/policy_avg")[-1] < per_epoch("loss/policy_avg")[0] - 0.1
+    assert per_epoch("loss/value_avg")[-1] < 0.5 * per_epoch("loss/value_avg")[0]
+    with torch.no_grad():
+        logits, _ = model(batch.query_responses, batch.attention_mask, batch.context)
+        lp1 = trainer.logprobs_of(logits, batch.responses, args.temperature)
+    moved = core.masked_mean(lp1 - lp0, mask, dim=1)
+    assert (moved[:2] > 0).all() and (moved[2:] < 0).all(), moved
+    # the same step shuffles the same way: a second run from the same weights is identical
+    model2 = _TinyPolicyAndValue()
+    params2 = list(model2.parameters())
+    optimizer2 = torch.optim.Adam(params2, lr=args.learning_rate)
+    run2 = _session(args, model=model2, inner=model2, params=params2, optimizer=optimizer2,
+                    scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer2, lambda step: 1.0))
+    assert trainer.update(run2, batch, adv, step=1) == stats
+
+
+def test_step_metrics_and_log_step() -> None:
+    """The log row has exactly the metrics.json keys; its numbers come from the rollout (sums
+    over real tokens, means over rows), scaled by the world size where they are totals; beta is
+    logged before the adaptive controller moves it; rows are kept every logging_steps and at
+    the last step."""
+    from alignlab import console
+    lp = torch.tensor([[-1.0, -2.0, -0.5, 0.0], [-1.0, -1.0, -1.0, -1.0]])
+    ref = lp - torch.tensor([[0.5, 0.5, 0.5, 9.0], [0.25, 0.25, 0.25, 0.25]])
+    batch = _hand_rollout([1, 2], [[5, 6, EOS, PAD], [5, 6, 7, 8]], logprobs=lp,
+                          ref_logprobs=ref)
+    scores = torch.tensor([1.0, 3.0])
+    adv = core.advantages(batch, scores, 0.2)
+    stats = {k: [0.5, 1.5] for k in STAT_KEYS}
+    local = trainer.step_metrics(batch, adv, stats, seconds=2.0)
+
+    args = PPOConfig(logging_steps=2, adaptive_kl=True, kl_target=1.0, kl_horizon=100,
+                     kl_coef=0.2, per_device_train_batch_size=2)
+    sched = SimpleNamespace(get_last_lr=lambda: [0.25])
+    run = _session(args, scheduler=sched, accelerator=_FakeAccelerator(num_processes=2))
+    lines: list[str] = []
+    bar = SimpleNamespace(write=lines.append, update=lambda n: None,
+                          set_postfix=lambda **kw: None)
+    rows = [trainer.log_step(run, step, local, 0.5, 2.0, bar) for step in (1, 2, 3)]
+    row = rows[0]
+    assert set(row) == set(local) | {"objective/kl_coef", "lr", "episode", "time/rollout_s",
+                                     "time/step_s", "step"}
+    assert set(local) == STAT_KEYS | {
+        "objective/scores", "objective/kl", "objective/kl_k1", "objective/kl_k3",
+        "objective/entropy", "objective/non_score_reward", "objective/rlhf_reward",
+        "val/explained_variance", "val/num_eos_tokens", "response/length", "tokens/s"}
+    assert row["objective/scores"] == pytest.approx(2.0)
+    assert row["objective/kl"] == pytest.approx((1.5 + 1.0) / 2)  # padding's 9.0 left out
+    assert row["objective/kl_k1"] == pytest.approx(row["objective/kl"])
+    assert row["objective/non_score_reward"] == pytest.approx(-0.2 * 1.25)
+    assert row["objective/rlhf_reward"] == pytest.approx(2.0 - 0.2 * 1.25)
+    assert row["objective/entropy"] == pytest.approx((3.5 + 4.0) / 2)
+    assert row["response/length"] == pytest.approx(3.5)
+    assert row["val/num_eos_tokens"] == 1 * 2  # one per process, two processes
+    assert row["tokens/s"] == pytest.approx((1 + 3 + 2 + 4) / 2.0 * 2)
+    assert row["loss/value_avg"] == pytest.approx(1.0)
+    assert (row["lr"], row["episode"], row["step"]) == (0.25, 4, 1)
+    assert row["objective/kl_coef"] == 0.2  # before adapting
+    assert rows[1]["objective/kl_coef"] == pytest.approx(
+        core.adaptive_kl_coef(0.2, 1.25, 1.0, 100, 4))
+    assert run.state.kl_coef == pytest.approx(rows[2]["objective/kl_coef"] * (1 + 0.2 * 4 / 100))
+    assert [r["step"] for r in run.state.log_history] == [2, 3]
+    assert lines == [console.step_line(s, 3, rows[s - 1]) for s in (2, 3)]
+    assert run.accelerator.calls["reduce"] == [("mean",)] * 3
+
+
+def test_checkpoint_phase_keeps_the_last_and_resumes(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """checkpoint(): every save_steps updates, trainer_state.json (state + step, in this key
+    order), the oldest beyond save_total_limit removed; load_checkpoint() restores what it
+    wrote and refuses another model setup; the kill hook exits after the step's checkpoint."""
+    from alignlab.errors import AlignlabError
+
+    args = PPOConfig(save_steps=2, save_total_limit=2)
+    run = _session(args, tmp_path)
+    for step in range(1, 7):
+        run.state.log_history.append({"step": step})
+        trainer.checkpoint(run, step)
+    ckpts = tmp_path / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["checkpoint-4", "checkpoint-6"]
+    saved = json.loads((ckpts / "checkpoint-6" / "trainer_state.json").read_text())
+    assert list(saved) == ["kl_coef", "log_history", "max_steps", "trainable", "global_step"]
+    assert saved == {"kl_coef": args.kl_coef, "log_history": [{"step": s} for s in range(1, 7)],
+                     "max_steps": 3, "trainable": ["w"], "global_step": 6}
+
+    accelerator = _FakeAccelerator()
+    state, step = trainer.load_checkpoint(accelerator, ckpts / "checkpoint-4", {"w"})
+    assert step == 4 and state == trainer.TrainState(args.kl_coef, [{"step": s} for s in
+                                                                    range(1, 5)], 3, ["w"])
+    assert accelerator.calls["load"] == [(str(ckpts / "checkpoint-4"), False)]
+    with pytest.raises(AlignlabError, match="different model setup"):
+        trainer.load_checkpoint(accelerator, ckpts / "checkpoint-4", {"w", "lora_A"})
+
+    class Killed(Exception):
+        pass
+
+    def fake_exit(code: int) -> None:
+        assert (ckpts / "checkpoint-8" / "trainer_state.json").exists()  # saved first
+        raise Killed(code)
+
+    monkeypatch.setattr(trainer.os, "_exit", fake_exit)
+    run.kill_at = 8
+    trainer.checkpoint(run, 7)  # not yet
+    with pytest.raises(Killed, match="75"):
+        trainer.checkpoint(run, 8)
+
+
+def test_plan_steps() -> None:
+    args = PPOConfig(per_device_train_batch_size=4, num_mini_batches=2)  # 8 prompts/process
+    assert trainer.plan_steps(args, 100, world=1) == 13  # one epoch, rounded up
+    assert trainer.plan_steps(args, 100, world=2) == 7
+    assert trainer.plan_steps(PPOConfig(per_device_train_batch_size=4, num_mini_batches=2,
+                                        num_train_epochs=2.5), 64, world=1) == 20
+    assert trainer.plan_steps(PPOConfig(total_episodes=100, per_device_train_batch_size=4),
+                              5, world=2) == 13
+    assert trainer.plan_steps(PPOConfig(max_steps=3, total_episodes=100), 5, world=2) == 3
+
+
+def test_setup_builds_a_run_and_resumes_its_checkpoint(tmp_path: Path) -> None:
+    """setup() on llama-small: the planned steps, the trainable weights in the optimizer at the
+    starting learning rate, frozen reference on the device, EOS ids; after a checkpoint,
+    resume=true starts after it with its state and its (changed) weights."""
+    from alignlab import cli
+
+    cfg = cli.compose(["method=ppo", "method.reward_funcs=[toy_judge]", "model.from_sft=false",
+                       "quick_eval=false", "data.toy.n_prompts=40", "method.args.use_cpu=true",
+                       "method.args.per_device_train_batch_size=2",
+                       "method.args.num_mini_batches=2", "method.args.num_train_epochs=2",
+                       "method.args.total_episodes=null",  # llama-small's preset sets it
+                       "method.args.save_steps=1", "method.args.learning_rate=1e-4",
+                       f"run_dir={tmp_path}"])
+    run = trainer.setup(cfg, tmp_path)
+    assert run.start_step == 0 and run.max_steps == math.ceil(2 * len(run.prompts) / 4)
+    assert run.state == trainer.TrainState(run.args.kl_coef, [], run.max_steps,
+                                           sorted(n for n, p in run.inner.named_parameters()
+                                                  if p.requires_grad))
+    assert run.params and all(p.requires_grad for p in run.params)
+    assert {id(p) for g in run.optimizer.param_groups for p in g["params"]} == {
+        id(p) for p in run.params}
+    assert run.scheduler.get_last_lr() == [1e-4]
+    assert not any(p.requires_grad for p in run.env.reference.parameters())
+    assert run.env.tokenizer.eos_token_id in run.env.eos_ids
+    assert not run.do_eval and run.eval_before is None
+
+    with torch.no_grad():
+        run.inner.value_head.weight.add_(1.0)
+    head = run.inner.value_head.weight.detach().clone()
+    run.state.log_history.append({"step": 1})
+    trainer.checkpoint(run, 1)
+    cfg.resume = True
+    resumed = trainer.setup(cfg, tmp_path)
+    assert resumed.start_step == 1 and resumed.state == run.state
+    torch.testing.assert_close(resumed.inner.value_head.weight, head)

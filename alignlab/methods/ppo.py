@@ -19,6 +19,8 @@ NEEDS_REWARD = True
 
 def run(cfg: Any, run_dir: Path) -> dict[str, Any]:
     """Train with PPO, save the policy to ``run_dir/model``, report before/after evaluation."""
+    # Here, not at the top: the methods registry imports this module for `--cfg job` and config
+    # errors, which must not import torch (the trainer does at its top).
     from alignlab.ppo import trainer
 
     return trainer.train(cfg, run_dir)

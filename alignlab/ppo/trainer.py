@@ -1,14 +1,21 @@
 """alignlab's PPO loop for causal LMs (TRL 1.16 deleted its PPOTrainer).
 
-One update, read top to bottom in :func:`train`:
-  1. sample a rollout batch of prompts (a fixed order from the seed, sharded over processes);
-  2. roll out: ``generate`` (left-padded prompts, stop at EOS), then no-grad forwards for the
-     policy's and the reference's log-probs and the critic's values, and the reward;
-  3. per-token rewards = -beta * KL on every token + score on the last real token, GAE,
-     masked advantage whitening;
-  4. ``num_ppo_epochs`` passes of clipped policy + clipped value loss over shuffled mini batches,
-     with gradient accumulation and clipping;
-  5. log, adapt beta (optional), checkpoint.
+:func:`train` is a short loop over named phases, each a function readable on its own:
+  :func:`setup`       accelerator, prompts, models, optimizer and schedule, evaluation of the
+                      start, resume from the last checkpoint;
+  :func:`rollout`     a batch of prompts (a fixed order from the seed, sharded over processes,
+                      :func:`prompt_batch`), ``generate`` (left-padded prompts, stop at EOS),
+                      then no-grad forwards for the policy's and the reference's log-probs and
+                      the critic's values: a :class:`core.Rollout`;
+  :func:`score`       the reward model and reward functions on the responses, EOS trick;
+  :func:`core.advantages`  per-token rewards = -beta * KL on every token + score on the last
+                      real token, GAE, masked advantage whitening: a :class:`core.Advantages`;
+  :func:`update`      ``num_ppo_epochs`` passes of clipped policy + clipped value loss over
+                      shuffled mini batches, with gradient accumulation and clipping;
+  :func:`log_step`    means over processes, adaptive beta (optional), log history, console;
+  :func:`checkpoint`  every ``save_steps`` updates; :func:`finish` saves and evaluates the policy.
+What the phases share is a :class:`Session`; what is saved with a checkpoint, a
+:class:`TrainState`.
 
 Models. Full fine-tuning: policy, frozen reference, critic (initialised from the reward model:
 its backbone plus its score head applied to every token) and the frozen reward model. With LoRA:
@@ -27,13 +34,15 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from alignlab import generation, runs
+from alignlab import console, data, evaluation, generation, models, rewards, runs, training
 from alignlab.errors import AlignlabError
 from alignlab.ppo import core
 
@@ -161,10 +170,21 @@ def value_head_of(model: nn.Module) -> nn.Module:
                         "critic. Use a Llama/Qwen/Mistral-style reward model, or model.lora=true.")
 
 
-def build_models(cfg: Any, args: Any) -> dict[str, Any]:
-    """Policy+critic (trainable), reference, reward models/functions and the tokenizer."""
-    from alignlab import models, rewards
+@dataclass
+class PPOModels:
+    """The models of a PPO run (see :func:`build_models`) and how responses end."""
 
+    model: PolicyAndValue  # the trainable policy + critic
+    reference: nn.Module | None  # frozen; None with LoRA: the base with adapters off
+    tokenizer: Any
+    reward_model: nn.Module | None = None  # frozen sequence classifier, or None
+    reward_tokenizer: Any = None
+    reward_funcs: list[Callable[..., list[float | None]]] = field(default_factory=list)
+    eos_ids: list[int] = field(default_factory=list)  # every id that ends a response
+
+
+def build_models(cfg: Any, args: Any) -> PPOModels:
+    """Policy+critic (trainable), reference, reward models/functions and the tokenizer."""
     lora_cfg = models.lora_config(cfg.model)
     path = models.resolve_path(cfg.model, cfg.seed)
     if lora_cfg is not None and cfg.method.reference \
@@ -209,10 +229,11 @@ def build_models(cfg: Any, args: Any) -> dict[str, Any]:
         for m in (policy, critic):
             if m is not None:
                 enable_gradient_checkpointing(m)
-    funcs = rewards.functions(list(cfg.method.reward_funcs or []))
-    return {"model": PolicyAndValue(policy, critic, value_head, lora_cfg is not None),
-            "reference": reference, "tokenizer": tokenizer, "reward_model": reward_model,
-            "reward_tokenizer": reward_tok, "reward_funcs": funcs, "lora": lora_cfg is not None}
+    return PPOModels(model=PolicyAndValue(policy, critic, value_head, lora_cfg is not None),
+                     reference=reference, tokenizer=tokenizer, reward_model=reward_model,
+                     reward_tokenizer=reward_tok,
+                     reward_funcs=rewards.functions(list(cfg.method.reward_funcs or [])),
+                     eos_ids=eos_token_ids(tokenizer, policy))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,17 +294,15 @@ def logprobs_of(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) 
     return core.token_logprobs(logits, tokens, temperature)
 
 
-def scores_for(env: dict[str, Any], prompts: list[Any], texts: list[str],
+def scores_for(env: PPOModels, prompts: list[Any], texts: list[str],
                response_ids: list[list[int]]) -> torch.Tensor:
     """Sum of the reward model's score and every reward function's, per response."""
-    from alignlab import evaluation
-
     total = torch.zeros(len(texts))
-    if env["reward_model"] is not None:  # the RM reads the chat template, as in its training
-        total += torch.tensor(evaluation.reward_scores(env["reward_model"],
-                                                       env["reward_tokenizer"], prompts, texts))
+    if env.reward_model is not None:  # the RM reads the chat template, as in its training
+        total += torch.tensor(evaluation.reward_scores(env.reward_model, env.reward_tokenizer,
+                                                       prompts, texts))
     completions = [[{"role": "assistant", "content": t}] for t in texts]
-    for fn in env["reward_funcs"]:
+    for fn in env.reward_funcs:
         out = fn(prompts=prompts, completions=completions, completion_ids=response_ids)
         total += torch.tensor([0.0 if v is None else float(v) for v in out])
     return total
@@ -300,10 +319,10 @@ def logprobs_from_generate(args: Any) -> bool:
 
 
 @torch.no_grad()
-def rollout(env: dict[str, Any], model: PolicyAndValue, prompts: list[Any], args: Any,
+def rollout(env: PPOModels, model: PolicyAndValue, prompts: list[Any], args: Any,
             device: torch.device, autocast: Callable[[], Any] = contextlib.nullcontext,
-            ) -> dict[str, torch.Tensor]:
-    """Sample responses and everything PPO needs about them (no gradients).
+            ) -> core.Rollout:
+    """Sample responses to ``prompts`` and the log-probs and values PPO needs (no gradients).
 
     ``autocast`` must be the update's (``accelerator.autocast``): log-probs, reference
     log-probs and values computed in another precision than the update's would make the first
@@ -311,11 +330,11 @@ def rollout(env: dict[str, Any], model: PolicyAndValue, prompts: list[Any], args
     """
     from transformers import GenerationConfig
 
-    tok = env["tokenizer"]
+    tok = env.tokenizer
     pad = tok.pad_token_id
     query, query_mask = left_pad(encode_prompts(tok, prompts, args.max_prompt_length), pad)
     context = query.shape[1]
-    eos = env["eos_ids"]
+    eos = env.eos_ids
     from_generate = logprobs_from_generate(args)
     # top_k=0/top_p=1: sample from exactly softmax(logits / T), the distribution PPO scores.
     gen_cfg = GenerationConfig(**generation.NEUTRAL_SAMPLING, max_new_tokens=args.response_length,
@@ -360,47 +379,85 @@ def rollout(env: dict[str, Any], model: PolicyAndValue, prompts: list[Any], args
             if model.lora:
                 ref_logits = model.policy_logits(b_ids, b_mask, context, adapter=None)
             else:
-                ref = env["reference"]
-                ref_logits = ref(input_ids=b_ids, attention_mask=b_mask,
-                                 position_ids=position_ids(b_mask), use_cache=False,
-                                 logits_to_keep=b_resp.shape[1] + 1).logits[:, :-1]
+                ref_logits = env.reference(input_ids=b_ids, attention_mask=b_mask,
+                                           position_ids=position_ids(b_mask), use_cache=False,
+                                           logits_to_keep=b_resp.shape[1] + 1).logits[:, :-1]
             ref_logprobs.append(logprobs_of(ref_logits, b_resp, args.temperature).cpu())
-    lists = [r[m.bool()].tolist() for r, m in zip(responses, resp_mask, strict=True)]
-    texts = tok.batch_decode(lists, skip_special_tokens=True)
+    model.train()
+    return core.Rollout(
+        query_responses=ids, attention_mask=mask, context=context, responses=responses,
+        response_mask=resp_mask, has_eos=has_eos,
+        # padding: a constant, as in the update (core.fill_padding), never a stray value
+        logprobs=core.fill_padding(torch.cat(logprobs), resp_mask),
+        ref_logprobs=core.fill_padding(torch.cat(ref_logprobs), resp_mask),
+        values=torch.cat(values))
+
+
+def score(env: PPOModels, prompts: list[Any], batch: core.Rollout, args: Any) -> torch.Tensor:
+    """Scores [B] of the rollout's responses to ``prompts``: :func:`scores_for` on their real
+    tokens, less ``missing_eos_penalty`` for those that did not end with EOS."""
+    lists = [r[m.bool()].tolist()
+             for r, m in zip(batch.responses, batch.response_mask, strict=True)]
+    texts = env.tokenizer.batch_decode(lists, skip_special_tokens=True)
     scores = scores_for(env, prompts, texts, lists)
     if args.missing_eos_penalty is not None:
         # EOS trick (Huang et al. 2024): a truncated response scores less than any finished one
         # the RM could rate, so the policy learns to stop instead of rambling to the limit.
-        scores = torch.where(has_eos, scores, scores - args.missing_eos_penalty)
-    model.train()
-    return {"ids": ids, "mask": mask, "context": torch.tensor(context), "responses": responses,
-            "resp_mask": resp_mask, "has_eos": has_eos,
-            # padding: a constant, as in the update (core.fill_padding), never a stray value
-            "logprobs": core.fill_padding(torch.cat(logprobs), resp_mask),
-            "ref_logprobs": core.fill_padding(torch.cat(ref_logprobs), resp_mask),
-            "values": torch.cat(values), "scores": scores}
+        scores = torch.where(batch.has_eos, scores, scores - args.missing_eos_penalty)
+    return scores
 
 
 # ---------------------------------------------------------------------------------------------
 # Checkpoints: accelerate's save_state (model, optimizer, scheduler, per-process RNG states)
-# plus trainer_state.json (step, KL coefficient, log history), written last: a checkpoint
-# without it is incomplete and runs.last_checkpoint ignores it.
+# plus trainer_state.json (a TrainState and the step), written last: a checkpoint without it is
+# incomplete and runs.last_checkpoint ignores it.
 
 
-def save_checkpoint(accelerator: Any, run_dir: Path, step: int, state: dict[str, Any],
+@dataclass
+class TrainState:
+    """What a checkpoint's ``trainer_state.json`` holds besides the step."""
+
+    kl_coef: float  # beta now (it moves with adaptive_kl)
+    log_history: list[dict[str, float]]  # the logged rows so far
+    max_steps: int
+    trainable: list[str] | None  # names of the trainable weights: a resume must find the same
+
+    def to_json(self, step: int) -> dict[str, Any]:
+        return {**asdict(self), "global_step": step}
+
+    @classmethod
+    def from_json(cls, saved: dict[str, Any]) -> TrainState:
+        return cls(kl_coef=saved["kl_coef"], log_history=saved["log_history"],
+                   max_steps=saved["max_steps"], trainable=saved.get("trainable"))
+
+
+def save_checkpoint(accelerator: Any, run_dir: Path, step: int, state: TrainState,
                     limit: int | None) -> None:
     """Write ``checkpoints/checkpoint-<step>`` and drop the oldest beyond ``limit``."""
     ckpt = run_dir / "checkpoints" / f"checkpoint-{step}"
     accelerator.save_state(str(ckpt))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        runs.write_json(ckpt / "trainer_state.json", {**state, "global_step": step})
+        runs.write_json(ckpt / "trainer_state.json", state.to_json(step))
         done = sorted((p for p in ckpt.parent.glob("checkpoint-*")
                        if (p / "trainer_state.json").exists()),
                       key=lambda p: int(p.name.split("-")[-1]))
         for old in done[:-limit] if limit else []:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
+
+
+def load_checkpoint(accelerator: Any, ckpt: Path, trainable: set[str]) -> tuple[TrainState, int]:
+    """Restore the trainable weights, optimizer, scheduler and every process's RNG states from
+    ``ckpt``; returns its TrainState and step."""
+    accelerator.load_state(str(ckpt), strict=False)
+    saved = runs.read_json(ckpt / "trainer_state.json")
+    state = TrainState.from_json(saved)
+    if sorted(trainable) != state.trainable:
+        raise AlignlabError(f"{ckpt} was written by a different model setup (LoRA or "
+                            "model changed). Resume with the same config, or start a new "
+                            "run directory.")
+    return state, saved["global_step"]
 
 
 def save_only_trainable(accelerator: Any, model: nn.Module) -> set[str]:
@@ -432,43 +489,94 @@ class AdaptersOff(nn.Module):
             return self.policy(**kwargs)
 
 
-def evaluate(cfg: Any, env: dict[str, Any], model: PolicyAndValue, args: Any, *,
-             before: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def evaluate(cfg: Any, env: PPOModels, model: PolicyAndValue, args: Any, *,
+             before: bool) -> tuple[evaluation.EvalResult, list[dict[str, Any]]]:
     """``evaluation.evaluate`` of the starting policy (``before``) or of the trained one."""
-    from alignlab import evaluation
-
     eval_args = evaluation.EvalArgs(num_samples=args.eval_samples,
                                     max_prompts=args.eval_max_prompts,
                                     max_new_tokens=args.response_length)
-    kw = {"reward_model": env["reward_model"], "reward_tokenizer": env["reward_tokenizer"]}
+    kw = {"reward_model": env.reward_model, "reward_tokenizer": env.reward_tokenizer}
     try:
         if before:  # the policy itself: method.reference may be a different model
             with lora_adapter(model.policy, POLICY) if model.lora else contextlib.nullcontext():
-                return evaluation.evaluate(cfg, model.policy, env["tokenizer"], eval_args, **kw)
-        reference = AdaptersOff(model.policy) if model.lora else env["reference"]
+                return evaluation.evaluate(cfg, model.policy, env.tokenizer, eval_args, **kw)
+        reference = AdaptersOff(model.policy) if model.lora else env.reference
         with lora_adapter(model.policy, POLICY) if model.lora else contextlib.nullcontext():
-            return evaluation.evaluate(cfg, model.policy, env["tokenizer"], eval_args,
+            return evaluation.evaluate(cfg, model.policy, env.tokenizer, eval_args,
                                        reference=reference, **kw)
     finally:
         model.train()
 
 
 # ---------------------------------------------------------------------------------------------
-# The loop
+# The loop and its phases (rollout and score are above; advantages are core.advantages)
 
 
-def train(cfg: Any, run_dir: Path) -> dict[str, Any]:
-    """Run PPO for ``cfg`` into ``run_dir``; returns the metrics for metrics.json."""
+@dataclass
+class Session:
+    """What the phases of one run share: made by :func:`setup`."""
+
+    cfg: Any
+    run_dir: Path
+    args: Any  # the PPOConfig
+    accelerator: Any
+    env: PPOModels
+    model: nn.Module  # env.model as accelerate prepared it (DDP-wrapped on several processes)
+    inner: PolicyAndValue  # the unwrapped model: rollouts, evaluation and saving use it
+    params: list[nn.Parameter]  # the trainable ones
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    prompts: list[Any]
+    state: TrainState
+    max_steps: int
+    start_step: int = 0  # the last step done (a checkpoint's on resume)
+    do_eval: bool = False
+    eval_before: dict[str, Any] | None = None
+    kill_at: int | None = None  # test hook: exit after this step
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def global_batch(self) -> int:
+        """Prompts per update over all processes."""
+        return self.args.local_batch_size * self.world
+
+
+def plan_steps(args: Any, n_prompts: int, world: int) -> int:
+    """Number of PPO updates: ``max_steps``, else from ``total_episodes``, else from
+    ``num_train_epochs`` passes over the prompts (over all processes)."""
+    global_batch = args.local_batch_size * world
+    if args.max_steps > 0:
+        return args.max_steps
+    if args.total_episodes:
+        return math.ceil(args.total_episodes / global_batch)
+    return math.ceil(args.num_train_epochs * n_prompts / global_batch)
+
+
+def make_optimizer(params: list[nn.Parameter], args: Any,
+                   total_steps: int) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW and its learning-rate schedule over ``total_steps`` optimizer steps."""
+    optimizer = torch.optim.AdamW(params, lr=args.learning_rate, eps=args.adam_epsilon,
+                                  weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(
+        core.lr_multiplier, kind=args.lr_scheduler_type, warmup=args.warmup_steps,
+        total=total_steps))
+    return optimizer, scheduler
+
+
+def setup(cfg: Any, run_dir: Path) -> Session:
+    """Accelerator, prompts, models, optimizer and schedule, the starting policy's evaluation,
+    and the state to start from (the last checkpoint's with ``resume=true``). The order of
+    these steps fixes what the RNG draws: a resumed run continues the interrupted one exactly."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedType, set_seed
-    from tqdm.auto import tqdm
-
-    from alignlab import console, data, evaluation, training
 
     args = training.trainer_config(cfg, ARGS_CLASS, run_dir)
     # step_scheduler_with_optimizer=False: accelerate's scheduler wrapper would otherwise step
     # the schedule once per process at each optimizer step (it assumes a dataloader whose
-    # batches grow with the world size), while opt_steps below counts steps of one process: on
+    # batches grow with the world size), while the schedule counts steps of one process: on
     # N processes the schedule ran out after 1/N of training.
     accelerator = Accelerator(cpu=args.use_cpu, mixed_precision="bf16" if args.bf16 else "no",
                               step_scheduler_with_optimizer=False)
@@ -477,192 +585,202 @@ def train(cfg: Any, run_dir: Path) -> dict[str, Any]:
         raise AlignlabError(f"alignlab's PPO runs under DDP only, not "
                             f"{accelerator.distributed_type.value}: its rollouts cannot generate "
                             "from sharded weights. Launch with hardware=multi-gpu (DDP).")
-    device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
     set_seed(args.seed)  # same init on every process (DDP also broadcasts rank 0's weights)
 
     prompts = list(data.load(cfg.data, "prompts", "train")["prompt"])
     env = build_models(cfg, args)
-    model: PolicyAndValue = env["model"]
-    env["eos_ids"] = eos_token_ids(env["tokenizer"], model.policy)
-    for key in ("reference", "reward_model"):
-        if env[key] is not None:
-            env[key].to(device)
-
-    global_batch = args.local_batch_size * world
-    if args.max_steps > 0:
-        max_steps = args.max_steps
-    elif args.total_episodes:
-        max_steps = math.ceil(args.total_episodes / global_batch)
-    else:
-        max_steps = math.ceil(args.num_train_epochs * len(prompts) / global_batch)
-    opt_steps = max_steps * args.num_ppo_epochs * args.num_mini_batches
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=args.learning_rate, eps=args.adam_epsilon,
-                                  weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(
-        core.lr_multiplier, kind=args.lr_scheduler_type, warmup=args.warmup_steps,
-        total=opt_steps))
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    for frozen in (env.reference, env.reward_model):
+        if frozen is not None:
+            frozen.to(accelerator.device)
+    max_steps = plan_steps(args, len(prompts), accelerator.num_processes)
+    params = [p for p in env.model.parameters() if p.requires_grad]
+    optimizer, scheduler = make_optimizer(
+        params, args, max_steps * args.num_ppo_epochs * args.num_mini_batches)
+    model, optimizer, scheduler = accelerator.prepare(env.model, optimizer, scheduler)
     inner: PolicyAndValue = accelerator.unwrap_model(model)
     trainable = save_only_trainable(accelerator, inner)
 
     # Evaluate on the main process only (the other ranks wait): toy world, or any data with an RM.
     do_eval = cfg.quick_eval and accelerator.is_main_process and (
-        data.source(cfg.data).rule is not None or env["reward_model"] is not None)
+        data.source(cfg.data).rule is not None or env.reward_model is not None)
     eval_before = evaluate(cfg, env, inner, args, before=True)[0].to_dict() if do_eval else None
-    state: dict[str, Any] = {"kl_coef": args.kl_coef, "log_history": [], "max_steps": max_steps,
-                             "trainable": sorted(trainable)}
-    start_step = 0
-    checkpoint = runs.last_checkpoint(run_dir) if cfg.resume else None
-    if checkpoint is not None:
-        # trainable weights, optimizer, scheduler, every process's RNG states
-        accelerator.load_state(str(checkpoint), strict=False)
-        state = runs.read_json(checkpoint / "trainer_state.json")
-        if sorted(trainable) != state.get("trainable"):
-            raise AlignlabError(f"{checkpoint} was written by a different model setup (LoRA or "
-                                "model changed). Resume with the same config, or start a new "
-                                "run directory.")
-        start_step = state.pop("global_step")
-        accelerator.print(f"[alignlab] resuming PPO from {checkpoint} (step {start_step})")
+    state, start_step = TrainState(args.kl_coef, [], max_steps, sorted(trainable)), 0
+    ckpt = runs.last_checkpoint(run_dir) if cfg.resume else None
+    if ckpt is not None:
+        state, start_step = load_checkpoint(accelerator, ckpt, trainable)
+        accelerator.print(f"[alignlab] resuming PPO from {ckpt} (step {start_step})")
     else:
         set_seed(args.seed, device_specific=True)  # different samples on each process
-    kill_at = training.kill_after_step(cfg.method.name)
     if args.logprobs_from_generate and not logprobs_from_generate(args):
         accelerator.print("[alignlab] bf16: rollout log-probs come from a forward pass under the "
                           "update's autocast, not from generate's logits")
+    return Session(cfg=cfg, run_dir=run_dir, args=args, accelerator=accelerator, env=env,
+                   model=model, inner=inner, params=params, optimizer=optimizer,
+                   scheduler=scheduler, prompts=prompts, state=state, max_steps=max_steps,
+                   start_step=start_step, do_eval=do_eval, eval_before=eval_before,
+                   kill_at=runs.kill_after_step(cfg.method.name))
 
-    started = time.time()
-    bar = tqdm(total=max_steps, initial=start_step, desc="ppo",
-               disable=args.disable_tqdm or not accelerator.is_main_process)
-    for step in range(start_step + 1, max_steps + 1):
-        t0 = time.time()
-        # 1-2. Rollout with the current policy.
-        batch = rollout(env, inner, prompt_batch(prompts, args.seed, step - 1,
-                                                 args.local_batch_size, world, rank), args, device,
-                        autocast=accelerator.autocast)
-        context = int(batch["context"])
-        mask = batch["resp_mask"].float()
-        # 3. Rewards, advantages (InstructGPT App. C; Huang et al. 2024).
-        kl = core.kl_per_token(batch["logprobs"], batch["ref_logprobs"], args.kl_estimator)
-        rewards, non_score = core.per_token_rewards(batch["scores"], kl, mask, state["kl_coef"])
-        if args.whiten_rewards:
-            rewards = core.masked_whiten(rewards, mask, shift_mean=False)
-        advantages, returns = core.gae(rewards, batch["values"], mask, args.gamma, args.lam)
-        advantages = core.masked_whiten(advantages, mask)
-        t_rollout = time.time() - t0
 
-        # 4. PPO epochs over shuffled mini batches of micro batches.
-        stats: dict[str, list[float]] = {}
-        gen = torch.Generator().manual_seed(args.seed * 7919 + step)
-        n = batch["ids"].shape[0]
-        for _ in range(args.num_ppo_epochs):
-            order = torch.randperm(n, generator=gen)
-            for mb in order.split(args.mini_batch_size):
-                micro = mb.split(args.per_device_train_batch_size)
-                for k, idx in enumerate(micro):
-                    last = k == len(micro) - 1
-                    sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
-                    # Drop the columns that are padding in every row of this micro batch.
-                    real = batch["mask"][idx].any(0).nonzero()
-                    first, end = int(real[0]), int(real[-1]) + 1
-                    ctx, width = context - first, end - context
-                    old_lp, old_v, adv, ret, m = (
-                        x[idx, :width].to(device)
-                        for x in (batch["logprobs"], batch["values"], advantages, returns, mask))
-                    with sync, accelerator.autocast():
-                        ids = batch["ids"][idx, first:end].to(device)
-                        logits, vpred = model(ids, batch["mask"][idx, first:end].to(device), ctx)
-                        new_logprobs = logprobs_of(logits, ids[:, ctx:], args.temperature)
-                        pg_loss, pg = core.policy_loss(new_logprobs, old_lp, adv, m,
-                                                       args.cliprange)
-                        vf_loss, vf_clip = core.value_loss(vpred, old_v, ret, m,
-                                                           args.cliprange_value)
-                        loss = (pg_loss + args.vf_coef * vf_loss) / len(micro)
-                        accelerator.backward(loss)
-                    with torch.no_grad():
-                        entropy = core.masked_mean(
-                            core.entropy(logits.detach() / args.temperature), m)
-                    for key, value in (("policy/approxkl_avg", pg["approxkl"]),
-                                       ("policy/clipfrac_avg", pg["clipfrac"]),
-                                       ("loss/policy_avg", pg_loss), ("loss/value_avg", vf_loss),
-                                       ("val/clipfrac_avg", vf_clip),
-                                       ("policy/entropy_avg", entropy),
-                                       ("val/ratio", pg["ratio"])):
-                        stats.setdefault(key, []).append(float(value.detach()))
-                accelerator.clip_grad_norm_(params, args.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-        step_time = time.time() - t0
+def micro_step(run: Session, part: core.MicroBatch, n_micro: int) -> dict[str, float]:
+    """Forward and backward of one micro batch: clipped policy loss + ``vf_coef`` * clipped
+    value loss, divided by ``n_micro`` (the micro batches of its mini batch, whose gradients
+    add up before the optimizer step). Returns the micro batch's stats."""
+    args, accelerator = run.args, run.accelerator
+    with accelerator.autocast():
+        logits, vpred = run.model(part.query_responses, part.attention_mask, part.context)
+        new_logprobs = logprobs_of(logits, part.responses, args.temperature)
+        pg_loss, pg = core.policy_loss(new_logprobs, part.old_logprobs, part.advantages,
+                                       part.response_mask, args.cliprange)
+        vf_loss, vf_clip = core.value_loss(vpred, part.old_values, part.returns,
+                                           part.response_mask, args.cliprange_value)
+        accelerator.backward((pg_loss + args.vf_coef * vf_loss) / n_micro)
+    with torch.no_grad():
+        entropy = core.masked_mean(core.entropy(logits.detach() / args.temperature),
+                                   part.response_mask)
+    return {key: float(value.detach()) for key, value in (
+        ("policy/approxkl_avg", pg["approxkl"]), ("policy/clipfrac_avg", pg["clipfrac"]),
+        ("loss/policy_avg", pg_loss), ("loss/value_avg", vf_loss),
+        ("val/clipfrac_avg", vf_clip), ("policy/entropy_avg", entropy),
+        ("val/ratio", pg["ratio"]))}
 
-        # 5. Log (means over processes), adapt beta, checkpoint.
-        seq_kl = {e: (core.kl_per_token(batch["logprobs"], batch["ref_logprobs"], e) * mask)
-                  .sum(1).mean() for e in ("k1", "k3")}
-        local = {
-            "objective/scores": batch["scores"].mean(),
-            "objective/kl": (kl * mask).sum(1).mean(),
-            "objective/kl_k1": seq_kl["k1"], "objective/kl_k3": seq_kl["k3"],
-            "objective/entropy": (-batch["logprobs"] * mask).sum(1).mean(),
-            "objective/non_score_reward": non_score.sum(1).mean(),
-            "objective/rlhf_reward": batch["scores"].mean() + non_score.sum(1).mean(),
-            "val/explained_variance": core.explained_variance(batch["values"], returns, mask),
-            "val/num_eos_tokens": batch["has_eos"].float().sum(),
-            "response/length": mask.sum(1).mean(),
-            "tokens/s": batch["mask"].sum() / step_time,  # prompt + response, real tokens
-            **{k: torch.tensor(v).mean() for k, v in stats.items()},
-        }
-        keys = sorted(local)
-        reduced = accelerator.reduce(torch.stack([torch.as_tensor(local[k], dtype=torch.float32)
-                                                  for k in keys]).to(device), reduction="mean")
-        row = {k: float(v) for k, v in zip(keys, reduced.tolist(), strict=True)}
-        row["tokens/s"] *= world  # every process generates its own share
-        row["val/num_eos_tokens"] *= world
-        row.update({"objective/kl_coef": state["kl_coef"], "lr": scheduler.get_last_lr()[0],
-                    "episode": step * global_batch, "time/rollout_s": t_rollout,
-                    "time/step_s": step_time, "step": step})
-        if args.adaptive_kl:
-            state["kl_coef"] = core.adaptive_kl_coef(state["kl_coef"], row["objective/kl"],
-                                                     args.kl_target, args.kl_horizon,
-                                                     global_batch)
-        if step % args.logging_steps == 0 or step == max_steps:
-            state["log_history"].append(row)
-            if accelerator.is_main_process:  # full row to the log file, a short line on screen
-                log.info("step %d: %s", step, json.dumps({k: round(v, 4) for k, v in row.items()}),
-                         extra={console.FILE_ONLY: True})
-                if not args.disable_tqdm:
-                    bar.write(console.step_line(step, max_steps, row))
-        bar.update(1)
-        bar.set_postfix(score=f"{row['objective/scores']:.3f}", kl=f"{row['objective/kl']:.3f}")
-        if args.save_strategy == "steps" and step % args.save_steps == 0:
-            save_checkpoint(accelerator, run_dir, step, state, args.save_total_limit)
-        if kill_at is not None and step >= kill_at:
-            accelerator.wait_for_everyone()
-            os._exit(75)  # test hook: as if killed right after this update (and its checkpoint)
-    bar.close()
-    wall = time.time() - started
 
-    if os.environ.get(training.RANK_CHECK_ENV):  # test hook: hash of each rank's weights
-        training.write_rank_fingerprint(inner, run_dir, rank, world)
+def update(run: Session, batch: core.Rollout, adv: core.Advantages,
+           step: int) -> dict[str, list[float]]:
+    """``num_ppo_epochs`` passes over the rollout in shuffled mini batches (one optimizer step
+    each, gradients clipped) of micro batches (one :func:`micro_step` each). The shuffles come
+    from a generator seeded by the step, not the global RNG. Returns each micro batch's stats."""
+    args, accelerator = run.args, run.accelerator
+    stats: dict[str, list[float]] = {}
+    gen = torch.Generator().manual_seed(args.seed * 7919 + step)
+    for _ in range(args.num_ppo_epochs):
+        order = torch.randperm(batch.size, generator=gen)
+        for mb in order.split(args.mini_batch_size):
+            micro = mb.split(args.per_device_train_batch_size)
+            for k, rows in enumerate(micro):
+                # DDP averages gradients over processes at the last micro batch only
+                last = k == len(micro) - 1
+                with contextlib.nullcontext() if last else accelerator.no_sync(run.model):
+                    part = core.micro_batch(batch, adv, rows, accelerator.device)
+                    for key, value in micro_step(run, part, len(micro)).items():
+                        stats.setdefault(key, []).append(value)
+            accelerator.clip_grad_norm_(run.params, args.max_grad_norm)
+            run.optimizer.step()
+            run.scheduler.step()
+            run.optimizer.zero_grad(set_to_none=True)
+    return stats
+
+
+def step_metrics(batch: core.Rollout, adv: core.Advantages, stats: dict[str, list[float]],
+                 seconds: float) -> dict[str, torch.Tensor]:
+    """This process's numbers for the log row of an update that took ``seconds``."""
+    mask = batch.response_mask.float()
+    seq_kl = {e: (core.kl_per_token(batch.logprobs, batch.ref_logprobs, e) * mask).sum(1).mean()
+              for e in ("k1", "k3")}
+    return {
+        "objective/scores": adv.scores.mean(),
+        "objective/kl": (adv.kl * mask).sum(1).mean(),
+        "objective/kl_k1": seq_kl["k1"], "objective/kl_k3": seq_kl["k3"],
+        "objective/entropy": (-batch.logprobs * mask).sum(1).mean(),
+        "objective/non_score_reward": adv.non_score.sum(1).mean(),
+        "objective/rlhf_reward": adv.scores.mean() + adv.non_score.sum(1).mean(),
+        "val/explained_variance": core.explained_variance(batch.values, adv.returns, mask),
+        "val/num_eos_tokens": batch.has_eos.float().sum(),
+        "response/length": mask.sum(1).mean(),
+        "tokens/s": batch.attention_mask.sum() / seconds,  # prompt + response, real tokens
+        **{k: torch.tensor(v).mean() for k, v in stats.items()},
+    }
+
+
+def log_step(run: Session, step: int, local: dict[str, torch.Tensor], t_rollout: float,
+             step_time: float, bar: Any) -> dict[str, float]:
+    """The update's log row (means over processes), adaptive beta, the log history (every
+    ``logging_steps`` and at the end), the log file and the console. Returns the row."""
+    args, accelerator, state = run.args, run.accelerator, run.state
+    keys = sorted(local)
+    reduced = accelerator.reduce(torch.stack([torch.as_tensor(local[k], dtype=torch.float32)
+                                              for k in keys]).to(accelerator.device),
+                                 reduction="mean")
+    row = {k: float(v) for k, v in zip(keys, reduced.tolist(), strict=True)}
+    row["tokens/s"] *= run.world  # every process generates its own share
+    row["val/num_eos_tokens"] *= run.world
+    row.update({"objective/kl_coef": state.kl_coef, "lr": run.scheduler.get_last_lr()[0],
+                "episode": step * run.global_batch, "time/rollout_s": t_rollout,
+                "time/step_s": step_time, "step": step})
+    if args.adaptive_kl:
+        state.kl_coef = core.adaptive_kl_coef(state.kl_coef, row["objective/kl"], args.kl_target,
+                                              args.kl_horizon, run.global_batch)
+    if step % args.logging_steps == 0 or step == run.max_steps:
+        state.log_history.append(row)
+        if accelerator.is_main_process:  # full row to the log file, a short line on screen
+            log.info("step %d: %s", step, json.dumps({k: round(v, 4) for k, v in row.items()}),
+                     extra={console.FILE_ONLY: True})
+            if not args.disable_tqdm:
+                bar.write(console.step_line(step, run.max_steps, row))
+    bar.update(1)
+    bar.set_postfix(score=f"{row['objective/scores']:.3f}", kl=f"{row['objective/kl']:.3f}")
+    return row
+
+
+def checkpoint(run: Session, step: int) -> None:
+    """A checkpoint every ``save_steps`` updates; the kill test hook after it."""
+    if run.args.save_strategy == "steps" and step % run.args.save_steps == 0:
+        save_checkpoint(run.accelerator, run.run_dir, step, run.state, run.args.save_total_limit)
+    if run.kill_at is not None and step >= run.kill_at:
+        run.accelerator.wait_for_everyone()
+        os._exit(75)  # test hook: as if killed right after this update (and its checkpoint)
+
+
+def finish(run: Session, wall: float) -> dict[str, Any]:
+    """Save the policy to ``run_dir/model``, evaluate it (main process); returns the metrics."""
+    accelerator, cfg, run_dir, state = run.accelerator, run.cfg, run.run_dir, run.state
+    if os.environ.get(runs.RANK_CHECK_ENV):  # test hook: hash of each rank's weights
+        training.write_rank_fingerprint(run.inner, run_dir, accelerator.process_index, run.world)
     out = run_dir / "model"
     metrics: dict[str, Any] = {
         "method": cfg.method.name,
-        "train": {"global_step": max_steps, "train_runtime": round(wall, 2),
-                  **(state["log_history"][-1] if state["log_history"] else {})},
-        "log_history": state["log_history"], "world_size": world,
+        "train": {"global_step": run.max_steps, "train_runtime": round(wall, 2),
+                  **(state.log_history[-1] if state.log_history else {})},
+        "log_history": state.log_history, "world_size": run.world,
         "wall_seconds": round(wall, 2), **training.peak_memory()}
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         # Saved under a temporary name, then renamed: a kill mid-save leaves no half model.
-        save_policy(inner, env["tokenizer"], runs.fresh_partial_dir(out))
+        save_policy(run.inner, run.env.tokenizer, runs.fresh_partial_dir(out))
         runs.commit_dir(runs.partial_dir(out), out)
-        if do_eval:
-            result, samples = evaluate(cfg, env, inner, args, before=False)
+        if run.do_eval:
+            result, samples = evaluate(cfg, run.env, run.inner, run.args, before=False)
             evaluation.write(run_dir, result, samples)
-            metrics["eval"] = {"before": eval_before, "after": result.to_dict()}
+            metrics["eval"] = {"before": run.eval_before, "after": result.to_dict()}
             metrics.update(result.pick("judge", "kl"))
         training.write_model_card(out, cfg, metrics)
     accelerator.wait_for_everyone()
     return metrics
+
+
+def train(cfg: Any, run_dir: Path) -> dict[str, Any]:
+    """Run PPO for ``cfg`` into ``run_dir``; returns the metrics for metrics.json."""
+    run = setup(cfg, run_dir)
+    args, accelerator = run.args, run.accelerator
+    started = time.time()
+    bar = tqdm(total=run.max_steps, initial=run.start_step, desc="ppo",
+               disable=args.disable_tqdm or not accelerator.is_main_process)
+    for step in range(run.start_step + 1, run.max_steps + 1):
+        t0 = time.time()
+        prompts = prompt_batch(run.prompts, args.seed, step - 1, args.local_batch_size,
+                               run.world, accelerator.process_index)
+        batch = rollout(run.env, run.inner, prompts, args, accelerator.device,
+                        autocast=accelerator.autocast)
+        adv = core.advantages(batch, score(run.env, prompts, batch, args), run.state.kl_coef,
+                              args.kl_estimator, whiten_rewards=args.whiten_rewards,
+                              gamma=args.gamma, lam=args.lam)
+        t_rollout = time.time() - t0
+        stats = update(run, batch, adv, step)
+        step_time = time.time() - t0
+        log_step(run, step, step_metrics(batch, adv, stats, step_time), t_rollout, step_time,
+                 bar)
+        checkpoint(run, step)
+    bar.close()
+    return finish(run, time.time() - started)
 
 
 def save_policy(model: PolicyAndValue, tokenizer: Any, out: Path) -> None:
