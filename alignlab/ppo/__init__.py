@@ -1,4 +1,5 @@
 """alignlab's PPO for causal LMs.
 
-``config`` (settings; light, no torch), ``core`` (the math), ``trainer`` (the loop).
+``config`` (settings; light, no torch), ``core`` (the math, and the records the trainer's phases
+pass on), ``trainer`` (the phases and the loop that calls them).
 """
