@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from alignlab import models
 from alignlab.errors import AlignlabError, did_you_mean
 
 # Built-in reward functions: name -> "module:function". Both names are public (config values,
@@ -54,8 +55,6 @@ def load_reward_model(cfg: Any, path: str, dtype: str | None = None) -> tuple[An
     (e.g. ``bfloat16``: the RM only runs forward).
     """
     from omegaconf import OmegaConf
-
-    from alignlab import models
 
     folder = Path(path).expanduser()
     # A LoRA reward model (method=reward model.lora=true) is an adapter folder: models.load_model

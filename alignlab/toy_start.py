@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from alignlab import console, data, runs
+from alignlab import config, console, data, methods, models, runs
 from alignlab.errors import AlignlabError
 
 # Methods that refine a policy (or score one) rather than teach it to answer.
@@ -75,8 +75,6 @@ def sft_config(cfg: Any) -> Any:
     """The config of the toy SFT for ``cfg``'s model, data and seed: the default method=sft."""
     from omegaconf import OmegaConf
 
-    from alignlab import config
-
     base = OmegaConf.to_container(cfg, resolve=False)
     for key in ("recipe", "stages", "from_stage", "inputs"):
         base.pop(key, None)
@@ -115,8 +113,6 @@ def cache_key(sft: Any) -> str:
 
 def checkpoint_dir(cfg: Any) -> Path:
     """The cache folder of ``cfg``'s toy-SFT checkpoint (a run dir: ``model/``, eval.json...)."""
-    from alignlab import models
-
     name = str(cfg.model.path).split(":", 1)[1]
     sft = sft_config(cfg)
     return models.cache_dir() / (f"{name}-seed{cfg.seed}-{models.assets_digest(name)}"
@@ -149,8 +145,6 @@ def toy_sft_checkpoint(cfg: Any) -> Path:
 
 
 def _build(cfg: Any, out: Path) -> None:
-    from alignlab import methods
-
     sft = sft_config(cfg)
     steps = f" ({os.environ[STEPS_ENV]} steps, {STEPS_ENV})" if os.environ.get(STEPS_ENV) else ""
     console.note(f"[alignlab] {cfg.method.name} needs an SFT model first: training the toy SFT "

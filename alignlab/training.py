@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from alignlab import runs
+from alignlab import console, runs
 from alignlab.config import dataclass_fields
 from alignlab.errors import AlignlabError
 from alignlab.runs import KILL_IN_SAVE_ENV, RANK_CHECK_ENV, kill_after_step
@@ -48,8 +48,6 @@ def write_rank_fingerprint(model: Any, run_dir: Path, rank: int, world: int) -> 
 
 def _callbacks(method: str) -> list[Any]:
     from transformers import TrainerCallback
-
-    from alignlab import console
 
     class LogToFile(TrainerCallback):
         """Mirror the trainer's full logs into the run's log file (Hydra's ``<job>.log``); the
@@ -239,8 +237,6 @@ def console_progress(trainer: Any) -> None:
     made it a PrinterCallback that prints them all. ``hydra.verbose`` keeps TRL's printing.
     """
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    from alignlab import console
 
     if console.is_verbose():
         return

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from alignlab.data.toy import corpus
+
 HERE = Path(__file__).parent / "llama-small"
 
 CHAT_TEMPLATE = (
@@ -56,8 +58,6 @@ MEDIUM = {"hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 6,
 def main() -> None:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
-
-    from alignlab.data.toy import corpus
 
     specials = ["<|endoftext|>", "<|im_end|>", "<|im_start|>"]
     tok = Tokenizer(models.BPE())

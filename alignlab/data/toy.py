@@ -24,6 +24,8 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from alignlab import config
+from alignlab import constitution as const
 from alignlab.data.sources import RuleScores, Source, register_source
 from alignlab.errors import AlignlabError
 
@@ -194,9 +196,6 @@ def skills(pool: Sequence[ToyPrompt], n: int, bad_rate: Mapping[str, float],
     A large model brings these skills from pre-training; llama-small learns them here, so the
     CAI and judge stages have a critic, a reviser and a judge that work (``data.toy.n_skills``).
     """
-    from alignlab import config
-    from alignlab import constitution as const
-
     check_skills(kinds)
     book = const.load({"path": str(config.conf_dir() / "constitution" / "toy.yaml")},
                       need_choice=True)

@@ -28,8 +28,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from alignlab import data
+from alignlab import backends, data, runs
+from alignlab import constitution as const
+from alignlab import rows as row_store
+from alignlab.args import CAIArgs
 from alignlab.data import RuleScorer
+from alignlab.data.items import prompt_items
+from alignlab.errors import AlignlabError
+from alignlab.training import merged_args
 
 ARGS_CLASS = "alignlab.args:CAIArgs"
 DATA_KIND = "prompts"
@@ -40,13 +46,8 @@ SPLITS = ("train_sft", "train_prefs", "test_sft", "test_prefs")
 
 def stage_args(cfg: Any) -> Any:
     """``method.args`` (over model/hardware suggestions) as a checked CAIArgs."""
-    from alignlab.args import CAIArgs
-    from alignlab.backends import check
-    from alignlab.errors import AlignlabError
-    from alignlab.training import merged_args
-
     args = CAIArgs(**merged_args(cfg, ARGS_CLASS))
-    check(args)
+    backends.check(args)
     if args.rounds < 1:
         raise AlignlabError(f"method.args.rounds={args.rounds} must be at least 1.")
     if not 0.0 < args.sft_fraction < 1.0:
@@ -66,8 +67,6 @@ def context_warning(constitution: Any, args: Any, backend: Any) -> str | None:
     """A warning when the few-shot chats leave no room in the model's context for the
     conversation itself (prompt, answer, critique and revision: up to 3 x max_new_tokens), or
     None. Only a local model's tokenizer can count; other backends are not checked."""
-    from alignlab import constitution as const
-
     tokenizer = getattr(backend, "tokenizer", None)
     model = getattr(backend, "model", None)
     few = const.few_shot_messages(constitution, args.num_few_shot)
@@ -97,8 +96,6 @@ def critique_revise(items: Sequence[dict[str, Any]], backend: Any, constitution:
 
     Every step runs as one batched ``backend.chat`` call over the whole chunk.
     """
-    from alignlab import constitution as const
-
     keep = [it for it in items if it.get("helpfulness")]
     items = [it for it in items if not it.get("helpfulness")]
     kept = _answer_only(keep, backend, constitution, args, seed) if keep else []
@@ -145,8 +142,6 @@ def critique_revise(items: Sequence[dict[str, Any]], backend: Any, constitution:
 def _answer_only(items: Sequence[dict[str, Any]], backend: Any, constitution: Any, args: Any,
                  seed: int) -> list[dict[str, Any]]:
     """Rows for helpfulness prompts: the model's answer, kept as it is (no critique)."""
-    from alignlab import constitution as const
-
     few = const.few_shot_messages(constitution, args.num_few_shot)
     prompts = [list(it["prompt"]) for it in items]
     first = str(items[0]["key"]) if items else ""
@@ -207,12 +202,8 @@ def run(cfg: Any, run_dir: Path) -> dict[str, Any]:
     """Generate the critique-revision dataset into ``run_dir/dataset``; return its metrics."""
     from omegaconf import OmegaConf
 
-    from alignlab import backends, constitution, runs
-    from alignlab import rows as row_store
-    from alignlab.data.items import prompt_items
-
     args = stage_args(cfg)
-    const = constitution.load(cfg.constitution)  # checked before any model is loaded
+    book = const.load(cfg.constitution)  # checked before any model is loaded
     items = prompt_items(cfg.data, categories=args.categories, max_rows=args.max_prompts,
                          seed=cfg.seed)
     if args.helpful_categories:
@@ -222,9 +213,9 @@ def run(cfg: Any, run_dir: Path) -> dict[str, Any]:
     settings = {k: v for k, v in vars(args).items()
                 if k in ("rounds", "num_few_shot", "temperature", "max_new_tokens", "backend",
                          "api_model")}
-    fingerprint = row_store.fingerprint(items, const, settings, str(cfg.model.path), cfg.seed)
+    fingerprint = row_store.fingerprint(items, book, settings, str(cfg.model.path), cfg.seed)
     backend = backends.create(args, cfg)
-    warning = context_warning(const, args, backend)
+    warning = context_warning(book, args, backend)
     if warning:
         import logging
 
@@ -232,7 +223,7 @@ def run(cfg: Any, run_dir: Path) -> dict[str, Any]:
     start = time.time()
     try:
         rows = row_store.run_rows(
-            items, lambda chunk: critique_revise(chunk, backend, const, args, cfg.seed),
+            items, lambda chunk: critique_revise(chunk, backend, book, args, cfg.seed),
             run_dir / "rows", fingerprint=fingerprint, resume=bool(cfg.resume),
             chunk_size=args.batch_size, desc="cai", kill_at=runs.kill_after_step("cai"))
     finally:
@@ -241,7 +232,7 @@ def run(cfg: Any, run_dir: Path) -> dict[str, Any]:
     dataset = build_dataset(rows, args.sft_fraction, cfg.seed)
     dataset.save_to_disk(str(run_dir / "dataset"))
     metrics: dict[str, Any] = {
-        "method": "cai", "constitution": const.name, "rows": len(rows),
+        "method": "cai", "constitution": book.name, "rows": len(rows),
         "splits": {k: len(v) for k, v in dataset.items()},
         "rounds": args.rounds, "backend": args.backend, "wall_seconds": round(wall, 2),
         "helpfulness_rows": sum(bool(r.get("helpfulness")) for r in rows),

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from alignlab import evaluation, models, runs
+
 log = logging.getLogger("alignlab")
 
 ARGS_CLASS = "alignlab.evaluation:EvalArgs"
@@ -23,8 +25,6 @@ DATA_KIND = "prompts"
 def run(cfg: Any, run_dir: Path) -> dict[str, Any]:
     """Evaluate ``model.path`` (vs ``method.reference``, scored by ``method.reward_model``)."""
     started = time.time()
-    from alignlab import evaluation, models, runs
-
     args = evaluation.EvalArgs(**cfg.method.args)
     inputs = evaluation.prepare(cfg, args, reward_model=bool(cfg.method.reward_model))
     log.info("eval: %d held-out prompts, judge %s; loading the models", len(inputs.prompts),

@@ -24,8 +24,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from alignlab import data
+from alignlab import backends, data, runs, stats
+from alignlab import constitution as const
+from alignlab import rows as row_store
+from alignlab.args import JudgeArgs
 from alignlab.data import RuleScorer
+from alignlab.data.items import prompt_items
+from alignlab.errors import AlignlabError
+from alignlab.training import merged_args
 
 ARGS_CLASS = "alignlab.args:JudgeArgs"
 DATA_KIND = "prompts"
@@ -33,13 +39,8 @@ DATA_KIND = "prompts"
 
 def stage_args(cfg: Any) -> Any:
     """``method.args`` as a checked JudgeArgs."""
-    from alignlab.args import JudgeArgs
-    from alignlab.backends import check
-    from alignlab.errors import AlignlabError
-    from alignlab.training import merged_args
-
     args = JudgeArgs(**merged_args(cfg, ARGS_CLASS))
-    check(args)
+    backends.check(args)
     if args.source not in ("policy", "pairs"):
         raise AlignlabError(f"method.args.source='{args.source}' is unknown. Use policy (sample "
                             "candidates from model.path) or pairs (relabel the data's pairs).")
@@ -71,8 +72,6 @@ def two_way(logprobs: Sequence[float]) -> float:
 def label_pairs(items: Sequence[dict[str, Any]], backend: Any, constitution: Any, args: Any,
                 seed: int) -> list[dict[str, Any]]:
     """Judge each item's (a, b): P(a better), in both orders when ``args.swap``."""
-    from alignlab import constitution as const
-
     questions = []
     for it in items:
         (principle,) = const.sample_principles(
@@ -196,12 +195,8 @@ def run(cfg: Any, run_dir: Path) -> dict[str, Any]:
     """Sample (or take) candidates, judge every pair, write ``run_dir/dataset``."""
     from omegaconf import OmegaConf
 
-    from alignlab import backends, constitution, runs
-    from alignlab import rows as row_store
-    from alignlab.data.items import prompt_items
-
     args = stage_args(cfg)
-    const = constitution.load(cfg.constitution, need_choice=True)
+    book = const.load(cfg.constitution, need_choice=True)
     resume = bool(cfg.resume)
     judge_path = args.judge_model or None
     start = time.time()
@@ -227,11 +222,11 @@ def run(cfg: Any, run_dir: Path) -> dict[str, Any]:
         policy.close()  # free the policy before the judge is loaded
         policy = None
     judge = policy or backends.create(args, cfg, judge_path)
-    fp = row_store.fingerprint(pairs, const, judge_path or str(cfg.model.path), args.swap,
+    fp = row_store.fingerprint(pairs, book, judge_path or str(cfg.model.path), args.swap,
                                args.chain_of_thought, args.clamp, cfg.seed)
     try:
         labels = row_store.run_rows(
-            pairs, lambda chunk: label_pairs(chunk, judge, const, args, cfg.seed),
+            pairs, lambda chunk: label_pairs(chunk, judge, book, args, cfg.seed),
             run_dir / "labels", fingerprint=fp, resume=resume, chunk_size=args.batch_size,
             desc="judge", kill_at=runs.kill_after_step("judge"))
     finally:
@@ -245,7 +240,7 @@ def run(cfg: Any, run_dir: Path) -> dict[str, Any]:
     dataset = build_dataset(kept + human)
     dataset.save_to_disk(str(run_dir / "dataset"))
     metrics: dict[str, Any] = {
-        "method": "judge", "constitution": const.name, "source": args.source,
+        "method": "judge", "constitution": book.name, "source": args.source,
         "judge_model": judge_path or str(cfg.model.path), "prompts": len(items),
         "comparisons": len(labels), "identical_skipped": identical,
         "pairs": {k: len(v) for k, v in dataset.items()},
@@ -297,8 +292,6 @@ def label_agreement(labels: Sequence[dict[str, Any]]) -> dict[str, Any]:
     A hard label counts 1 when the judge prefers the chosen reply, 0.5 for a tie; ``soft`` is the
     mean probability it gave the chosen reply; ``ci`` a 95 % Wilson interval (one pair a prompt).
     """
-    from alignlab import stats
-
     hard = [1.0 if r["prob_a"] > 0.5 else 0.5 if r["prob_a"] == 0.5 else 0.0 for r in labels]
     n = len(hard)
     agreement = sum(hard) / n if n else 0.0
