@@ -307,6 +307,17 @@ def _report_crash(err: Exception, run_dir: Path) -> None:
     sys.exit(1)
 
 
+def _job_config_only(argv: list[str]) -> bool:
+    """``--cfg job`` (or ``-c job``) and nothing that changes what Hydra would print."""
+    for flag in ("--cfg", "-c"):
+        at = argv.index(flag) if flag in argv else -1
+        if 0 <= at < len(argv) - 1 and argv[at + 1] == "job":
+            return not set(argv) & {"--package", "-p", "--resolve", "--config-name", "-cn",
+                                    "--config-path", "-cp", "--config-dir", "-cd",
+                                    "--experimental-rerun"}
+    return False
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``python -m alignlab`` and the ``alignlab`` command."""
     import hydra
@@ -332,6 +343,13 @@ def main(argv: list[str] | None = None) -> None:
             cfg = compose(_overrides(argv))
         except AlignlabError as err:
             fail(err)
+        if _job_config_only(argv):
+            # What Hydra's --cfg job prints, from the config just composed and checked (Hydra
+            # would compose it a second time: half the command's time).
+            from omegaconf import OmegaConf
+
+            sys.stdout.write(OmegaConf.to_yaml(cfg))
+            return
         if "--cfg" not in flags and "-c" not in flags and launch.needs_launch(cfg.hardware):
             toy_start.build_before_launch(cfg)
             sys.exit(launch.relaunch(cfg.hardware, argv))

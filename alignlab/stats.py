@@ -1,7 +1,8 @@
 """Evaluation statistics: win rates, confidence intervals and sequence-level KL estimates.
 
 Pure Python + numpy on purpose: the report renderer and the CLI import this module, and
-neither should pay for importing torch.
+neither should pay for importing torch (numpy is imported where it is used, so that
+``--cfg job`` and config errors do not pay for it either).
 
 Evaluation draws several samples per prompt, and samples of one prompt are correlated (an
 easy prompt is answered well every time). Every interval therefore takes ``groups`` (the
@@ -18,8 +19,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from statistics import NormalDist
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "clustered_mean_se",
@@ -95,6 +98,8 @@ def clustered_mean_se(
     ``groups`` names the cluster (prompt) of each value. The standard error is NaN with fewer
     than two groups, where the between-prompt spread cannot be estimated.
     """
+    import numpy as np
+
     arr = np.asarray(list(values), dtype=float)
     labels = list(groups)
     if len(labels) != arr.size:
@@ -184,6 +189,8 @@ def win_rate(
     treating them as half a success makes the interval slightly conservative, never
     over-confident.
     """
+    import numpy as np
+
     values = [float(o) for o in outcomes]
     bad = [v for v in values if v not in (0.0, 0.5, 1.0)]
     if bad:
@@ -229,6 +236,8 @@ def mean_ci(
     cluster-robust standard error (infinite bounds with one prompt); the result then also
     holds ``n_prompts``.
     """
+    import numpy as np
+
     arr = np.asarray(list(values), dtype=float)
     n = int(arr.size)
     if n == 0:
@@ -274,6 +283,8 @@ def sequence_kl(
     - ``stderr`` / ``stderr_k3``: standard errors of those means (NaN when n < 2);
     - ``n``: number of samples.
     """
+    import numpy as np
+
     logp = np.asarray(list(policy_logprobs), dtype=float)
     logq = np.asarray(list(reference_logprobs), dtype=float)
     if logp.shape != logq.shape:

@@ -51,6 +51,38 @@ def test_cfg_job_is_light_and_shows_overrides() -> None:
     assert not heavy
 
 
+def test_cfg_job_composes_once_and_prints_what_hydra_prints(monkeypatch, capsys) -> None:
+    """``--cfg job`` prints the config it has just composed and checked instead of handing
+    over to Hydra, which would compose it again (half of the command's time). The text is
+    exactly Hydra's: ``-p _global_`` selects the same config but goes through Hydra."""
+    import hydra
+
+    from alignlab import cli
+
+    def no_second_compose(**_: object) -> None:
+        raise AssertionError("--cfg job went through hydra.main")
+
+    args = ["--cfg", "job", "method=dpo", "model=smollm2-135m", "method.args.beta=0.05"]
+    with monkeypatch.context() as m:
+        m.setattr(hydra, "main", no_second_compose)
+        cli.main(list(args))
+    fast = capsys.readouterr().out
+    proc = subprocess.run([sys.executable, "-m", "alignlab", *args, "-p", "_global_"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert fast == proc.stdout
+    assert "beta: 0.05" in fast and "name: smollm2-135m" in fast
+
+
+def test_cfg_job_imports_no_numpy() -> None:
+    code, out, _, _ = run_and_list_modules("--cfg", "job")
+    probe = subprocess.run([sys.executable, "-c", "import sys; sys.argv = ['alignlab', '--cfg', "
+                            "'job']\nfrom alignlab.cli import main\ntry:\n    main()\n"
+                            "finally:\n    print('NUMPY', 'numpy' in sys.modules)"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert code == 0 and "NUMPY False" in probe.stdout, probe.stdout[-500:]
+
+
 @pytest.mark.parametrize(("args", "expect"), [
     (["method=dpoo"], "Did you mean 'dpo'"),
     (["method=dpo", "method.args.betta=0.1"], "Did you mean 'beta'"),
