@@ -98,9 +98,15 @@ def test_module_import_is_light() -> None:
     assert out.stdout.strip() == "[]"
 
 
-def test_public_names() -> None:
-    assert KINDS == ("sft", "pairs", "unpaired", "prompts")
-    assert set(FORMATS) == {"hh-rlhf", "ultrafeedback", "cai", "trl"}
+def test_every_format_serves_every_kind_a_method_trains_on() -> None:
+    """Each method's data kind is one the presets load, with split defaults in every hub/file
+    format: a gap would surface only when a user picks that method with that format."""
+    from alignlab import methods
+
+    needed = {methods.method_info(name).data_kind for name in methods.names()}
+    assert needed and needed <= set(KINDS)
+    for fmt, preset in FORMATS.items():
+        assert needed <= set(preset.splits), fmt
 
 
 # hh-rlhf -----------------------------------------------------------------------------------
