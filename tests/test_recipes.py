@@ -172,10 +172,49 @@ def test_constitutional_recipe_end_to_end(sft_run: Path, tmp_path: Path) -> None
     assert "stage judge: judge" in proc.stdout and (out / "report.md").exists()
 
 
+# What each shipped recipe runs, in order: stage -> (method, {config key: the stage it reads}).
+# "model.path" etc. read a stage's model, "data.path" its dataset.
+_INIT, _REF, _RM, _DATA = "model.path", "method.reference", "method.reward_model", "data.path"
+_JUDGE = "method.args.judge_model"
+RECIPES = {
+    "dpo": {"sft": ("sft", {}), "dpo": ("dpo", {_INIT: "sft", _REF: "sft"}),
+            "eval": ("eval", {_INIT: "dpo", _REF: "sft"})},
+    "instructgpt": {"sft": ("sft", {}), "reward": ("reward", {_INIT: "sft"}),
+                    "ppo": ("ppo", {_INIT: "sft", _REF: "sft", _RM: "reward"}),
+                    "eval": ("eval", {_INIT: "ppo", _REF: "sft", _RM: "reward"})},
+    "scale": {"sft": ("sft", {}), "dpo": ("dpo", {_INIT: "sft", _REF: "sft"}),
+              "sft_medium": ("sft", {}),
+              "eval_medium": ("eval", {_INIT: "sft_medium", _REF: "sft"}),
+              "eval": ("eval", {_INIT: "dpo", _REF: "sft_medium"})},
+    "constitutional": {"sft": ("sft", {}), "skills": ("sft", {_INIT: "sft"}),
+                       "cai": ("cai", {_INIT: "skills"}),
+                       "sft_cai": ("sft", {_INIT: "sft", _DATA: "cai"}),
+                       "judge": ("judge", {_INIT: "sft_cai", _JUDGE: "sft"}),  # (overridden)
+                       "dpo": ("dpo", {_INIT: "sft_cai", _REF: "sft_cai", _DATA: "judge"}),
+                       "eval": ("eval", {_INIT: "dpo", _REF: "sft"})},
+    "demo": {"sft": ("sft", {}), "dpo": ("dpo", {_INIT: "sft", _REF: "sft"}),
+             "reward": ("reward", {_INIT: "sft"}),
+             "ppo": ("ppo", {_INIT: "sft", _REF: "sft", _RM: "reward"}),
+             "grpo": ("grpo", {_INIT: "sft", _REF: "sft"}),
+             "skills": ("sft", {_INIT: "sft"}), "cai": ("cai", {_INIT: "skills"}),
+             "sft_cai": ("sft", {_INIT: "sft", _DATA: "cai"}),
+             "judge": ("judge", {_INIT: "sft_cai", _JUDGE: "skills"}),
+             "dpo_cai": ("dpo", {_INIT: "sft_cai", _REF: "sft_cai", _DATA: "judge"}),
+             **{f"eval_{arm}": ("eval", {_INIT: src, _REF: "sft"}) for arm, src in
+                (("sft", "sft"), ("dpo", "dpo"), ("ppo", "ppo"), ("grpo", "grpo"),
+                 ("cai", "dpo_cai"))}},
+}
+MAKES_MODEL = {"sft", "reward", "dpo", "kto", "grpo", "rloo", "ppo"}  # <stage>/model
+MAKES_DATASET = {"cai", "judge"}  # <stage>/dataset
+
+
 @pytest.mark.parametrize("recipe", ["demo", "scale", "constitutional", "instructgpt", "dpo"])
 def test_every_recipe_composes_into_valid_stages(recipe: str, tmp_path: Path) -> None:
     """Each stage of each shipped recipe resolves its links and passes validation (cheap: no
-    training), so a typo in a recipe file fails here rather than minutes into a run."""
+    training), so a typo in a recipe file fails here rather than minutes into a run: the stages,
+    their methods and what each reads (an earlier stage's output of the right kind)."""
+    from omegaconf import OmegaConf
+
     from alignlab import cli, pipeline, validation
 
     extra = ["stages.judge.judge_model=sft"] if recipe == "constitutional" else []
@@ -188,6 +227,25 @@ def test_every_recipe_composes_into_valid_stages(recipe: str, tmp_path: Path) ->
     pending = {str(p) for out in outputs.values() for p in (out, out / "dataset")}
     for stage in stages.values():
         validation.validate(stage, pending=pending)
+    expected = RECIPES[recipe]
+    assert list(cfg.recipe.stages) == list(expected)
+    for position, (name, (method, reads)) in enumerate(expected.items()):
+        stage = stages[name]
+        assert stage.method.name == method and stage.run_dir == str(tmp_path / name), name
+        for key in (_INIT, _REF, _RM, _DATA, _JUDGE):
+            value = OmegaConf.select(stage, key, default=None)
+            source = reads.get(key)
+            if source is None:  # a stage's own start (a built-in model) or nothing
+                assert value is None or str(tmp_path) not in str(value), (name, key, value)
+                continue
+            assert list(expected).index(source) < position, (name, key, source)  # ran first
+            made = expected[source][0]
+            if key == _DATA:
+                assert made in MAKES_DATASET and value == str(tmp_path / source / "dataset")
+            else:
+                assert made in MAKES_MODEL and value == str(tmp_path / source), (name, key)
+        if _RM in reads:
+            assert expected[reads[_RM]][0] == "reward", name
     if recipe == "demo":
         assert cfg.constitution.name == "toy" and not cfg.quick_eval
         for arm in ("sft", "dpo", "ppo", "grpo", "cai"):
