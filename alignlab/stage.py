@@ -8,6 +8,7 @@ stage's report and one summary line on the console. Used by the CLI for a single
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,10 @@ def run_stage(cfg: Any, run_dir: Path, fingerprint: str | None = None, *,
     if runs.is_main_process():
         runs.write_config(run_dir, cfg)
     metrics = stage.run(cfg, run_dir)
+    # The trainer and its models sit in reference cycles (callbacks, accelerate hooks) that
+    # plain reference counting never frees: collect them now, so that neither the report nor
+    # a recipe's next stage runs next to the weights, gradients and optimizer state.
+    gc.collect()
     if runs.is_main_process():
         runs.write_json(run_dir / "metrics.json", metrics)
         runs.mark_done(run_dir, {"method": cfg.method.name, "fingerprint": fingerprint})

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -203,3 +204,28 @@ def test_kill_during_final_save_leaves_no_done_and_no_half_model(tmp_path: Path)
 
     AutoModelForCausalLM.from_pretrained(model)
     AutoTokenizer.from_pretrained(model)
+
+
+def test_models_are_freed_before_the_report_renders(tmp_path: Path) -> None:
+    """The trainer and its models sit in reference cycles that reference counting never frees;
+    the stage collects them before the report renders (and before a recipe's next stage), so
+    the report does not run next to the training's weights. Checked in a fresh interpreter
+    (pytest's own log and warning capture would keep objects alive)."""
+    code = textwrap.dedent(f"""
+        import gc, sys
+        from pathlib import Path
+        from alignlab import cli, stage
+
+        def probe(run_dir):
+            from transformers import PreTrainedModel
+            alive = [type(o).__name__ for o in gc.get_objects() if isinstance(o, PreTrainedModel)]
+            print("ALIVE", len(alive), alive)
+
+        cfg = cli.compose(["method.args.max_steps=2", "method.args.save_strategy=no",
+                           "report_to=none", "quick_eval=false", "run_dir={tmp_path}"])
+        stage.run_stage(cfg, Path({str(tmp_path)!r}), render=probe)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ALIVE 0 []" in proc.stdout, proc.stdout[-1000:]
