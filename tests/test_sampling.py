@@ -111,8 +111,8 @@ def test_ppo_rollout_samples_plainly(model_and_tok: tuple, monkeypatch) -> None:
     critic = AutoModelForSequenceClassification.from_pretrained(build_builtin("llama-small", 3),
                                                                 num_labels=1)
     policy = trainer.PolicyAndValue(model, critic, trainer.value_head_of(critic), lora=False)
-    env = {"tokenizer": tok, "eos_ids": trainer.eos_token_ids(tok, model), "reference": model,
-           "reward_model": None, "reward_funcs": []}
+    env = trainer.PPOModels(model=policy, reference=model, tokenizer=tok,
+                            eos_ids=trainer.eos_token_ids(tok, model))
     prompts = [[{"role": "user", "content": "hi"}], [{"role": "user", "content": "what is 2+2?"}]]
     args = PPOConfig(response_length=6, temperature=0.7, logprobs_from_generate=True)
     torch.manual_seed(0)
@@ -123,12 +123,12 @@ def test_ppo_rollout_samples_plainly(model_and_tok: tuple, monkeypatch) -> None:
     for s, raw in zip(scores, logits, strict=True):  # nothing but the temperature applied
         assert torch.isfinite(s).all()
         torch.testing.assert_close(s, raw / 0.7)
-    ids, mask, context = batch["ids"], batch["mask"], int(batch["context"])
+    ids, mask, context = batch.query_responses, batch.attention_mask, batch.context
     with torch.no_grad():
         fresh = model(input_ids=ids, attention_mask=mask, position_ids=trainer.position_ids(mask),
                       use_cache=False).logits[:, context - 1:-1]
     expected = torch.log_softmax(fresh / 0.7, -1).gather(-1, ids[:, context:, None])[..., 0]
-    real_tokens = batch["resp_mask"].bool()
+    real_tokens = batch.response_mask.bool()
     assert real_tokens.sum() >= 4
-    torch.testing.assert_close(batch["logprobs"][real_tokens], expected[real_tokens],
+    torch.testing.assert_close(batch.logprobs[real_tokens], expected[real_tokens],
                                atol=1e-5, rtol=1e-5)
