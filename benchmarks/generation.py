@@ -1,19 +1,24 @@
-"""Throughput of the critique-revision stage: batched vs one prompt at a time.
+"""Does alignlab's own decoder earn its place? Critique-revision throughput, three ways.
 
-Runs the same SL-CAI rows (initial answer, critique, revision; the toy constitution) through the
-``transformers`` backend twice, with the same model and sampling settings: once in batches of
-``--batch-size`` prompts, once one prompt per generate() call. Prints a Markdown table.
+The same SL-CAI rows (initial answer, critique, revision; the toy constitution's few-shot
+chats) run through the ``transformers`` backend three ways, side by side in one run:
 
-    HF_HUB_OFFLINE=1 python benchmarks/generation.py                 # built-in llama-small
-    HF_HUB_OFFLINE=1 python benchmarks/generation.py --model runs/sft/<id>/model --prompts 128
+1. **pruned decoder, batched**: alignlab's loop (``generation.generate(prune_finished=True)``,
+   what the backend uses): finished rows leave the batch and its KV cache, a prompt prefix
+   shared by the batch is computed once, the cache grows in place;
+2. **model.generate, batched**: plain ``model.generate`` on the same batches;
+3. **model.generate, one prompt at a time**.
 
-With the random-init built-in model no answer stops early, so both modes generate exactly
-``--max-new-tokens`` tokens per step and the comparison is token for token. The defaults are
-the stage's (``conf/method/cai.yaml``: batch 32, 128 new tokens). The one-at-a-time mode runs
-about ``--single-prompts`` of the same prompts (rows/s is a per-row rate), because it is slow,
-and the two modes alternate chunk by chunk so that both see the same machine load. The result
-depends on the machine: batching wins by amortising per-step overhead, so it gains less where
-the batched matrix products themselves are slow (a CPU shared with other jobs, long prompts).
+The modes alternate chunk by chunk so that all three see the same machine load. Prints a
+Markdown table: rows/s, generated tokens/s and the speed-up over batched ``model.generate``.
+A real model (whose answers end at different lengths) is the case that matters; the built-in
+random-init model never stops early, so there every row runs to ``--max-new-tokens``.
+
+    HF_HUB_OFFLINE=1 python benchmarks/generation.py --model smollm2-135m
+    HF_HUB_OFFLINE=1 python benchmarks/generation.py --model llama-small
+    HF_HUB_OFFLINE=1 python benchmarks/generation.py --model runs/sft/<id>/model
+
+``--model`` is a model preset (``conf/model/<name>.yaml``) or a ``model.path``.
 """
 
 from __future__ import annotations
@@ -24,19 +29,12 @@ import os
 import time
 from typing import Any
 
-
-def _seconds(items: list[dict[str, Any]], backend: Any, constitution: Any, args: Any,
-             seed: int) -> float:
-    from alignlab.methods.cai import critique_revise
-
-    start = time.perf_counter()
-    for c in range(0, len(items), args.batch_size):
-        critique_revise(items[c:c + args.batch_size], backend, constitution, args, seed)
-    return time.perf_counter() - start
+MODES = ("pruned decoder, batched", "model.generate, batched", "model.generate, one at a time")
 
 
 def _plain_chat(backend: Any, conversations: Any, *, temperature: float, max_new_tokens: int,
                 seed: int) -> list[str]:
+    """The backend's chat with plain ``model.generate`` instead of the pruned decoder."""
     from alignlab.generation import generate
 
     out = generate(backend.model, backend.tokenizer, conversations, temperature=temperature,
@@ -45,22 +43,30 @@ def _plain_chat(backend: Any, conversations: Any, *, temperature: float, max_new
     return [o[0] for o in out]
 
 
+def _counting(chat: Any, tokenizer: Any, counter: list[int]) -> Any:
+    """Wrap a chat function to count the tokens it generates."""
+    def counted(conversations: Any, **kw: Any) -> list[str]:
+        out = chat(conversations, **kw)
+        counter[0] += sum(len(tokenizer(o, add_special_tokens=False)["input_ids"]) + 1
+                          for o in out)
+        return out
+    return counted
+
+
 def main() -> None:
     """Measure and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="builtin:llama-small", help="model.path to load")
+    parser.add_argument("--model", default="llama-small",
+                        help="a model preset (conf/model/<name>.yaml) or a model.path")
     parser.add_argument("--prompts", type=int, default=64, help="red-team prompts (rows)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--single-prompts", type=int, default=16,
-                        help="prompts for the one-at-a-time run (the first of the same set)")
+    parser.add_argument("--single-prompts", type=int, default=8,
+                        help="prompts for the one-at-a-time mode (the first of each chunk)")
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: "
-                        "torch's choice)")
-    parser.add_argument("--decoder", choices=("pruned", "generate"), default="pruned",
-                        help="pruned: alignlab's loop (finished rows leave the batch, shared "
-                        "prefix computed once; what the backend uses); generate: plain "
-                        "model.generate, for comparison")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: "
+                        "under load, OpenMP threads waiting on each other made every mode "
+                        "several times slower)")
     opts = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -70,45 +76,60 @@ def main() -> None:
     from alignlab import constitution as const
     from alignlab.args import CAIArgs
     from alignlab.data.items import prompt_items
+    from alignlab.methods.cai import critique_revise
 
     if opts.threads:
         torch.set_num_threads(opts.threads)
     config.register()
-    cfg = cli.compose(["method=cai", "constitution=toy", f"model.path={opts.model}"])
+    presets = {p.stem for p in (config.conf_dir() / "model").glob("*.yaml")}
+    model = f"model={opts.model}" if opts.model in presets else f"model.path={opts.model}"
+    cfg = cli.compose(["method=cai", "constitution=toy", model])
     items = prompt_items(cfg.data, categories=["harmful", "borderline"], seed=cfg.seed)
     items = [it for it in items if it["split"] == "train"]
     items = (items * (opts.prompts // max(1, len(items)) + 1))[:opts.prompts]
     items = [{**it, "key": f"bench-{i}"} for i, it in enumerate(items)]
     constitution = const.load(cfg.constitution)
-    modes = {}
-    for name, batch in (("batched", opts.batch_size), ("one at a time", 1)):
+    modes: dict[str, dict[str, Any]] = {}
+    shared = None
+    for name in MODES:
+        batch = 1 if "one at a time" in name else opts.batch_size
         args = CAIArgs(batch_size=batch, rounds=opts.rounds, temperature=0.7,
                        max_new_tokens=opts.max_new_tokens)
-        backend = backends.create(args, cfg)
-        if opts.decoder == "generate":
+        backend = backends.create(args, cfg) if shared is None else \
+            backends.TransformersBackend(shared.model, shared.tokenizer, batch_size=batch)
+        shared = shared or backend
+        if "model.generate" in name:
             backend.chat = functools.partial(_plain_chat, backend)  # type: ignore[method-assign]
-        _seconds(items[:2], backend, constitution, args, cfg.seed)  # warm-up
-        modes[name] = [backend, args, 0, 0.0]  # backend, args, rows, seconds
-    # Interleave the modes chunk by chunk, so both see the same machine load (on a shared
-    # machine the load changes from minute to minute).
+        counter = [0]
+        backend.chat = _counting(backend.chat, backend.tokenizer, counter)  # type: ignore
+        critique_revise(items[:2], backend, constitution, args, cfg.seed)  # warm-up
+        counter[0] = 0
+        modes[name] = {"backend": backend, "args": args, "rows": 0, "seconds": 0.0,
+                       "tokens": counter}
     chunks = [items[c:c + opts.batch_size] for c in range(0, len(items), opts.batch_size)]
     per_chunk = max(1, opts.single_prompts // len(chunks))
     for chunk in chunks:
-        for name, rows in (("batched", chunk), ("one at a time", chunk[:per_chunk])):
-            backend, args, _, _ = modes[name]
-            modes[name][3] += _seconds(rows, backend, constitution, args, cfg.seed)
-            modes[name][2] += len(rows)
-    results = [(name, m[1].batch_size, m[2], m[3], m[2] / m[3]) for name, m in modes.items()]
-    base = results[1][4]
-    print(f"\nCritique-revision rows/s, transformers backend ({opts.decoder} decoder), model "
-          f"{opts.model}, "
-          f"{opts.rounds} round(s), {opts.max_new_tokens} new tokens per "
-          f"step, torch threads {torch.get_num_threads()}, load average "
-          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs\n")
-    print("| mode | prompts per generate() | rows | seconds | rows/s | speed-up |")
-    print("|---|---|---|---|---|---|")
-    for name, batch, n, seconds, rate in results:
-        print(f"| {name} | {batch} | {n} | {seconds:.1f} | {rate:.2f} | {rate / base:.1f}x |")
+        for name, m in modes.items():
+            rows = chunk[:per_chunk] if "one at a time" in name else chunk
+            start = time.perf_counter()
+            for c in range(0, len(rows), m["args"].batch_size):
+                critique_revise(rows[c:c + m["args"].batch_size], m["backend"], constitution,
+                                m["args"], cfg.seed)
+            m["seconds"] += time.perf_counter() - start
+            m["rows"] += len(rows)
+            print(f"[bench] {name}: {m['rows']} rows in {m['seconds']:.0f} s", flush=True)
+    base = modes[MODES[1]]["rows"] / modes[MODES[1]]["seconds"]
+    print(f"\nCritique-revision (SL-CAI) throughput, transformers backend, model {opts.model}, "
+          f"{opts.rounds} round(s), up to {opts.max_new_tokens} new tokens per step, torch "
+          f"threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f} on "
+          f"{os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')}\n")
+    print("| mode | prompts per call | rows | seconds | rows/s | generated tokens/s | "
+          "rows/s vs batched generate |")
+    print("|---|---|---|---|---|---|---|")
+    for name, m in modes.items():
+        rate = m["rows"] / m["seconds"]
+        print(f"| {name} | {m['args'].batch_size} | {m['rows']} | {m['seconds']:.1f} | "
+              f"{rate:.2f} | {m['tokens'][0] / m['seconds']:.0f} | {rate / base:.2f}x |")
 
 
 if __name__ == "__main__":
