@@ -47,6 +47,16 @@ def run_inprocess(run_dir: Path, *overrides: str) -> dict[str, Any]:
     return cli.run_stage(cfg, Path(run_dir))
 
 
+def trend(values: list[float]) -> tuple[float, float, float]:
+    """A logged series' mean over its first third, over its last third, and its least-squares
+    slope per logged point: a rise over the whole run, which two noisy points cannot fake."""
+    n, third = len(values), max(1, len(values) // 3)
+    mean_x, mean_y = (n - 1) / 2, sum(values) / n
+    spread = sum((x - mean_x) ** 2 for x in range(n)) or 1.0
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in enumerate(values)) / spread
+    return sum(values[:third]) / third, sum(values[-third:]) / third, slope
+
+
 def shared_run(factory: pytest.TempPathFactory, name: str, *args: str) -> Path:
     """``python -m alignlab ARGS`` once per test session, also under pytest-xdist: the first
     worker to ask makes the run (under a file lock), the others wait for it and reuse it."""

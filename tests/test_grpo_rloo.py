@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import alignlab
+from tests.conftest import alignlab, trend
 
 pytestmark = pytest.mark.slow
 
@@ -22,16 +22,32 @@ def _metrics(run: Path) -> dict[str, Any]:
 
 @pytest.mark.parametrize("method", ["grpo", "rloo"])
 def test_judge_reward_raises_judge(method: str, sft_run: Path, tmp_path: Path) -> None:
-    """The toy judge as reward: held-out judge score above the SFT model's, KL bounded."""
+    """The toy judge as reward: on the same held-out prompts, sampled with the same seed, the
+    trained policy's answers score above the starting SFT model's (an unchanged model ties on
+    every one); the policy leaves the reference step by step and sharpens, KL bounded.
+
+    The training reward itself is no test: each step's mean over 8 prompts varies by +-0.1 with
+    the prompts drawn, more than 30 (or 60) steps raise it (measured: flat over both)."""
     run = tmp_path / method
     alignlab(f"hydra.run.dir={run}", f"method={method}", f"model.path={sft_run}/model",
-             "method.reward_funcs=[toy_judge]", "method.args.max_steps=30", env=ENV)
+             "method.reward_funcs=[toy_judge]", "method.args.max_steps=30",
+             "method.args.logging_steps=2", env=ENV)
     m = _metrics(run)
     sft = _metrics(sft_run)["judge"]["score"]
     assert m["judge"]["score"] > sft + 0.03, (m["judge"], sft)
+    # measured: 0.60 -> 0.69 (grpo), 0.68 (rloo); 17 answers better, 6-7 worse
+    start = m["baseline"]["judge"]["score"]
+    assert m["judge"]["score"] > start + 0.04, (start, m["judge"])
+    wins = json.loads((run / "eval.json").read_text())["win_rate"]
+    assert wins["wins"] > wins["losses"] + 5, wins
     assert 0 < m["kl"]["kl"] < 3.0, m["kl"]  # nats per response, vs the SFT reference
-    rewards = [h["reward"] for h in m["log_history"] if "reward" in h]
-    assert rewards[-1] > rewards[0]
+    logged = [h for h in m["log_history"] if "reward" in h]
+    assert len(logged) >= 12
+    # measured over the 15 logged steps: KL 0.007 -> 0.025, entropy 0.100 -> 0.074
+    first, last, slope = trend([h["kl"] for h in logged])
+    assert last > first + 0.01 and slope > 0, (first, last, slope)
+    first, last, slope = trend([h["entropy"] for h in logged])
+    assert last < first - 0.01 and slope < 0, (first, last, slope)
 
 
 def test_mixed_rewards_and_explicit_reference(sft_run: Path, reward_run: Path,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import alignlab, run_inprocess
+from tests.conftest import alignlab, run_inprocess, trend
 
 
 def metrics(run: Path) -> dict:
@@ -61,10 +61,19 @@ def test_kto_trains_from_sft(sft_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "kto"
     alignlab(f"hydra.run.dir={out}", "method=kto", f"model.path={sft_run}/model",
              "method.args.save_strategy=no")
-    margins = logged(out, "rewards/margins")
-    assert margins and margins[-1] > margins[0]
-    # KTO moves slowly at this lr (3e-4 collapsed into garbled text); it must not break it
-    assert metrics(out)["judge"]["score"] >= metrics(sft_run)["judge"]["score"] - 0.05
+    # The margin (chosen minus rejected log-ratio to the reference) rises over the whole run,
+    # mostly as the bad answers get less likely (measured: 0.02 -> 0.26, rejected -0.14 -> -0.36)
+    first, last, slope = trend(logged(out, "rewards/margins"))
+    assert len(logged(out, "rewards/margins")) >= 9 and last > first + 0.1 and slope > 0
+    first, last, slope = trend(logged(out, "rewards/rejected"))
+    assert last < first - 0.1 and slope < 0
+    # KTO moves slowly at this lr (3e-4 collapsed into garbled text), but the same prompts,
+    # sampled with the same seed, score better than the start's answers: an unchanged model
+    # ties everywhere (measured: 0.60 -> 0.69, 13 answers better, 2 worse)
+    judge, start = metrics(out)["judge"]["score"], metrics(out)["baseline"]["judge"]["score"]
+    assert judge > start + 0.04 and judge >= metrics(sft_run)["judge"]["score"] - 0.05, start
+    wins = json.loads((out / "eval.json").read_text())["win_rate"]
+    assert wins["wins"] > 2 * wins["losses"], wins
 
 
 def test_dpo_reference_is_the_starting_policy(sft_run: Path, tmp_path: Path) -> None:
