@@ -1,17 +1,35 @@
 """Benchmark alignlab's PPO against TRL 1.12's experimental PPO (the last TRL that had one).
 
-Same policy (an SFT run), same reward model, same prompts, same rollout and PPO settings; each
-trainer runs in its own fresh process so peak memory is its own. Both final policies are then
-scored by the same held-out evaluation (3 samples per prompt at T=0.7): reward-model score, KL
-to the SFT model, and the toy judge. Prints a markdown table.
+Same policy, same reward model, same prompts, same rollout and PPO settings, full fine-tuning or
+LoRA (``--lora``: r 16 on all linear layers of the policy in both); each trainer runs in its own
+fresh process so peak memory is its own. Both final policies are then scored by the same
+held-out evaluation (3 samples per prompt at T=0.7): reward-model score, KL to the starting
+policy, and the toy judge. Prints a markdown table.
+
+``--model llama-small`` (the default) trains an SFT model and a reward model with the CLI first;
+``--model smollm2-135m`` starts from the instruct model itself and trains only the reward model
+(``--rm-steps`` full fine-tuning steps on toy pairs). Either can be given with ``--sft/--rm``.
+
+A fair baseline needs two settings that TRL 1.12's PPO depends on (found when its run *lowered*
+the held-out reward-model score, 1.50 -> -0.05, while alignlab's rose):
+
+- TRL 1.12 reads the reward at the response's last non-pad token, which is its stop token
+  (EOS), whereas a reward model trained by TRL's RewardTrainer on chat data reads the last token
+  of the rendered chat template; ChatML templates put a newline after ``<|im_end|>``. Read one
+  token early, the score head sees a position it was never trained on. So the base model's copy
+  used here renders a chat that *ends* at its EOS token (the trailing newline dropped), and both
+  trainers' reward model is trained on it: both read the same token.
+- TRL 1.12 builds its attention mask as ``ids != pad_token_id``. When the pad token is the EOS
+  token (SmolLM2: both ``<|im_end|>``), every end-of-turn token of the prompt is masked out as
+  padding. The copy gets a pad token that is not an EOS token (``<|endoftext|>``).
 
 TRL 1.12 is installed only into a throwaway virtual environment in a temp dir (``--trl-venv`` to
 reuse one); it is never a dependency of alignlab. If it cannot be installed, the script says so
 and still reports alignlab's figures.
 
+    .venv/bin/python benchmarks/ppo.py                                # llama-small
+    .venv/bin/python benchmarks/ppo.py --model smollm2-135m --steps 4 [--lora]
     .venv/bin/python benchmarks/ppo.py --sft <sft run>/model --rm <reward run>/model
-
-Without ``--sft/--rm`` it first trains both with the CLI's defaults (several minutes).
 """
 
 from __future__ import annotations
@@ -81,13 +99,22 @@ args = PPOConfig(output_dir=cfg["out"],
                  num_sample_generations=0, save_strategy="no", report_to="none",
                  logging_steps=1, use_cpu=True, bf16=False, gradient_checkpointing=False,
                  seed=cfg["seed"], disable_tqdm=True)
+peft_config = None
+if cfg["lora"]:  # LoRA on the policy; TRL then takes the reference from the adapter-less base
+    from peft import LoraConfig
+    peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, task_type="CAUSAL_LM",
+                             target_modules="all-linear")
+    ref = None
 trainer = PPOTrainer(args=args, processing_class=tok, model=policy, ref_model=ref,
                      reward_model=reward, value_model=value, train_dataset=train,
-                     eval_dataset=train.select(range(8)))
+                     eval_dataset=train.select(range(8)), peft_config=peft_config)
 start = time.time()
 trainer.train()
 wall = time.time() - start
-trainer.save_model(cfg["out"] + "/model")
+policy = trainer.model.policy
+if cfg["lora"]:
+    policy = policy.merge_and_unload()
+policy.save_pretrained(cfg["out"] + "/model")
 tok.save_pretrained(cfg["out"] + "/model")
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 json.dump({"wall": wall, "tokens": counted["tokens"], "peak_memory_mb": rss,
@@ -99,6 +126,13 @@ def sh(cmd: list[str], env: dict[str, str] | None = None, **kw: Any) -> subproce
     """Run a command, capturing output."""
     return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})},
                           **kw)
+
+
+def alignlab_cli(*args: str) -> None:
+    """``python -m alignlab ARGS`` (exits with its stderr if it fails)."""
+    proc = sh([sys.executable, "-m", "alignlab", *args], env=THREADS, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(proc.stderr[-3000:])
 
 
 def make_trl_venv(where: Path) -> tuple[Path | None, str]:
@@ -120,10 +154,12 @@ def make_trl_venv(where: Path) -> tuple[Path | None, str]:
     return python, f"trl {probe.stdout.split()[0]}, transformers {probe.stdout.split()[1]}"
 
 
-def run_alignlab(sft: str, rm: str, steps: int, seed: int, out: Path) -> dict[str, Any]:
+def run_alignlab(sft: str, rm: str, steps: int, seed: int, out: Path,
+                 lora: bool) -> dict[str, Any]:
     """alignlab's PPO through the CLI, as a user runs it."""
     s = SETTINGS
     overrides = [f"hydra.run.dir={out}", "method=ppo", f"model.path={sft}",
+                 f"model.lora={'true' if lora else 'false'}", "model.dtype=float32",
                  f"method.reward_model={rm}", f"seed={seed}", f"method.args.max_steps={steps}",
                  "method.args.num_mini_batches=2", "method.args.lr_scheduler_type=constant",
                  "method.args.warmup_steps=0", "method.args.save_strategy=no",
@@ -141,7 +177,8 @@ def run_alignlab(sft: str, rm: str, steps: int, seed: int, out: Path) -> dict[st
             "model": str(out / "model"), "last": hist[-1]}
 
 
-def run_trl(python: Path, sft: str, rm: str, steps: int, seed: int, out: Path) -> dict[str, Any]:
+def run_trl(python: Path, sft: str, rm: str, steps: int, seed: int, out: Path,
+            lora: bool) -> dict[str, Any]:
     """TRL 1.12's experimental PPOTrainer in the throwaway venv, on the same token ids."""
     from transformers import AutoTokenizer
 
@@ -152,7 +189,7 @@ def run_trl(python: Path, sft: str, rm: str, steps: int, seed: int, out: Path) -
     prompts = list(data.load({"name": "toy", "format": "toy", "seed": 42, "toy": TOY},
                              "prompts", "train")["prompt"])
     out.mkdir(parents=True, exist_ok=True)
-    spec = {"sft": sft, "rm": rm, "steps": steps, "rollout": ROLLOUT, "seed": seed,
+    spec = {"sft": sft, "rm": rm, "steps": steps, "rollout": ROLLOUT, "seed": seed, "lora": lora,
             "settings": SETTINGS, "out": str(out),
             "prompt_ids": encode_prompts(tok, prompts, None)}
     (out / "spec.json").write_text(json.dumps(spec))
@@ -165,7 +202,8 @@ def run_trl(python: Path, sft: str, rm: str, steps: int, seed: int, out: Path) -
     return {**result, "model": str(out / "model")}
 
 
-def evaluate(model_dir: str, sft: str, rm: str, seed: int) -> dict[str, float]:
+def evaluate(model_dir: str, sft: str, rm: str, seed: int,
+             max_prompts: int | None = None) -> dict[str, float]:
     """Held-out RM score, KL(policy || SFT) and toy judge of a saved policy."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -173,23 +211,54 @@ def evaluate(model_dir: str, sft: str, rm: str, seed: int) -> dict[str, float]:
     from alignlab.data import toy
 
     tok = AutoTokenizer.from_pretrained(model_dir)
-    policy = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    if (Path(model_dir) / "adapter_config.json").exists():  # alignlab's LoRA run
+        from peft import AutoPeftModelForCausalLM
+
+        policy = AutoPeftModelForCausalLM.from_pretrained(model_dir).merge_and_unload().eval()
+    else:
+        policy = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     ref = AutoModelForCausalLM.from_pretrained(sft).eval()
     from transformers import AutoModelForSequenceClassification
 
     reward = AutoModelForSequenceClassification.from_pretrained(rm, num_labels=1).eval()
     prompts = list(data.load({"name": "toy", "format": "toy", "seed": 42, "toy": TOY},
-                             "prompts", "test")["prompt"])
-    responses = generation.generate(policy, tok, prompts, num_samples=3, seed=seed,
-                                    max_new_tokens=SETTINGS["response_length"])
+                             "prompts", "test")["prompt"])[:max_prompts]
+    temperature = SETTINGS["temperature"]
+    responses, ids = generation.generate(policy, tok, prompts, num_samples=3, seed=seed,
+                                         temperature=temperature, return_ids=True,
+                                         max_new_tokens=SETTINGS["response_length"])
     flat_p = [p for p, rs in zip(prompts, responses, strict=True) for _ in rs]
     flat_r = [r for rs in responses for r in rs]
+    flat_ids = [x for rows in ids for x in rows]
     scores = evaluation.reward_scores(reward, AutoTokenizer.from_pretrained(rm), flat_p, flat_r)
-    lp = evaluation.sequence_logprobs(policy, tok, flat_p, flat_r)
-    ref_lp = evaluation.sequence_logprobs(ref, tok, flat_p, flat_r)
-    return {"reward": sum(scores) / len(scores),
-            "kl": sum(a - b for a, b in zip(lp, ref_lp, strict=True)) / len(lp),
+    kl = evaluation.kl_to_reference(policy, ref, tok, flat_p, flat_ids, temperature=temperature)
+    return {"reward": sum(scores) / len(scores), "kl": kl["kl"],
             "judge": toy.rule_scores(flat_p, flat_r).score}
+
+
+def fair_copy(src: str, dst: Path) -> str:
+    """A copy of model folder ``src`` whose chat ends at its EOS token and whose pad token is
+    not an EOS token: the two settings TRL 1.12's PPO needs (see the module docstring)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(src)
+    model = AutoModelForCausalLM.from_pretrained(src, dtype="float32")
+    eos = {tok.eos_token_id, *([model.generation_config.eos_token_id] if isinstance(
+        model.generation_config.eos_token_id, int) else model.generation_config.eos_token_id
+        or [])}
+    if tok.pad_token_id is None or tok.pad_token_id in eos:
+        spare = next(t for t in tok.all_special_tokens if tok.convert_tokens_to_ids(t) not in eos)
+        tok.pad_token = spare
+    model.config.pad_token_id = model.generation_config.pad_token_id = tok.pad_token_id
+    # Render as before, then drop what follows the last EOS of a finished chat (a newline).
+    tok.chat_template = ("{%- set rendered %}" + tok.chat_template + "{%- endset %}"
+                         "{%- if add_generation_prompt %}{{- rendered }}"
+                         "{%- else %}{{- rendered.rstrip() }}{%- endif %}")
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    assert tok.apply_chat_template(chat, tokenize=False).endswith(tok.eos_token), "template"
+    model.save_pretrained(dst)
+    tok.save_pretrained(dst)
+    return str(dst)
 
 
 TOY = {"n_sft": 4000, "n_pairs": 2000, "n_prompts": 1000, "error_rate": 0.3, "comply_rate": 0.6,
@@ -200,44 +269,77 @@ THREADS = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELIS
 def main() -> None:
     """Parse arguments, run both trainers, print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sft", help="SFT model folder (default: train one with the CLI)")
+    parser.add_argument("--model", default="llama-small",
+                        help="a model preset (conf/model/<name>.yaml) or a model.path")
+    parser.add_argument("--sft", help="starting policy folder (default: llama-small: an SFT "
+                        "run with the CLI's defaults; other models: the model itself)")
     parser.add_argument("--rm", help="reward model folder (default: train one with the CLI)")
+    parser.add_argument("--rm-steps", type=int, default=60,
+                        help="reward-model steps when training one for a model other than "
+                        "llama-small")
+    parser.add_argument("--lora", action="store_true", help="LoRA on the policy (both)")
     parser.add_argument("--steps", type=int, default=30, help="PPO updates of 32 prompts")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="runs of each trainer, interleaved; the median is reported")
+    parser.add_argument("--eval-prompts", type=int, default=None,
+                        help="held-out prompts to evaluate (default: all 200)")
     parser.add_argument("--trl-venv", type=Path, help="reuse (or create) this venv for TRL 1.12")
     parser.add_argument("--skip-trl", action="store_true", help="only measure alignlab")
     a = parser.parse_args()
     os.environ.update(THREADS)
     work = Path(tempfile.mkdtemp(prefix="alignlab-ppo-bench-"))
     if not a.sft or not a.rm:
-        print("[bench] training SFT and reward model with the CLI defaults ...", flush=True)
-        for args in ([f"hydra.run.dir={work}/sft", "method.args.save_strategy=no"],
-                     [f"hydra.run.dir={work}/rm", "method=reward", f"model.path={work}/sft/model",
-                      "method.args.save_strategy=no"]):
-            proc = sh([sys.executable, "-m", "alignlab", *args], env=THREADS, cwd=ROOT)
-            if proc.returncode != 0:
-                raise SystemExit(proc.stderr[-3000:])
-        a.sft, a.rm = f"{work}/sft/model", f"{work}/rm/model"
+        from alignlab import cli, config, models
+
+        config.register()
+        presets = {p.stem for p in (config.conf_dir() / "model").glob("*.yaml")}
+        model_arg = f"model={a.model}" if a.model in presets else f"model.path={a.model}"
+        cfg = cli.compose([model_arg])
+        start = str(models.resolve_path(cfg.model, cfg.seed))
+        if a.model == "llama-small" and not a.sft:
+            print("[bench] training SFT with the CLI defaults ...", flush=True)
+            alignlab_cli(f"hydra.run.dir={work}/sft", "method.args.save_strategy=no",
+                         "quick_eval=false")
+            start = f"{work}/sft/model"
+        a.sft = fair_copy(a.sft or start, work / "base")
+        if not a.rm:
+            print("[bench] training the reward model ...", flush=True)
+            steps = [] if a.model == "llama-small" else [
+                f"method.args.max_steps={a.rm_steps}", "model.train_args.default.max_length=256"]
+            alignlab_cli(f"hydra.run.dir={work}/rm", "method=reward", model_arg,
+                         f"model.path={a.sft}", "model.lora=false", "model.dtype=float32",
+                         "method.args.save_strategy=no", *steps)
+        a.rm = a.rm or f"{work}/rm/model"
 
     results: dict[str, dict[str, Any]] = {}
-    print("[bench] alignlab PPO ...", flush=True)
-    results["alignlab"] = run_alignlab(a.sft, a.rm, a.steps, a.seed, work / "alignlab")
-    note = "skipped (--skip-trl)"
+    python, note = None, "skipped (--skip-trl)"
     if not a.skip_trl:
         print("[bench] preparing a throwaway venv with trl==1.12.* ...", flush=True)
         python, note = make_trl_venv(a.trl_venv or work / "trl-venv")
+    runs: dict[str, list[dict[str, Any]]] = {"alignlab": [], "TRL 1.12": []}
+    for i in range(a.repeats):  # interleaved, so that drift in machine load hits both
+        print(f"[bench] alignlab PPO ({i + 1}/{a.repeats}) ...", flush=True)
+        runs["alignlab"].append(run_alignlab(a.sft, a.rm, a.steps, a.seed,
+                                             work / f"alignlab-{i}", a.lora))
         if python is not None:
-            print(f"[bench] TRL 1.12 PPO ({note}) ...", flush=True)
+            print(f"[bench] TRL 1.12 PPO ({note}; {i + 1}/{a.repeats}) ...", flush=True)
             try:
-                results["TRL 1.12"] = run_trl(python, a.sft, a.rm, a.steps, a.seed, work / "trl")
+                runs["TRL 1.12"].append(run_trl(python, a.sft, a.rm, a.steps, a.seed,
+                                                work / f"trl-{i}", a.lora))
             except RuntimeError as err:
                 note = f"TRL 1.12 PPO failed: {str(err).strip().splitlines()[-1]}"
+                python = None
+    for name, done in runs.items():
+        if done:  # the median run by throughput; its model is the one evaluated
+            done.sort(key=lambda r: r["tokens"] / r["wall"])
+            results[name] = done[len(done) // 2]
     if "TRL 1.12" not in results:
         print(f"\n**TRL 1.12 could not be measured: {note}.** alignlab's figures only.\n")
     print("[bench] evaluating the final policies ...", flush=True)
-    base = evaluate(a.sft, a.sft, a.rm, a.seed)
+    base = evaluate(a.sft, a.sft, a.rm, a.seed, a.eval_prompts)
     for r in results.values():
-        r.update(evaluate(r["model"], a.sft, a.rm, a.seed))
+        r.update(evaluate(r["model"], a.sft, a.rm, a.seed, a.eval_prompts))
 
     names = list(results)
     rows = [("updates x prompts", lambda r: f"{a.steps} x {ROLLOUT}"),
@@ -247,7 +349,9 @@ def main() -> None:
             (f"held-out RM score (SFT {base['reward']:.2f})", lambda r: f"{r['reward']:.2f}"),
             ("held-out KL to SFT (nats/response)", lambda r: f"{r['kl']:.2f}"),
             (f"toy judge (SFT {base['judge']:.3f})", lambda r: f"{r['judge']:.3f}")]
-    print(f"\nPPO on llama-small / toy world, CPU, 1 thread per process; TRL: {note}\n")
+    print(f"\nPPO on {a.model} ({'LoRA' if a.lora else 'full fine-tuning'}), toy-world "
+          f"prompts, CPU, 1 thread per process, median of {a.repeats} interleaved run(s); TRL: "
+          f"{note}; {time.strftime('%Y-%m-%d')}\n")
     print("| | " + " | ".join(names) + " |")
     print("|---|" + "---|" * len(names))
     for label, fmt in rows:
