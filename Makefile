@@ -39,6 +39,7 @@ test: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports  # the one-way layers (pyproject.toml [tool.importlinter])
 
 bench: install
 	$(PY) benchmarks/overhead.py
