@@ -75,7 +75,7 @@ def test_cfg_job_composes_once_and_prints_what_hydra_prints(monkeypatch, capsys)
 
 
 def test_cfg_job_imports_no_numpy() -> None:
-    code, out, _, _ = run_and_list_modules("--cfg", "job")
+    code, _, _, _ = run_and_list_modules("--cfg", "job")
     probe = subprocess.run([sys.executable, "-c", "import sys; sys.argv = ['alignlab', '--cfg', "
                             "'job']\nfrom alignlab.cli import main\ntry:\n    main()\n"
                             "finally:\n    print('NUMPY', 'numpy' in sys.modules)"],
