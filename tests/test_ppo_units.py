@@ -588,7 +588,13 @@ def test_setup_builds_a_run_and_resumes_its_checkpoint(tmp_path: Path) -> None:
     """setup() on llama-small: the planned steps, the trainable weights in the optimizer at the
     starting learning rate, frozen reference on the device, EOS ids; after a checkpoint,
     resume=true starts after it with its state and its (changed) weights."""
+    from accelerate.state import AcceleratorState
+
     from alignlab import cli
+
+    # An earlier test in this worker may have built a bf16 PPOConfig, which fixes accelerate's
+    # process-wide state to bf16; a run is one process, so start from a clean state as one does.
+    AcceleratorState._reset_state(reset_partial_state=True)
 
     cfg = cli.compose(["method=ppo", "method.reward_funcs=[toy_judge]", "model.from_sft=false",
                        "quick_eval=false", "data.toy.n_prompts=40", "method.args.use_cpu=true",
