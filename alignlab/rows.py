@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from alignlab import runs
 from alignlab.errors import AlignlabError
 
 log = logging.getLogger("alignlab")
@@ -79,9 +80,7 @@ def run_rows(items: Sequence[dict[str, Any]], work: Callable[[list[dict[str, Any
         raise AlignlabError(f"The rows in {folder} were made with different prompts, model "
                             "or settings than this run. Resume with the original config, or "
                             "choose a new hydra.run.dir.")
-    tmp = state.with_name(state.name + ".tmp")  # renamed into place: never a torn state file
-    tmp.write_text(json.dumps({"fingerprint": fingerprint}, indent=2) + "\n")
-    os.replace(tmp, state)
+    runs.write_json(state, {"fingerprint": fingerprint})  # atomic: never a torn state file
     wanted = set(keys)
     done = {k: v for k, v in done.items() if k in wanted}
     todo = [it for it in items if str(it["key"]) not in done]
