@@ -146,7 +146,7 @@ def main() -> None:
     model_arg = f"model={opts.model}" if opts.model in presets else f"model.path={opts.model}"
     cfg = cli.compose([model_arg])
     model_dir = str(models.resolve_path(cfg.model, cfg.seed))
-    toy = json.loads(json.dumps(config.to_plain(cfg.data.toy)))
+    toy = config.to_plain(cfg.data.toy)
     steps = {k: int(v) for k, v in (kv.split("=") for kv in opts.steps.split(","))}
     table, notes = [], []
     with tempfile.TemporaryDirectory() as tmp:

@@ -241,11 +241,11 @@ def fair_copy(src: str, dst: Path) -> str:
     not an EOS token: the two settings TRL 1.12's PPO needs (see the module docstring)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from alignlab.ppo.trainer import eos_token_ids
+
     tok = AutoTokenizer.from_pretrained(src)
     model = AutoModelForCausalLM.from_pretrained(src, dtype="float32")
-    eos = {tok.eos_token_id, *([model.generation_config.eos_token_id] if isinstance(
-        model.generation_config.eos_token_id, int) else model.generation_config.eos_token_id
-        or [])}
+    eos = set(eos_token_ids(tok, model))
     if tok.pad_token_id is None or tok.pad_token_id in eos:
         spare = next(t for t in tok.all_special_tokens if tok.convert_tokens_to_ids(t) not in eos)
         tok.pad_token = spare
