@@ -245,16 +245,19 @@ def fair_copy(src: str, dst: Path) -> str:
 
     tok = AutoTokenizer.from_pretrained(src)
     model = AutoModelForCausalLM.from_pretrained(src, dtype="float32")
-    eos = set(eos_token_ids(tok, model))
-    if tok.pad_token_id is None or tok.pad_token_id in eos:
-        spare = next(t for t in tok.all_special_tokens if tok.convert_tokens_to_ids(t) not in eos)
-        tok.pad_token = spare
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    # The pad must be neither an EOS nor a token a chat uses (<|im_start|> is a special token
+    # too, and TRL 1.12 would mask it in every prompt).
+    rendered = tok(tok.apply_chat_template(chat, tokenize=False), add_special_tokens=False)
+    used = set(eos_token_ids(tok, model)) | set(rendered["input_ids"])
+    if tok.pad_token_id is None or tok.pad_token_id in used:
+        tok.pad_token = next(t for t in tok.all_special_tokens
+                             if tok.convert_tokens_to_ids(t) not in used)
     model.config.pad_token_id = model.generation_config.pad_token_id = tok.pad_token_id
     # Render as before, then drop what follows the last EOS of a finished chat (a newline).
     tok.chat_template = ("{%- set rendered %}" + tok.chat_template + "{%- endset %}"
                          "{%- if add_generation_prompt %}{{- rendered }}"
                          "{%- else %}{{- rendered.rstrip() }}{%- endif %}")
-    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
     assert tok.apply_chat_template(chat, tokenize=False).endswith(tok.eos_token), "template"
     model.save_pretrained(dst)
     tok.save_pretrained(dst)
