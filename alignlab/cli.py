@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import shutil
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -161,15 +163,31 @@ def compose(overrides: list[str]) -> Any:
     from omegaconf import OmegaConf
 
     runs.refuse_secrets(OmegaConf.to_container(cfg, resolve=False))
-    validation.validate(cfg)
-    if cfg.recipe.name:
-        pipeline.check(cfg)
+    try:
+        validation.validate(cfg)
+        if cfg.recipe.name:
+            pipeline.check(cfg)
+    except OSError as err:  # e.g. a path longer than the filesystem allows
+        raise _path_error(err) from None
     return cfg
+
+
+def _path_error(err: OSError) -> AlignlabError:
+    """A path in the config that the operating system refuses, as one line with the fix."""
+    name = str(err.filename or "")
+    shown = name if len(name) <= 80 else f"{name[:40]}...{name[-30:]} ({len(name)} characters)"
+    return AlignlabError(f"Cannot use the path '{shown}': {err.strerror or err}. Use a shorter "
+                         "or existing path (a folder name is at most 255 characters).")
 
 
 def planned_run_dir(overrides: list[str]) -> Path | None:
     """The run directory Hydra will create for ``overrides`` (``hydra.run.dir``, resolved);
     None when it resolves only inside Hydra's job (e.g. ``${hydra:job.name}`` in it)."""
+    return _planned_hydra_dir(overrides, "hydra.run.dir")
+
+
+def _planned_hydra_dir(overrides: list[str], key: str) -> Path | None:
+    """``key`` (``hydra.run.dir`` or ``hydra.sweep.dir``) as Hydra will resolve it."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -180,7 +198,7 @@ def planned_run_dir(overrides: list[str]) -> Path | None:
         with initialize_config_dir(config_dir=str(config.conf_dir()), version_base=None):
             cfg = hydra_compose(config_name="config", overrides=open_mapping_overrides(overrides),
                                 return_hydra_config=True)
-        return Path(OmegaConf.select(cfg, "hydra.run.dir"))
+        return Path(OmegaConf.select(cfg, key))
     except Exception:  # Hydra and OmegaConf raise many types; _task locks the dir then
         return None
     finally:
@@ -198,13 +216,19 @@ def _task(cfg: Any) -> None:
     run_dir = Path(cfg.run_dir)
     try:  # before anything is removed on failure: the directory may be another run's
         runs.lock_run_dir(run_dir)
+        if not cfg.recipe.name:  # a sweep's member, checked here (main checked a single run)
+            refuse_finished(cfg, run_dir)
     except AlignlabError as err:
         fail(err)
-    existed = (run_dir / "config.yaml").exists()
     console.setup(cfg.quiet, verbose=_hydra_verbose())
+    for sig in (signal.SIGTERM, signal.SIGINT):  # SLURM preemption, Ctrl-C
+        signal.signal(sig, runs.on_signal)
     try:
         validation.validate(cfg)
         config.apply_hardware(cfg)
+        if cfg.overwrite and not cfg.recipe.name and runs.is_main_process():
+            with contextlib.suppress(FileNotFoundError):  # the old run is no longer done
+                (run_dir / runs.MARKER).unlink()
         if cfg.recipe.name:
             metrics = pipeline.run(cfg, run_dir, render=_render)
             if runs.is_main_process():
@@ -212,9 +236,15 @@ def _task(cfg: Any) -> None:
         else:  # run_stage rendered the run's report
             metrics = run_stage(cfg, run_dir)
     except AlignlabError as err:
-        if not existed:
+        kept = _kept_work(run_dir)
+        if kept:
+            err = AlignlabError(f"{err} ({kept} kept: after the fix, run the same command with "
+                                "resume=true to continue)")
+        else:
             _remove_unfinished(run_dir)
         fail(err)
+    except (KeyboardInterrupt, runs.Interrupted) as err:
+        _interrupted(err, run_dir)
     except Exception as err:  # not a mistake the user can fix: a bug, or the machine failed
         _report_crash(err, run_dir)
     name = f"recipe {cfg.recipe.name}" if cfg.recipe.name else cfg.method.name
@@ -267,9 +297,11 @@ class SweepReport(Callback):
 def _remove_unfinished(run_dir: Path) -> None:
     """A run that failed before writing anything of value leaves no directory behind.
 
-    A recipe's earlier stages are of value: their folders (one level down) are looked at too.
+    Only a directory that this process created is removed: one that existed before (the
+    working directory, a user's folder, an earlier run) is never touched. A recipe's earlier
+    stages are of value: their folders (one level down) are looked at too.
     """
-    if not run_dir.is_dir() or not runs.is_main_process():
+    if not run_dir.is_dir() or not runs.is_main_process() or not runs.created_here(run_dir):
         return
     folders = [run_dir, *(d for d in run_dir.iterdir() if d.is_dir())]
     if not any(_of_value(d) for d in folders):
@@ -277,11 +309,56 @@ def _remove_unfinished(run_dir: Path) -> None:
 
 
 def _of_value(folder: Path) -> bool:
-    """Whether ``folder`` holds results: a model, metrics, a marker or a checkpoint (the
-    trainer creates an empty ``checkpoints/`` while it is set up; that is nothing to keep)."""
+    """Whether ``folder`` holds results: a model, metrics, a marker, a checkpoint or rows a
+    generation stage has written (``shard-*.jsonl`` of its resumable store; the trainer creates
+    an empty ``checkpoints/`` while it is set up, which is nothing to keep)."""
     model = folder / "model"
     return (model.is_dir() and any(model.iterdir())) or (folder / "metrics.json").exists() \
-        or (folder / runs.MARKER).exists() or runs.last_checkpoint(folder) is not None
+        or (folder / runs.MARKER).exists() or runs.last_checkpoint(folder) is not None \
+        or any(p.stat().st_size > 0 for p in folder.glob("*/shard-*.jsonl"))
+
+
+def _kept_work(run_dir: Path) -> str | None:
+    """What an unfinished run (or a recipe's unfinished stage) saved that ``resume=true``
+    continues from: its newest checkpoint, or the rows of a generation stage."""
+    if not run_dir.is_dir():
+        return None
+    for folder in (run_dir, *sorted(d for d in run_dir.iterdir() if d.is_dir())):
+        if runs.is_done(folder):
+            continue  # a recipe's finished stage is skipped on the next run anyway
+        ckpt = runs.last_checkpoint(folder)
+        if ckpt is not None:
+            return f"the checkpoint {ckpt} is"
+        rows = [p for p in folder.glob("*/shard-*.jsonl") if p.stat().st_size > 0]
+        if rows:
+            return f"the rows written so far ({rows[0].parent}) are"
+    return None
+
+
+def refuse_finished(cfg: Any, run_dir: Path) -> None:
+    """A finished run is never overwritten without a word: refused unless ``overwrite=true``
+    (a recipe skips its finished stages, and refuses one made with another config)."""
+    if cfg.recipe.name:
+        pipeline.refuse_mixed(cfg, run_dir)
+    elif runs.is_done(run_dir) and not cfg.overwrite:
+        raise AlignlabError(f"Run directory {run_dir} holds a finished run. Choose a new "
+                            "hydra.run.dir, or pass overwrite=true to replace its model and "
+                            "results.")
+
+
+def _interrupted(err: BaseException, run_dir: Path) -> None:
+    """SIGTERM/SIGINT: one line (and the log), the checkpoint to resume from; exit 128+N."""
+    name = runs.stop_requested() or (err.signame if isinstance(err, runs.Interrupted)
+                                     else "SIGINT")
+    kept = _kept_work(run_dir)
+    if kept:
+        hint = f"{kept} kept: run the same command with resume=true to continue."
+    else:
+        hint = "nothing was saved yet."
+        _remove_unfinished(run_dir)
+    log.warning("interrupted by %s; %s", name, hint, extra={console.FILE_ONLY: True})
+    print(f"alignlab: interrupted by {name}; {hint}", file=sys.stderr)
+    sys.exit(128 + int(getattr(signal, name, signal.SIGINT)))
 
 
 def _report_crash(err: Exception, run_dir: Path) -> None:
@@ -341,8 +418,12 @@ def main(argv: list[str] | None = None) -> None:
     if not flags & (_FLAGS_WITHOUT_RUN | _MULTIRUN):
         try:
             cfg = compose(_overrides(argv))
+            if os.environ.get("ALIGNLAB_CACHE"):  # built-in models and conversions go there
+                checks.check_run_dir(os.environ["ALIGNLAB_CACHE"], key="ALIGNLAB_CACHE")
         except AlignlabError as err:
             fail(err)
+        except OSError as err:  # a path the filesystem refuses, e.g. a name over 255 bytes
+            fail(_path_error(err))
         if _job_config_only(argv):
             # What Hydra's --cfg job prints, from the config just composed and checked (Hydra
             # would compose it a second time: half the command's time).
@@ -354,16 +435,66 @@ def main(argv: list[str] | None = None) -> None:
             toy_start.build_before_launch(cfg)
             sys.exit(launch.relaunch(cfg.hardware, argv))
         if "--cfg" not in flags and "-c" not in flags:
-            # Locked before Hydra writes .hydra/ and the log: a second run on this directory
-            # stops here. Launched ranks other than 0 share the directory (no lock).
+            # Refused and locked before Hydra writes .hydra/ and the log: a refused run changes
+            # nothing on disk, and a second run on this directory stops here. Launched ranks
+            # other than 0 share the directory (no lock).
             planned = planned_run_dir(_overrides(argv))
             try:
                 if planned is not None:
                     checks.check_run_dir(str(planned))
+                    refuse_finished(cfg, Path(os.path.abspath(planned)))
                     runs.lock_run_dir(planned)
             except AlignlabError as err:
                 fail(err)
+            except OSError as err:
+                fail(_path_error(err))
+    sweep_dir = None
+    if flags & _MULTIRUN and not flags & _FLAGS_WITHOUT_RUN and not flags & {"--cfg", "-c"}:
+        try:  # every member's config, before the first member trains
+            sweep_dir = check_sweep(_overrides(argv))
+        except AlignlabError as err:
+            fail(err)
     sys.argv = [sys.argv[0], *argv]
     app = hydra.main(config_path=str(config.conf_dir()), config_name="config",
                      version_base=None)(_task)
-    app()
+    try:
+        app()
+    except SystemExit as done:
+        if done.code not in (0, None) and sweep_dir is not None:
+            _remove_unfinished(sweep_dir)  # a failed sweep leaves no folder it made in vain
+        raise
+
+
+def sweep_members(overrides: list[str]) -> list[list[str]]:
+    """The override lists of a ``-m`` sweep's members, as Hydra's basic sweeper makes them."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        batches = BasicSweeper.split_arguments(parsed, max_batch_size=None)
+    except Exception as err:  # Hydra's parser and sweeper raise several types; all are typos
+        first = (str(err).strip().splitlines() or [repr(err)])[0]
+        raise AlignlabError(f"Bad sweep override: {first}. Write a sweep as key=a,b or "
+                            "key=range(1,4), and quote values holding commas.") from None
+    return [list(member) for batch in batches for member in batch]
+
+
+def check_sweep(overrides: list[str]) -> Path | None:
+    """Compose and validate every member of a ``-m`` sweep (the first mistake is one line
+    naming the member); returns the sweep directory when this process is to create it."""
+    if any(o.lstrip("+~").startswith("hydra/sweeper=") for o in overrides):
+        return None  # another sweeper (Optuna, ...) chooses its members as it goes
+    members = sweep_members(overrides)
+    for number, member in enumerate(members):
+        try:
+            compose(member)
+        except AlignlabError as err:
+            sweeping = [o for o in member if o not in overrides]
+            raise AlignlabError(f"Sweep member {number} ({' '.join(sweeping) or 'all'}): "
+                                f"{err}") from None
+    planned = _planned_hydra_dir(overrides, "hydra.sweep.dir")
+    if planned is None or planned.exists():
+        return None
+    runs.note_created(planned)
+    return planned

@@ -167,6 +167,9 @@ class Config:
     inputs: dict[str, str] = field(default_factory=dict)  # stage name -> existing output dir
     seed: int = 42
     resume: bool = False
+    # Run again into a finished run directory, replacing its model and results (without it a
+    # finished run is refused, as a recipe's finished stage made with another config is).
+    overwrite: bool = False
     quick_eval: bool = True  # score a trained policy with the toy judge at the end (toy data)
     # Console: no progress bars or per-step lines, only warnings, errors and each stage's
     # result (``-q``/``--quiet``); the log file (cli.log) keeps everything either way.

@@ -26,7 +26,8 @@ log = logging.getLogger("alignlab")
 _LINKS = {"init": "model.path", "reference": "method.reference",
           "reward_model": "method.reward_model", "judge_model": "method.args.judge_model"}
 # Keys that differ between runs without changing what a stage computes.
-_NOT_FINGERPRINTED = ("run_dir", "resume", "recipe", "stages", "from_stage", "inputs")
+_NOT_FINGERPRINTED = ("run_dir", "resume", "overwrite", "recipe", "stages", "from_stage",
+                      "inputs")
 
 
 def stage_dir(run_dir: Path, name: str) -> Path:
@@ -149,6 +150,30 @@ def fingerprint(cfg: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _finished(name: str, out: Path, digest: str) -> bool:
+    """Whether stage ``name`` is finished in ``out``; refuses one made with another config."""
+    if not runs.is_done(out):
+        return False
+    if runs.read_json(out / runs.MARKER).get("fingerprint") != digest:
+        raise AlignlabError(
+            f"Stage '{name}' in {out} was made with a different config. Use a new run "
+            "directory (hydra.run.dir=...), or delete that stage's folder to redo it.")
+    return True
+
+
+def refuse_mixed(cfg: Any, run_dir: Path) -> None:
+    """Refuse, before anything is written, a re-run whose finished stages in ``run_dir`` were
+    made with another config (:func:`run` would refuse it only after writing its config)."""
+    order = list(cfg.recipe.stages)
+    start = order.index(cfg.from_stage) if cfg.from_stage else 0
+    outputs = {n: Path(p).expanduser() for n, p in (cfg.inputs or {}).items()}
+    for name in order[start:]:  # up to the first unfinished stage: later links need its model
+        out = stage_dir(run_dir, name)
+        if not _finished(name, out, fingerprint(stage_config(cfg, name, outputs, run_dir))):
+            return
+        outputs[name] = out
+
+
 def run(cfg: Any, run_dir: Path, render: Render | None = None) -> dict[str, Any]:
     """Run every stage of the recipe in ``run_dir`` (:func:`alignlab.stage.run_stage`, each
     ending with its report made by ``render``)."""
@@ -167,12 +192,7 @@ def run(cfg: Any, run_dir: Path, render: Render | None = None) -> dict[str, Any]
         validation.validate(stage_cfg)
         out = stage_dir(run_dir, name)
         digest = fingerprint(stage_cfg)
-        if runs.is_done(out):
-            made_with = runs.read_json(out / runs.MARKER).get("fingerprint")
-            if made_with != digest:
-                raise AlignlabError(
-                    f"Stage '{name}' in {out} was made with a different config. Use a new run "
-                    "directory (hydra.run.dir=...), or delete that stage's folder to redo it.")
+        if _finished(name, out, digest):
             print(f"[alignlab] stage {name}: already finished, skipping ({out})")
             outputs[name] = out
             summary[name] = runs.read_json(out / "metrics.json") \

@@ -6,11 +6,13 @@ interrupted run never leaves a half-written file behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +149,8 @@ def is_done(run_dir: Path) -> bool:
 
 # Open lock files of the run directories this process holds, by path: held until it exits.
 _HELD: dict[str, int] = {}
+# Run directories this process created (resolved paths): the only ones it may remove.
+_CREATED: set[str] = set()
 
 
 def lock_run_dir(run_dir: Path) -> None:
@@ -164,6 +168,7 @@ def lock_run_dir(run_dir: Path) -> None:
     if key in _HELD or not is_main_process():
         return
     try:
+        note_created(Path(run_dir))
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         fd = os.open(Path(run_dir) / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as err:
@@ -185,6 +190,68 @@ def lock_run_dir(run_dir: Path) -> None:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     _HELD[key] = fd
+
+
+def created_here(run_dir: Path) -> bool:
+    """Whether this process created ``run_dir`` (:func:`lock_run_dir` found no folder there).
+
+    Only such a folder may be removed when the run fails: a folder that existed before (the
+    working directory, a user's project, an earlier run) is never removed or emptied.
+    """
+    return str(Path(run_dir).resolve()) in _CREATED
+
+
+def note_created(run_dir: Path) -> None:
+    """Record that this process is about to create ``run_dir`` (it does not exist yet)."""
+    if not Path(run_dir).exists():
+        _CREATED.add(str(Path(run_dir).resolve()))
+
+
+# ---------------------------------------------------------------------------------------------
+# SIGTERM / SIGINT: a training loop that can stop cleanly asks for the signal to be turned into
+# a request (it saves a checkpoint at the end of the step and returns); anywhere else the
+# signal interrupts at once (KeyboardInterrupt), as Python's default for SIGINT does.
+
+
+class Interrupted(Exception):
+    """The run was stopped by a signal; ``checkpoint`` is where ``resume=true`` continues."""
+
+    def __init__(self, signame: str, checkpoint: Path | None = None) -> None:
+        super().__init__(signame)
+        self.signame, self.checkpoint = signame, checkpoint
+
+
+_STOP: dict[str, Any] = {"signal": None, "listening": 0}
+
+
+def stop_requested() -> str | None:
+    """The name of the signal that asked the running loop to stop (None: keep going)."""
+    return _STOP["signal"]
+
+
+def on_signal(signum: int, frame: Any) -> None:
+    """Signal handler: a stoppable loop gets a request; otherwise (or on a second signal)
+    the process is interrupted at once."""
+    import signal
+
+    name = signal.Signals(signum).name
+    if _STOP["listening"] and _STOP["signal"] is None:
+        _STOP["signal"] = name
+        print(f"\n[alignlab] {name}: stopping after this step (saving a checkpoint); send it "
+              "again to stop at once", flush=True)
+        return
+    _STOP["signal"] = _STOP["signal"] or name
+    raise KeyboardInterrupt(name)
+
+
+@contextlib.contextmanager
+def stoppable() -> Iterator[None]:
+    """While inside, SIGTERM/SIGINT set :func:`stop_requested` instead of interrupting."""
+    _STOP["listening"] += 1
+    try:
+        yield
+    finally:
+        _STOP["listening"] -= 1
 
 
 def partial_dir(final: Path) -> Path:

@@ -73,6 +73,58 @@ def _callbacks(method: str) -> list[Any]:
     return [LogToFile()] + ([KillAfterStep(step)] if step is not None else [])
 
 
+def _guard() -> Any:
+    """A callback that ends training cleanly on a stop signal (with a checkpoint of the step
+    just done) or as soon as a logged loss or gradient norm is not finite."""
+    from transformers import TrainerCallback
+
+    class Guard(TrainerCallback):
+        bad: tuple[str, float, int] | None = None
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if runs.stop_requested():
+                control.should_save = True  # whatever save_strategy says: resume from here
+                control.should_training_stop = True
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None,
+                   **kw: Any) -> None:
+            for key, value in (logs or {}).items():
+                if key in ("loss", "grad_norm") and not is_finite(value):
+                    self.bad = self.bad or (key, value, state.global_step)
+                    control.should_training_stop = True
+
+    return Guard()
+
+
+def is_finite(value: Any) -> bool:
+    """Whether a logged number (float, int or 0-d tensor) is finite; non-numbers count as finite."""
+    import math
+
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return True
+
+
+def diverged(what: str, value: Any, step: int) -> AlignlabError:
+    """Training turned non-finite: nothing is saved as done, and the message says what to try."""
+    return AlignlabError(
+        f"Training diverged: {what} became {value} at step {step}, so no model was saved and the "
+        "run is not marked done. Lower method.args.learning_rate (or beta, or set "
+        "method.args.max_grad_norm=1.0) and run again.")
+
+
+def check_finite_weights(model: Any, step: int) -> None:
+    """Refuse to save a model with a NaN or infinite trainable weight (raises AlignlabError)."""
+    import torch
+
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            local = param.to_local() if hasattr(param, "to_local") else param  # an FSDP shard
+            if not bool(torch.isfinite(local.detach()).all()):
+                raise diverged(f"the weight {name}", "non-finite", step)
+
+
 _CPU_SAFE = {"use_cpu": True, "bf16": False, "fp16": False}
 
 
@@ -169,17 +221,26 @@ def train(trainer: Any, cfg: Any, run_dir: Path) -> dict[str, Any]:
         def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             self.started = True
 
-    begun = TrainBegun()
+    begun, guard = TrainBegun(), _guard()
     trainer.add_callback(begun)
+    trainer.add_callback(guard)
     start = time.time()
     try:
-        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        with runs.stoppable():  # SIGTERM/SIGINT end the step, save a checkpoint and return
+            result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint
+                                   else None)
     except ValueError as err:
         # Before the first step the trainer builds its dataloader and optimizer, which reject
         # values (a batch size, a learning rate) with ValueError: a config mistake, not a crash.
         if begun.started:
             raise
         raise _rejected(type(trainer).__name__, err) from err
+    if runs.stop_requested():
+        raise runs.Interrupted(runs.stop_requested() or "SIGTERM",
+                               runs.last_checkpoint(run_dir))
+    if guard.bad is not None:
+        raise diverged(*guard.bad)
+    check_finite_weights(trainer.model, trainer.state.global_step)
     out = run_dir / "model"
     # Written under a temporary name and renamed when complete: a kill mid-save leaves no
     # half model at model/ (and no DONE, which run_stage writes after this returns).

@@ -204,6 +204,9 @@ CASES: list[Case] = [
     ("run-dir-is-a-file", ["hydra.run.dir={tmp}/f"], "existing file", "a-file"),
     ("run-dir-under-a-file", ["hydra.run.dir={tmp}/f/run"], "which is a file", "a-file"),
     ("run-dir-under-proc", ["hydra.run.dir=/proc/alignlab/run"], "cannot be created", None),
+    ("run-dir-name-too-long", ["hydra.run.dir={tmp}/" + "r" * 300], "File name too long", None),
+    ("data-path-name-too-long", [*DPO_LOCAL, "data.path={tmp}/" + "d" * 300 + ".jsonl"],
+     "File name too long", None),
     # --- secrets: keys come from the environment, never from the command line
     ("secret-hub-token", ["method.args.hub_token=hf_abcdefghijklmnopqrstuvwxyz0123456789"],
      "environment", None),
@@ -394,7 +397,7 @@ def test_crash_keeps_traceback_in_log_and_run_dir(tmp_path: Path) -> None:
 
 
 def test_failed_recipe_stage_keeps_finished_stages(tmp_path: Path) -> None:
-    from alignlab import cli
+    from alignlab import cli, runs
 
     (tmp_path / "sft" / "model").mkdir(parents=True)
     (tmp_path / "sft" / "model" / "model.safetensors").write_bytes(b"\0")
@@ -402,6 +405,17 @@ def test_failed_recipe_stage_keeps_finished_stages(tmp_path: Path) -> None:
     cli._remove_unfinished(tmp_path)
     assert (tmp_path / "sft" / "model").is_dir()
     lone = tmp_path / "lone"
+    runs.note_created(lone)  # as lock_run_dir records a folder this process creates
     (lone / "checkpoints").mkdir(parents=True)
     cli._remove_unfinished(lone)
     assert not lone.exists()
+    mine = tmp_path / "mine"  # a folder that existed before the run is never removed
+    (mine / "checkpoints").mkdir(parents=True)
+    cli._remove_unfinished(mine)
+    assert mine.is_dir()
+    rows = tmp_path / "rows-run"  # nor one holding rows a generation stage wrote
+    runs.note_created(rows)
+    (rows / "labels").mkdir(parents=True)
+    (rows / "labels" / "shard-00000.jsonl").write_text('{"key": "a"}\n')
+    cli._remove_unfinished(rows)
+    assert (rows / "labels" / "shard-00000.jsonl").exists()

@@ -730,6 +730,23 @@ def checkpoint(run: Session, step: int) -> None:
         os._exit(75)  # test hook: as if killed right after this update (and its checkpoint)
 
 
+def stop_if_asked(run: Session, step: int) -> None:
+    """After SIGTERM/SIGINT: checkpoint the last finished update and stop the run."""
+    if not runs.stop_requested():
+        return
+    if step > run.start_step + 1:  # an update since the start (or the resumed checkpoint)
+        save_checkpoint(run.accelerator, run.run_dir, step - 1, run.state,
+                        run.args.save_total_limit)
+    raise runs.Interrupted(runs.stop_requested() or "SIGTERM", runs.last_checkpoint(run.run_dir))
+
+
+def check_finite(row: dict[str, float], step: int) -> None:
+    """Stop on a non-finite loss or KL (AlignlabError) before the next update builds on it."""
+    for key in ("loss/policy_avg", "loss/value_avg", "objective/kl"):
+        if key in row and not training.is_finite(row[key]):
+            raise training.diverged(key, row[key], step)
+
+
 def finish(run: Session, wall: float) -> dict[str, Any]:
     """Save the policy to ``run_dir/model``, evaluate it (main process); returns the metrics."""
     accelerator, cfg, run_dir, state = run.accelerator, run.cfg, run.run_dir, run.state
@@ -764,22 +781,26 @@ def train(cfg: Any, run_dir: Path) -> dict[str, Any]:
     started = time.time()
     bar = tqdm(total=run.max_steps, initial=run.start_step, desc="ppo",
                disable=args.disable_tqdm or not accelerator.is_main_process)
-    for step in range(run.start_step + 1, run.max_steps + 1):
-        t0 = time.time()
-        prompts = prompt_batch(run.prompts, args.seed, step - 1, args.local_batch_size,
-                               run.world, accelerator.process_index)
-        batch = rollout(run.env, run.inner, prompts, args, accelerator.device,
-                        autocast=accelerator.autocast)
-        adv = core.advantages(batch, score(run.env, prompts, batch, args), run.state.kl_coef,
-                              args.kl_estimator, whiten_rewards=args.whiten_rewards,
-                              gamma=args.gamma, lam=args.lam)
-        t_rollout = time.time() - t0
-        stats = update(run, batch, adv, step)
-        step_time = time.time() - t0
-        log_step(run, step, step_metrics(batch, adv, stats, step_time), t_rollout, step_time,
-                 bar)
-        checkpoint(run, step)
+    with runs.stoppable():  # SIGTERM/SIGINT: stop after the update under way
+        for step in range(run.start_step + 1, run.max_steps + 1):
+            stop_if_asked(run, step)
+            t0 = time.time()
+            prompts = prompt_batch(run.prompts, args.seed, step - 1, args.local_batch_size,
+                                   run.world, accelerator.process_index)
+            batch = rollout(run.env, run.inner, prompts, args, accelerator.device,
+                            autocast=accelerator.autocast)
+            adv = core.advantages(batch, score(run.env, prompts, batch, args), run.state.kl_coef,
+                                  args.kl_estimator, whiten_rewards=args.whiten_rewards,
+                                  gamma=args.gamma, lam=args.lam)
+            t_rollout = time.time() - t0
+            stats = update(run, batch, adv, step)
+            step_time = time.time() - t0
+            row = log_step(run, step, step_metrics(batch, adv, stats, step_time), t_rollout,
+                           step_time, bar)
+            check_finite(row, step)
+            checkpoint(run, step)
     bar.close()
+    training.check_finite_weights(run.inner, run.max_steps)
     return finish(run, time.time() - started)
 
 
