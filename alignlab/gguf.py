@@ -50,6 +50,103 @@ def _digest(path: str, size: int, mtime_ns: int) -> str:
     return digest.hexdigest()[:12]
 
 
+# GGUF metadata value types (gguf.GGUFValueType) -> byte size; 8 (string) and 9 (array) vary.
+_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+
+
+class _Truncated(Exception):
+    """The file ends before what its header says comes next."""
+
+
+def _needed_bytes(path: Path) -> tuple[int, int] | None:
+    """(bytes the file needs, number of tensors) from a GGUF file's header and tensor infos:
+    where its last tensor's data ends. None for a file this cannot tell (not GGUF v2/v3
+    little-endian, or a tensor type of unknown size). Raises _Truncated when the file ends
+    inside the header or the tensor infos."""
+    import struct
+
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    with open(path, "rb") as f:
+        def read(n: int) -> bytes:
+            data = f.read(n)
+            if len(data) < n:
+                raise _Truncated
+            return data
+
+        def u32() -> int:
+            return struct.unpack("<I", read(4))[0]
+
+        def u64() -> int:
+            return struct.unpack("<Q", read(8))[0]
+
+        def skip_string() -> bytes:
+            return read(u64())
+
+        def skip_value(kind: int) -> None:
+            if kind == 8:
+                skip_string()
+            elif kind == 9:
+                inner, count = u32(), u64()
+                if inner in _SCALAR_SIZES:
+                    read(_SCALAR_SIZES[inner] * count)
+                else:
+                    for _ in range(count):
+                        skip_value(inner)
+            elif kind in _SCALAR_SIZES:
+                read(_SCALAR_SIZES[kind])
+            else:
+                raise ValueError(f"unknown GGUF value type {kind}")
+
+        if read(4) != b"GGUF" or u32() not in (2, 3):
+            return None
+        n_tensors, n_kv = u64(), u64()
+        alignment = 32
+        for _ in range(n_kv):
+            key = skip_string()
+            kind = u32()
+            if key == b"general.alignment" and kind == 4:
+                alignment = u32() or 32
+            else:
+                skip_value(kind)
+        end = 0
+        known = True
+        for _ in range(n_tensors):
+            skip_string()
+            dims = [u64() for _ in range(u32())]
+            kind, offset = u32(), u64()
+            try:
+                block, size = GGML_QUANT_SIZES[GGMLQuantizationType(kind)]
+            except (ValueError, KeyError):
+                known = False
+                continue
+            count = 1
+            for d in dims:
+                count *= d
+            end = max(end, offset + count // block * size)
+        data_start = -(-f.tell() // alignment) * alignment
+    return (data_start + end, n_tensors) if known else None
+
+
+def check_complete(path: Path) -> None:
+    """Refuse a truncated GGUF file (an interrupted download or copy): transformers would fail
+    on it deep inside with a reshape or unpack error that reads like an unsupported model."""
+    size = path.stat().st_size
+    try:
+        found = _needed_bytes(path)
+    except _Truncated:
+        raise AlignlabError(f"The GGUF file '{path}' is truncated or corrupt: its {size} bytes "
+                            "end inside its header (metadata and tensor list). Download it "
+                            "again (or copy it again in full).") from None
+    except (ValueError, OverflowError, MemoryError):
+        return  # a header this check does not understand: transformers says what is wrong
+    if found is not None and size < found[0]:
+        need, tensors = found
+        raise AlignlabError(f"The GGUF file '{path}' is truncated or corrupt: it has {size} "
+                            f"bytes, but its header and the infos of its {tensors} tensors need "
+                            f"{need}. Download it again (or copy it again in full).")
+
+
 def converted_dir(path: Path, cache: Path) -> Path:
     """Where the conversion of ``path`` is (or will be) cached."""
     return cache / f"gguf-{path.stem}-{file_digest(path)}"
@@ -69,6 +166,7 @@ def convert(path: str | Path, cache: Path) -> Path:
     except ImportError:
         raise AlignlabError("Reading a GGUF file needs the 'gguf' package: pip install gguf"
                             ) from None
+    check_complete(src)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("Converting %s to a safetensors folder once (cached at %s)", src, out)

@@ -84,15 +84,59 @@ def _load_kwargs(model_cfg: Any) -> dict[str, Any]:
     return kwargs
 
 
-def _hub_error(path: str, err: Exception) -> AlignlabError:
+def _hub_error(path: str, err: Exception, adapter: Path | None = None) -> AlignlabError:
+    """The AlignlabError for a model ``path`` that transformers could not load; ``adapter``:
+    the LoRA adapter folder whose base ``path`` is."""
     text = str(err)
     if "safetensors" in text.lower() or "use_safetensors" in text:
         return AlignlabError(f"'{path}' has no safetensors weights, only pickle files, which can "
                              "run code when loaded. Convert them, or set model.allow_pickle=true "
                              "if you trust the source.")
-    return AlignlabError(f"Could not load '{path}': {text.splitlines()[0] if text else err!r}. "
+    first = " ".join(text.splitlines()[0].split()) if text.strip() else repr(err)
+    if adapter is not None:
+        return AlignlabError(
+            f"The LoRA adapter '{adapter}' names its base model base_model_name_or_path='{path}' "
+            f"in adapter_config.json, and that model could not be loaded ({first}). Get the base "
+            f"model onto this machine (e.g. `hf download {path} --local-dir DIR` where the Hub is "
+            "reachable) and set base_model_name_or_path in "
+            f"'{adapter / 'adapter_config.json'}' to its folder.")
+    if Path(path).expanduser().is_dir():
+        return AlignlabError(f"Could not load the model folder '{path}': {first}. Check that it "
+                             "is a complete save_pretrained folder (config.json, safetensors "
+                             "weights, tokenizer), or copy it again from where it came from.")
+    return AlignlabError(f"Could not load '{path}': {first}. "
                          "This machine may not reach the Hugging Face Hub: download the model "
                          "and set model.path to the local folder.")
+
+
+# The JSON files of a model or adapter folder that transformers and peft parse.
+_JSON_FILES = ("config.json", "adapter_config.json", "generation_config.json",
+               "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json")
+
+
+def _read_json(file: Path) -> Any:
+    """``file`` parsed; a file that is not JSON is refused, naming the line and column."""
+    import json
+
+    try:
+        return json.loads(file.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        problem = f"it is not UTF-8 text (byte {err.start + 1})"
+    except json.JSONDecodeError as err:
+        problem = f"line {err.lineno}, column {err.colno}: {err.msg}"
+    raise AlignlabError(f"'{file}' is not valid JSON ({problem}). Fix that line, or copy the "
+                        "file again from where the model came from (its hub repository or the "
+                        "run that saved it).")
+
+
+def check_json_files(path: str | Path) -> None:
+    """A local model folder's config/tokenizer JSON files parse (transformers would report a
+    broken config.json as a file it could not find or fetch)."""
+    folder = Path(path).expanduser()
+    if folder.is_dir():
+        for name in _JSON_FILES:
+            if (folder / name).is_file():
+                _read_json(folder / name)
 
 
 def adapter_folder(path: str) -> Path | None:
@@ -102,6 +146,11 @@ def adapter_folder(path: str) -> Path | None:
     return folder if (folder / "adapter_config.json").is_file() else None
 
 
+def _looks_local(path: str) -> bool:
+    """A filesystem path rather than a hub id ("org/name" or "name")."""
+    return path.startswith(("/", ".", "~")) or path.count("/") > 1 or "\\" in path
+
+
 def adapter_base(folder: Path) -> str:
     """The base model of the adapter in ``folder``: its ``base_model_name_or_path``.
 
@@ -109,17 +158,20 @@ def adapter_base(folder: Path) -> str:
     gone (cache cleared, another machine or ``ALIGNLAB_CACHE``) it is rebuilt from its name and
     seed, if the package's assets still give the same model.
     """
-    import json
     import re
 
-    base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    config_file = folder / "adapter_config.json"
+    spec = _read_json(config_file)
+    base = spec.get("base_model_name_or_path") if isinstance(spec, dict) else None
     if not base:
         raise AlignlabError(f"The LoRA adapter '{folder}' does not name its base model "
-                            "(base_model_name_or_path in adapter_config.json). Add it.")
+                            f"(base_model_name_or_path in {config_file}). Set it to the base "
+                            "model's folder or hub id.")
     local = Path(base).expanduser()
     if local.exists() and local.resolve() == folder.resolve():
         raise AlignlabError(f"The LoRA adapter '{folder}' names itself as its base model. Set "
-                            "base_model_name_or_path in its adapter_config.json.")
+                            f"base_model_name_or_path in {config_file} to the base model's "
+                            "folder or hub id.")
     if local.exists():
         return str(local)
     built = re.fullmatch(r"(?P<name>.+)-seed(?P<seed>\d+)-[0-9a-f]{10}", local.name)
@@ -130,6 +182,12 @@ def adapter_base(folder: Path) -> str:
                                 f"{built['name']} ({local.name}); this version builds "
                                 f"{rebuilt.name}. Retrain the adapter.")
         return str(rebuilt)
+    if _looks_local(str(base)):
+        raise AlignlabError(
+            f"The LoRA adapter '{folder}' names its base model base_model_name_or_path='{base}' "
+            "in adapter_config.json, and that folder does not exist on this machine. Set "
+            f"base_model_name_or_path in {config_file} to where the base model is here (its "
+            "folder, or its hub id).")
     return base
 
 
@@ -138,13 +196,15 @@ def load_tokenizer(model_cfg: Any, path: str) -> Any:
     from transformers import AutoTokenizer
 
     adapter = adapter_folder(path)
+    base_of = None
     if adapter is not None and not (adapter / "tokenizer_config.json").exists():
-        path = adapter_base(adapter)  # an adapter saved without its tokenizer
+        path, base_of = adapter_base(adapter), adapter  # an adapter saved without its tokenizer
+    check_json_files(path)
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code,
                                             revision=model_cfg.revision)
     except (OSError, ValueError) as err:
-        raise _hub_error(path, err) from None
+        raise _hub_error(path, err, base_of) from None
     if model_cfg.chat_template:
         template = Path(model_cfg.chat_template)
         tok.chat_template = template.read_text() if template.exists() else model_cfg.chat_template
@@ -178,11 +238,13 @@ def quantization_config(model_cfg: Any, hardware: Any) -> Any:
                               bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute)
 
 
-def load_model(model_cfg: Any, path: str, hardware: Any, *, kind: str = "causal-lm") -> Any:
+def load_model(model_cfg: Any, path: str, hardware: Any, *, kind: str = "causal-lm",
+               base_of: Path | None = None) -> Any:
     """A causal LM (``kind="causal-lm"``) or a one-logit reward model (``kind="reward"``).
 
     A LoRA adapter folder loads as its base with the adapter merged in: the model it was
     trained into (e.g. the SFT model), which a new LoRA or the PPO reference then starts from.
+    ``base_of``: the adapter folder whose base ``path`` is (for the error message).
     """
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -191,10 +253,11 @@ def load_model(model_cfg: Any, path: str, hardware: Any, *, kind: str = "causal-
         import logging
 
         base = adapter_base(adapter)
-        model = load_model(model_cfg, base, hardware, kind=kind)
+        model = load_model(model_cfg, base, hardware, kind=kind, base_of=adapter)
         logging.getLogger("alignlab").info("%s is a LoRA adapter: merged it into its base %s",
                                            adapter, base)
         return merge_adapter(model, adapter, kind)
+    check_json_files(path)
     kwargs = _load_kwargs(model_cfg)
     dtype = hardware.model.get("dtype") or model_cfg.dtype
     kwargs["dtype"] = torch_dtype(dtype)
@@ -217,7 +280,7 @@ def load_model(model_cfg: Any, path: str, hardware: Any, *, kind: str = "causal-
         else:
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as err:
-        raise _hub_error(path, err) from None
+        raise _hub_error(path, err, base_of) from None
     if model.config.pad_token_id is None:
         model.config.pad_token_id = model.config.eos_token_id
     if quant is not None:

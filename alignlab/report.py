@@ -900,8 +900,35 @@ def _render_child(path: Path, notes: list[str]) -> bool:
     return True
 
 
+def _is_stage_dir(path: Path) -> bool:
+    """A recipe stage's run directory: a visible folder with a run's own files (``.hydra/``,
+    ``checkpoints/`` and the like are not stages)."""
+    return path.is_dir() and not path.name.startswith((".", "_")) and any(
+        (path / name).is_file() for name in RUN_FILES if not name.startswith("."))
+
+
+def _recipe_spec(root: Path, notes: list[str]) -> Any:
+    """recipe.yaml, or None (with one note) when it cannot be read."""
+    path = root / "recipe.yaml"
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        notes.append(f"Could not read recipe.yaml ({exc.strerror or exc}); the stages shown are "
+                     "the stage folders found here.")
+    except UnicodeDecodeError:
+        notes.append("recipe.yaml is not UTF-8 text; the stages shown are the stage folders "
+                     "found here.")
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        notes.append(f"recipe.yaml is not valid YAML ({problem}{where}); the stages shown are "
+                     "the stage folders found here. Rerun the recipe to rewrite it.")
+    return None
+
+
 def _recipe_stages(root: Path, notes: list[str]) -> list[str]:
-    spec = _read_yaml(root / "recipe.yaml", notes)
+    spec = _recipe_spec(root, notes)
     stages = spec.get("stages") if isinstance(spec, Mapping) else None
     names: list[str] = []
     if isinstance(stages, list):
@@ -911,9 +938,20 @@ def _recipe_stages(root: Path, notes: list[str]) -> list[str]:
                 names.append(str(name))
     elif isinstance(stages, Mapping):
         names = [str(k) for k in stages]
+    hidden = [n for n in names if n.startswith((".", "_")) or "/" in n]
+    if hidden:
+        notes.append(f"Ignored {', '.join(hidden)} in recipe.yaml: not a stage name.")
+        names = [n for n in names if n not in hidden]
     if not names:
-        notes.append("recipe.yaml lists no stages; showing every sub-directory with results.")
-        names = sorted(p.name for p in root.iterdir() if p.is_dir() and _has_run_files(p))
+        if spec is not None:
+            notes.append("recipe.yaml lists no stages; showing every stage folder with results.")
+        found = [p.name for p in root.iterdir() if _is_stage_dir(p)]
+        # In the recipe's order where its config.yaml still says it (recipe.stages).
+        config = _read_yaml(root / "config.yaml", notes) if (root / "config.yaml").is_file() \
+            else None
+        order = _get(config, "recipe.stages")
+        order = [str(n) for n in order] if isinstance(order, list) else []
+        names = sorted(found, key=lambda n: (order.index(n) if n in order else len(order), n))
     return names
 
 

@@ -504,7 +504,8 @@ def test_empty_and_invalid_files(tmp_path: Path) -> None:
         load_preset(cfg(tmp_path / "table.csv"), "prompts")
     (tmp_path / "broken_dir").mkdir()
     shutil.copy(tmp_path / "broken.jsonl", tmp_path / "broken_dir" / "train.jsonl")
-    with pytest.raises(AlignlabError, match=r"Could not read .*JSON parse error"):
+    # a folder's file that datasets cannot parse is located: file and line
+    with pytest.raises(AlignlabError, match=r"broken_dir/train\.jsonl': line 1 is not valid JSON"):
         load_preset(cfg(tmp_path / "broken_dir"), "prompts")
     (tmp_path / "no_files").mkdir()
     with pytest.raises(AlignlabError, match="No data files found"):

@@ -21,14 +21,15 @@ Importing this module is cheap: ``datasets`` is imported only when something is 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import re
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from alignlab.errors import AlignlabError, did_you_mean
 
@@ -440,19 +441,103 @@ class _Source:
     load: Callable[[str], datasets.Dataset]
 
 
+# Compressed data files whose integrity the standard library can check: suffix -> (format, the
+# command-line tool that tests a file). datasets decompresses these (and .zst) itself.
+_COMPRESSION = {".gz": ("gzip", "gzip"), ".bz2": ("bzip2", "bzip2"), ".xz": ("xz", "xz")}
+_READ_TYPES = {".json", ".jsonl", ".parquet"}  # what alignlab reads, plain or compressed
+# Tabular files datasets would load from a folder (or skip beside JSON/Parquet files) that
+# alignlab refuses when named directly; a folder of them is refused the same way.
+_SKIPPED_TYPES = {".csv", ".tsv", ".arrow"}
+_warned_skips: set[str] = set()  # folders whose skipped files were already named in a warning
+
+
+def _opener(p: Path) -> Callable[[], IO[bytes]]:
+    """A function that opens ``p`` for reading its bytes, decompressed where it is compressed."""
+    if p.suffix == ".gz":
+        import gzip
+
+        return lambda: gzip.open(p, "rb")
+    if p.suffix == ".bz2":
+        import bz2
+
+        return lambda: bz2.open(p, "rb")
+    if p.suffix == ".xz":
+        import lzma
+
+        return lambda: lzma.open(p, "rb")
+    return lambda: p.open("rb")
+
+
+def _decompress_errors() -> tuple[type[BaseException], ...]:
+    """What a truncated or corrupt gzip/bzip2/xz stream raises while it is read."""
+    import lzma
+    import zlib
+
+    # EOFError: the stream ends early; OSError: gzip's BadGzipFile (bad header, CRC or length)
+    # and bzip2's "Invalid data stream"; zlib.error and LZMAError: corrupt compressed data.
+    return EOFError, OSError, zlib.error, lzma.LZMAError
+
+
+def _corrupt(p: Path, err: BaseException) -> AlignlabError:
+    kind, tool = _COMPRESSION[p.suffix]
+    reason = " ".join(str(err).split()) or type(err).__name__
+    return AlignlabError(
+        f"Dataset file '{p}' is a truncated or corrupt {kind} file ({reason}). Download it "
+        f"again, or compress it again from the original file (`{tool} -t {p.name}` tests it).")
+
+
+def _unsupported(p: Path) -> AlignlabError:
+    """The refusal of a data file alignlab does not read (named directly or in a folder)."""
+    return AlignlabError(f"Dataset file '{p}' has an unsupported type '{p.suffix}'. Use a "
+                         ".json, .jsonl or .parquet file (or a folder of them).")
+
+
+def _data_suffix(p: Path) -> str:
+    """The suffix that says what ``p`` holds: '.jsonl' for both d.jsonl and d.jsonl.gz."""
+    return Path(p.stem).suffix if p.suffix in _COMPRESSION or p.suffix == ".zst" else p.suffix
+
+
 def _is_blank(p: Path, probe: int = 1 << 16) -> bool:
     """True for an empty or whitespace-only file (only a small file is read in full)."""
-    with p.open("rb") as f:
+    with _opener(p)() as f:
         head = f.read(probe)
-    return not head.strip() and p.stat().st_size <= probe
+        more = f.read(1) if not head.strip() and p.suffix in _COMPRESSION else b""
+    return not head.strip() and not more and (p.suffix in _COMPRESSION
+                                              or p.stat().st_size <= probe)
+
+
+def _folder_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    """The data files in ``folder`` as datasets finds them (hidden and ``__`` folders and files
+    left out, metadata files aside): those alignlab reads, and the tabular ones it does not."""
+    read: list[Path] = []
+    skipped: list[Path] = []
+    for f in sorted(folder.rglob("*")):
+        if f.name in _METADATA or any(part.startswith((".", "__"))
+                                      for part in f.relative_to(folder).parts):
+            continue
+        suffixes = set(f.suffixes)
+        if not f.is_file():
+            continue
+        if suffixes & _READ_TYPES:
+            read.append(f)
+        elif suffixes & _SKIPPED_TYPES:
+            skipped.append(f)
+    return read, skipped
 
 
 def _read_error(where: Any, builder: str, err: Exception) -> AlignlabError:
     path = Path(str(where))
+    # pyarrow reports a character position, gzip a bare "ended before the end-of-stream
+    # marker"; a scan names the file and the line the user can open.
     if builder == "json" and path.is_file():
-        # pyarrow reports a character position; a scan finds the line the user can open.
+        candidates = [path]
+    elif path.is_dir():
+        candidates = [f for f in _folder_files(path)[0] if ".parquet" not in f.suffixes]
+    else:
+        candidates = []
+    for f in candidates[:1000]:
         try:
-            _scan_json(path, parse=True)
+            _scan_json(f, parse=True)
         except AlignlabError as located:
             return located
     cause = err.__cause__ or err  # datasets wraps the parser's error in DatasetGenerationError
@@ -462,6 +547,19 @@ def _read_error(where: Any, builder: str, err: Exception) -> AlignlabError:
         "data files are valid (JSON Lines or a JSON list of objects, or Parquet).")
 
 
+@contextlib.contextmanager
+def _quiet_json_builder() -> Iterator[None]:
+    """datasets' JSON builder logs its parse error as well as raising it: a second console
+    line, and one without a line number. The error is raised (and located) all the same."""
+    logger = logging.getLogger("datasets.packaged_modules.json.json")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 # A row is one line of JSON Lines. Longer than this is no training example (1 MiB of text is
 # about 250k tokens, beyond the context of the models alignlab trains) but a broken export, which
 # the trainer would tokenize and truncate for minutes without a word.
@@ -469,23 +567,77 @@ MAX_LINE_BYTES = 1 << 20
 # Files up to this size are parsed line by line up front (a second or so at most); larger ones
 # get the cheap byte checks here and are parsed by datasets.
 PARSE_UP_FRONT_BYTES = 64 << 20
+# Compressed files expand (text about 5-10x): up to this size they are decompressed and parsed up
+# front, up to PARSE_UP_FRONT_BYTES decompressed to check their integrity only.
+PARSE_COMPRESSED_BYTES = PARSE_UP_FRONT_BYTES // 8
 _METADATA = {"dataset_info.json", "dataset_infos.json", "state.json", "dataset_dict.json"}
 
 
-def _scan_json(p: Path, *, parse: bool) -> None:
-    """Refuse a JSON/JSON Lines file that is not UTF-8, has an absurdly long line or (with
-    ``parse``) a line that is not JSON, naming the line."""
+def _json_type(value: Any) -> str:
+    return {list: "array", str: "string", bool: "boolean", type(None): "null", dict: "object"
+            }.get(type(value), "number")
+
+
+def _is_json(text: str) -> bool:
     import json
 
-    with p.open("rb") as f:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
+def _element_line(text: str, index: int) -> int:
+    """The line on which element ``index`` of the JSON array ``text`` starts."""
+    import json
+
+    decoder = json.JSONDecoder()
+    separators = re.compile(r"[\s,]*")
+    pos = text.index("[") + 1
+    for _ in range(index):
+        pos = separators.match(text, pos).end()
+        _, pos = decoder.raw_decode(text, pos)
+    pos = separators.match(text, pos).end()
+    return text.count("\n", 0, pos) + 1
+
+
+def _scan_json(p: Path, *, parse: bool) -> None:
+    """Refuse a JSON/JSON Lines file (plain or gzip/bzip2/xz) that is not UTF-8, has an
+    absurdly long line, is a truncated or corrupt archive, or (with ``parse``) has a line that
+    is not a JSON object, naming the line."""
+    if p.suffix not in _COMPRESSION:
+        _scan_json_bytes(p, _opener(p), parse=parse)
+        return
+    try:
+        _scan_json_bytes(p, _opener(p), parse=parse)
+    except _decompress_errors() as err:
+        raise _corrupt(p, err) from None
+
+
+def _check_stream(p: Path) -> None:
+    """Decompress ``p`` to its end: a truncated or corrupt archive is refused."""
+    try:
+        with _opener(p)() as f:
+            while f.read(1 << 22):
+                pass
+    except _decompress_errors() as err:
+        raise _corrupt(p, err) from None
+
+
+def _scan_json_bytes(p: Path, open_bytes: Callable[[], IO[bytes]], *, parse: bool) -> None:
+    import json
+
+    with open_bytes() as f:
         head = f.read(1 << 16).lstrip()
     # A .json file is one JSON document (a list of rows, or a mapping of columns) or JSON Lines.
-    if p.suffix == ".json" and head.startswith((b"[", b"{")):
+    if _data_suffix(p) == ".json" and head.startswith((b"[", b"{")):
         if not parse:
             if head.startswith(b"["):
                 return  # a large single document: datasets parses it
         else:
-            blob = p.read_bytes()
+            with open_bytes() as f:
+                blob = f.read()
             try:
                 text = blob.decode("utf-8")
             except UnicodeDecodeError as err:
@@ -494,16 +646,27 @@ def _scan_json(p: Path, *, parse: bool) -> None:
                                     f"byte 0x{blob[err.start]:02x}). Re-save it as UTF-8 "
                                     "(e.g. `iconv -f latin1 -t utf-8`).") from None
             try:
-                json.loads(text)
-                return
+                doc = json.loads(text)
             except json.JSONDecodeError as err:
-                if head.startswith(b"["):
+                if head.startswith(b"[") or not _is_json(text.lstrip().partition("\n")[0]):
+                    # one document (a list, or an object over several lines), not JSON Lines
                     raise AlignlabError(f"Dataset file '{p}' is not valid JSON: line "
                                         f"{err.lineno}, column {err.colno}: {err.msg}. Fix "
                                         "that line.") from None
+            else:
+                # Rows are objects; a list of plain values is read as one 'text' column.
+                if isinstance(doc, list) and any(isinstance(row, dict) for row in doc):
+                    bad = next((i for i, row in enumerate(doc) if not isinstance(row, dict)),
+                               None)
+                    if bad is not None:
+                        raise AlignlabError(
+                            f"Dataset file '{p}': line {_element_line(text, bad)} holds a JSON "
+                            f"{_json_type(doc[bad])} where the list has rows (objects), "
+                            f"element {bad + 1} of {len(doc)}. Make it an object or remove it.")
+                return
             # not one document: JSON Lines in a .json file, checked line by line below
 
-    with p.open("rb") as f:
+    with open_bytes() as f:
         lineno = 0
         while True:
             raw = f.readline(MAX_LINE_BYTES + 1)
@@ -525,12 +688,17 @@ def _scan_json(p: Path, *, parse: bool) -> None:
                                     ) from None
             if parse and line.strip():
                 try:
-                    json.loads(line)
+                    row = json.loads(line)
                 except json.JSONDecodeError as err:
                     raise AlignlabError(
                         f"Dataset file '{p}': line {lineno} is not valid JSON (column "
                         f"{err.colno}: {err.msg}). JSON Lines needs one complete object per "
                         "line; fix that line.") from None
+                if not isinstance(row, dict):
+                    raise AlignlabError(
+                        f"Dataset file '{p}': line {lineno} is a JSON {_json_type(row)}, not "
+                        "an object. JSON Lines needs one object (a row, {\"column\": value, "
+                        "...}) per line; fix that line.")
 
 
 def _check_file(p: Path) -> None:
@@ -551,10 +719,25 @@ def _check_file(p: Path) -> None:
                                     "or use .jsonl.")
         return
     if ".json" not in suffixes and ".jsonl" not in suffixes:
-        raise AlignlabError(f"Dataset file '{p}' has an unsupported type '{p.suffix}'. Use a "
-                            ".json, .jsonl or .parquet file (or a folder of them).")
+        raise _unsupported(p)
+    if p.suffix in _COMPRESSION and _data_suffix(p) in (".json", ".jsonl"):
+        size = p.stat().st_size
+        if size > PARSE_UP_FRONT_BYTES:
+            return  # large: datasets decompresses it; a read error is located then
+        try:
+            blank = _is_blank(p)
+        except _decompress_errors() as err:
+            raise _corrupt(p, err) from None
+        if blank:
+            raise AlignlabError(f"Dataset file '{p}' is empty once decompressed. Point "
+                                "data.path at a file with at least one row.")
+        if size <= PARSE_COMPRESSED_BYTES:
+            _scan_json(p, parse=True)  # decompressed as it is read: a truncated one is refused
+        else:
+            _check_stream(p)
+        return
     if p.suffix not in (".json", ".jsonl"):
-        return  # compressed: datasets decompresses and parses it
+        return  # compressed another way (.zst, ...): datasets decompresses and parses it
     if _is_blank(p):
         raise AlignlabError(f"Dataset file '{p}' is empty. Point data.path at a file with "
                             "at least one row.")
@@ -574,7 +757,9 @@ def check_config(data: Mapping[str, Any], pending: Collection[str] = ()) -> None
 def check_files(path: Any) -> None:
     """Cheap checks of a local data file or folder before anything is imported or created:
     supported type, not empty, UTF-8, JSON that parses (naming the bad line), sane line
-    lengths, Parquet magic. Hub ids and missing paths that do not look local pass."""
+    lengths, complete gzip/bzip2/xz archives, Parquet magic; a folder whose only data files
+    are of a type alignlab does not read (.csv, ...) is refused like such a file named
+    directly. Hub ids and missing paths that do not look local pass."""
     if not isinstance(path, (str, Path)) or not str(path).strip():
         return
     p = Path(str(path)).expanduser()
@@ -589,9 +774,9 @@ def check_files(path: Any) -> None:
         return
     if (p / "dataset_dict.json").exists() or (p / "state.json").exists():
         return  # a save_to_disk folder: Arrow files datasets wrote itself
-    files = [f for f in sorted(p.rglob("*")) if f.is_file() and f.name not in _METADATA
-             and not any(part.startswith(".") for part in f.relative_to(p).parts)
-             and set(f.suffixes) & {".json", ".jsonl", ".parquet"}]
+    files, skipped = _folder_files(p)
+    if skipped and not files:
+        raise _unsupported(skipped[0])
     for f in files[:1000]:
         _check_file(f)
 
@@ -606,11 +791,34 @@ def _open_local_file(p: Path) -> _Source:
         import datasets
 
         try:
-            return datasets.load_dataset(builder, data_files={"train": str(p)}, split=split)
+            with _quiet_json_builder():
+                return datasets.load_dataset(builder, data_files={"train": str(p)}, split=split)
         except Exception as e:  # any failure here means the file can't be read as `builder`
             raise _read_error(p, builder, e) from e
 
     return _Source(str(p), ["train"], load)
+
+
+def _skipped_files(folder: Path) -> str | None:
+    """For a local data folder: None when every data file in it is read, else the builder
+    (json or parquet) that reads the ones alignlab supports while the others are skipped, with
+    one warning naming them. A folder of only unsupported files is refused."""
+    if not folder.is_dir():
+        return None
+    files, skipped = _folder_files(folder)
+    if not skipped:
+        return None
+    if not files:
+        raise _unsupported(skipped[0])
+    key = str(folder.resolve())
+    if key not in _warned_skips:
+        _warned_skips.add(key)
+        names = ", ".join(str(f.relative_to(folder)) for f in skipped[:5])
+        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        log.warning("Skipping %d file(s) in data folder '%s' that alignlab does not read: %s%s "
+                    "(only .json, .jsonl and .parquet files are loaded; convert them to .jsonl "
+                    "to use them).", len(skipped), folder, names, more)
+    return "parquet" if all(".parquet" in f.suffixes for f in files) else "json"
 
 
 def _open_folder_or_hub(path: str, subset: str | None, data_dir: str | None,
@@ -623,8 +831,13 @@ def _open_folder_or_hub(path: str, subset: str | None, data_dir: str | None,
         parts = saved if isinstance(saved, datasets.DatasetDict) else {"train": saved}
         return _Source(str(p), list(parts), lambda split: parts[split])
     where = str(p) if local else path
+    # datasets picks a folder's builder by its most common file type (CSV when the .csv files
+    # outnumber the .jsonl ones); with files alignlab skips beside the others, name the builder.
+    reader = _skipped_files(p / data_dir if data_dir else p) if local else None
+    source, kwargs = (reader, {"data_dir": str(p / data_dir if data_dir else p)}) \
+        if reader and subset is None else (where, {"name": subset, "data_dir": data_dir})
     try:
-        builder = datasets.load_dataset_builder(where, name=subset, data_dir=data_dir)
+        builder = datasets.load_dataset_builder(source, **kwargs)
     except Exception as e:
         mapped = _open_error(e, path, where, subset, data_dir, local)
         if mapped is e:
@@ -635,7 +848,8 @@ def _open_folder_or_hub(path: str, subset: str | None, data_dir: str | None,
 
     def load(split: str) -> datasets.Dataset:
         try:
-            return datasets.load_dataset(where, name=subset, data_dir=data_dir, split=split)
+            with _quiet_json_builder():
+                return datasets.load_dataset(source, split=split, **kwargs)
         except Exception as e:
             if local:  # a local folder whose files can't be parsed
                 raise _read_error(where, "a dataset folder", e) from e
