@@ -100,3 +100,15 @@ class JudgeArgs(BackendArgs):
     human_categories: list[str] | None = field(default=None, metadata={
         "help": "Categories of those human pairs when the data has a 'category' column (toy: "
                 "[helpful]); null keeps all."})
+    gate: str = field(default="drop", metadata={
+        "help": "The judge gate: before its labels are kept, the judge is measured against "
+                "labelled pairs, per category; in a category where it is not better than chance "
+                "by its 95 % interval: drop (that category's AI labels are left out), warn (kept, "
+                "with a warning), stop (the stage stops; its labels stay for resume=true), off."})
+    gate_data: str | None = field(default=None, metadata={
+        "help": "Labelled pairs (a .json/.jsonl/.parquet file or folder with chosen/rejected "
+                "in a TRL format) to gate the judge on, as a whole. Default: the data's rule "
+                "where it has one (the toy world's, per category, on the judge's own labels), "
+                "else the data's own pairs (per category where the data has categories)."})
+    gate_pairs: int = field(default=200, metadata={
+        "help": "Labelled pairs per split judged for the gate (gate_data or the data's pairs)."})

@@ -34,6 +34,7 @@ from alignlab.errors import AlignlabError
 from alignlab.training import merged_args
 
 ARGS_CLASS = "alignlab.args:JudgeArgs"
+GATE_ACTIONS = ("drop", "warn", "stop", "off")
 DATA_KIND = "prompts"
 
 
@@ -53,6 +54,12 @@ def stage_args(cfg: Any) -> Any:
             raise AlignlabError(f"method.args.clamp={clamp} must be [low, high] with "
                                 "0 <= low <= 0.5 <= high <= 1, e.g. [0.4, 0.6].")
         args.clamp = clamp
+    if args.gate not in GATE_ACTIONS:
+        raise AlignlabError(f"method.args.gate='{args.gate}' is unknown. Use one of "
+                            f"{', '.join(GATE_ACTIONS)}.")
+    if args.gate_data and not Path(args.gate_data).expanduser().exists():
+        raise AlignlabError(f"method.args.gate_data='{args.gate_data}' does not exist. Point it "
+                            "at a file (or folder) of labelled pairs with chosen/rejected.")
     if args.human_pairs < 0:
         raise AlignlabError(f"method.args.human_pairs={args.human_pairs} must be 0 (AI labels "
                             "only) or a number of human-labelled pairs per split.")
@@ -201,6 +208,8 @@ def run(cfg: Any, run_dir: Path) -> dict[str, Any]:
     judge_path = args.judge_model or None
     start = time.time()
     policy = None
+    rule = data.source(OmegaConf.select(cfg, "data") or {}).rule
+    gating = gate_items(cfg, args, rule)
     if args.source == "pairs":
         items = prompt_items(cfg.data, "pairs", categories=args.categories,
                              max_rows=args.max_prompts, seed=cfg.seed)
@@ -229,9 +238,16 @@ def run(cfg: Any, run_dir: Path) -> dict[str, Any]:
             pairs, lambda chunk: label_pairs(chunk, judge, book, args, cfg.seed),
             run_dir / "labels", fingerprint=fp, resume=resume, chunk_size=args.batch_size,
             desc="judge", kill_at=runs.kill_after_step("judge"))
+        gate = judge_gate(cfg, args, labels, rule, gating,
+                          lambda chunk: label_pairs(chunk, judge, book, args, cfg.seed),
+                          run_dir, resume)
     finally:
         judge.close()
     kept = to_pairs(labels, args.min_margin)
+    distrusted = apply_gate(gate, args.gate)
+    if distrusted and args.gate == "drop":  # "all": the judge was gated as a whole
+        kept = [k for k in kept if ALL not in distrusted
+                and k.get("category", ALL) not in distrusted]
     human: list[dict[str, Any]] = []
     if args.human_pairs:
         human = human_pairs(prompt_items(
@@ -250,7 +266,9 @@ def run(cfg: Any, run_dir: Path) -> dict[str, Any]:
         "dataset": str(run_dir / "dataset"),
         "next": f"data.format=trl data.path={run_dir / 'dataset'}",
     }
-    rule = data.source(OmegaConf.select(cfg, "data") or {}).rule
+    if gate is not None:
+        metrics["gate"] = {"action": args.gate, "on": gate.on, "distrusted": distrusted,
+                           "per_category": gate.per_category}
     if rule is not None:  # metrics keys "toy_agreement*": the toy world's rule is the only one
         metrics["toy_agreement"] = rule_agreement(labels, rule)
         # the labels RL-CAI trains on: after the confidence threshold (min_margin)
@@ -322,3 +340,109 @@ def rule_agreement(labels: Sequence[dict[str, Any]], rule: RuleScorer) -> dict[s
     return {"agreement": sum(hard) / max(1, len(hard)), "soft": sum(soft) / max(1, len(soft)),
             "n_decisive": len(hard), "n": len(labels),
             "per_category": {c: sum(v) / len(v) for c, v in sorted(per_cat.items())}}
+
+
+# ---------------------------------------------------------------------------------------------
+# The judge gate: is the judge better than chance, per category, before its labels are kept?
+
+ALL = "all"  # the category of rows of data without a 'category' column
+
+
+class Gate:
+    """What the judge was measured on (``on``) and, per category, its agreement with the
+    labels there: ``{"agreement", "ci": [low, high], "n", "trusted"}``."""
+
+    def __init__(self, on: str, hits: Sequence[tuple[str, float]]) -> None:
+        self.on = on
+        by_cat: dict[str, list[float]] = {}
+        for category, hit in hits:
+            by_cat.setdefault(category, []).append(hit)
+        self.per_category = {}
+        for category, values in sorted(by_cat.items()):
+            low, high = stats.wilson_interval(sum(values), len(values))
+            self.per_category[category] = {"agreement": sum(values) / len(values),
+                                           "ci": [low, high], "n": len(values),
+                                           "trusted": low > 0.5}
+
+
+def _hit(p_right: float) -> float:
+    """1 when the judge prefers the labelled winner, 0.5 for a tie, else 0."""
+    return 1.0 if p_right > 0.5 else 0.5 if p_right == 0.5 else 0.0
+
+
+def gate_items(cfg: Any, args: Any, rule: RuleScorer | None) -> list[dict[str, Any]] | None:
+    """The labelled pairs to gate the judge on, loaded before any sampling or judging (so a bad
+    ``gate_data`` costs nothing); None when the gate is off or uses the data's rule."""
+    if args.gate == "off" or (rule is not None and not args.gate_data):
+        return None
+    from omegaconf import OmegaConf
+
+    spec = OmegaConf.to_container(cfg.data, resolve=True)
+    if args.gate_data:
+        spec.update({"name": "local", "format": "trl", "path": args.gate_data,
+                     "train_split": None, "test_split": None, "max_samples": None})
+    try:
+        items = prompt_items(spec, "pairs", max_rows=args.gate_pairs, seed=cfg.seed)
+    except AlignlabError:
+        if args.gate_data:
+            raise
+        print("[alignlab] judge gate: the data has no labelled pairs to measure the judge on; "
+              "set method.args.gate_data=<labelled pairs> to gate it")
+        return []
+    if not args.gate_data and any(it["split"] == "test" for it in items):
+        items = [it for it in items if it["split"] == "test"]  # pairs the judge never saw
+    return [{"key": f"gate-{it['key']}", "split": it["split"], "prompt": it["prompt"],
+             "a": _text(it["chosen"]), "b": _text(it["rejected"]),
+             **({"category": it["category"]} if "category" in it else {})} for it in items]
+
+
+def judge_gate(cfg: Any, args: Any, labels: Sequence[dict[str, Any]], rule: RuleScorer | None,
+               pairs: list[dict[str, Any]] | None, judge_chunk: Any, run_dir: Path,
+               resume: bool) -> Gate | None:
+    """Measure the judge against labelled pairs, per category (None with ``gate=off``).
+
+    ``gate_data`` (labelled pairs) first; else the data's rule where it has one (the toy world):
+    the rule's verdict on the very pairs the judge labelled, the policy's own samples; else the
+    data's own chosen/rejected pairs (the test split where there is one). ``pairs`` are those
+    of :func:`gate_items`, judged in a resumable row store of their own (``run_dir/gate``).
+    """
+    if args.gate == "off":
+        return None
+    if pairs is None:  # the data's rule
+        prompts = [r["prompt"] for r in labels]
+        a, b = rule(prompts, [r["a"] for r in labels]), rule(prompts, [r["b"] for r in labels])
+        hits = [(cat, _hit(r["prob_a"] if ga > gb else 1.0 - r["prob_a"]))
+                for r, ga, gb, cat in zip(labels, a.items, b.items, a.categories, strict=True)
+                if ga != gb]
+        return Gate("the data's rule, on the judged samples", hits)
+    if not pairs:
+        return None
+    judged = row_store.run_rows(
+        pairs, judge_chunk, run_dir / "gate", resume=resume, chunk_size=args.batch_size,
+        fingerprint=row_store.fingerprint(pairs, args.judge_model, cfg.seed), desc="gate")
+    where = args.gate_data or "the data's own labelled pairs"
+    return Gate(where, [(r.get("category", ALL), _hit(r["prob_a"])) for r in judged])
+
+
+def apply_gate(gate: Gate | None, action: str) -> list[str]:
+    """One line per category where the judge is not better than chance; returns them.
+
+    ``stop`` raises (the labels stay in ``run_dir/labels`` for ``resume=true``)."""
+    if gate is None:
+        return []
+    bad = [c for c, g in gate.per_category.items() if not g["trusted"]]
+    for category in bad:
+        g = gate.per_category[category]
+        then = {"drop": "its AI labels there are left out (method.args.gate=warn keeps them)",
+                "warn": "its AI labels there are kept (method.args.gate=drop leaves them out)",
+                "stop": "stopping (method.args.gate=drop leaves that category's labels out)"}
+        print(f"[alignlab] warning: judge gate: on {category} pairs the judge agrees with "
+              f"{gate.on} {g['agreement']:.0%} [{g['ci'][0]:.0%}, {g['ci'][1]:.0%}] "
+              f"(n {g['n']}), not better than chance; {then[action]}.")
+    if bad and action == "stop":
+        raise AlignlabError(
+            f"The judge is not better than chance on {', '.join(bad)} pairs (judge gate, "
+            f"measured on {gate.on}), so its labels would teach the wrong preference. Use a "
+            "better judge (method.args.judge_model), or method.args.gate=drop to leave those "
+            "categories' AI labels out; the labels are kept for resume=true.")
+    return bad
