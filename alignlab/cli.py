@@ -110,35 +110,25 @@ _OVERRIDE = re.compile(r"Could not override '([^']+)'")
 
 def _explain(err: Exception) -> AlignlabError:
     """Turn a Hydra/OmegaConf composition error into one clear sentence plus a fix."""
-    text = str(err)
+    text = runs.redact(str(err))  # Hydra's messages may quote resolved environment values
     key = _OVERRIDE.search(text)
     missing = _KEY_ERR.search(text)
     if key:
         full = key.group(1)
         parent, _, leaf = full.rpartition(".")
-        valid = _valid_keys(parent)
-        return AlignlabError(f"'{full}' is not a config key.{did_you_mean(leaf, valid)} "
+        valid = config.schema_keys(parent)
+        hint = did_you_mean(leaf, valid) if valid else ""
+        return AlignlabError(f"'{full}' is not a config key.{hint} "
                              "Run `python -m alignlab --cfg job` to see every key.")
     if missing:
         return AlignlabError(f"'{missing.group(1)}' is not a config key. Run `python -m alignlab "
                              "--cfg job` to see every key.")
     first = text.strip().splitlines()[0] if text.strip() else repr(err)
+    cause = err.__cause__
+    if text.startswith("Error merging override") and cause is not None and str(cause).strip():
+        first += ": " + " ".join(runs.redact(str(cause)).strip().splitlines()[0].split())
     return AlignlabError(f"Bad configuration: {first}. Check the override's spelling and "
                          "value, or run `python -m alignlab --cfg job`.")
-
-
-def _valid_keys(parent: str) -> list[str]:
-    from dataclasses import fields
-
-    node: Any = config.Config
-    for part in [p for p in parent.split(".") if p]:
-        match = {f.name: f for f in fields(node)}.get(part)
-        if match is None or not callable(match.default_factory):
-            return []
-        node = type(match.default_factory())
-        if not hasattr(node, "__dataclass_fields__"):
-            return []
-    return [f.name for f in fields(node)]
 
 
 def compose(overrides: list[str]) -> Any:
@@ -413,6 +403,7 @@ def main(argv: list[str] | None = None) -> None:
     flags = set(argv)
     try:  # Hydra would save them in .hydra/overrides.yaml, sweeps included
         runs.refuse_secrets(_override_values(_overrides(argv)))
+        validation.check_env_credentials(_override_values(_overrides(argv)))  # hydra.* too
     except AlignlabError as err:
         fail(err)
     if not flags & (_FLAGS_WITHOUT_RUN | _MULTIRUN):

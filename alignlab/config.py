@@ -30,13 +30,19 @@ def conf_dir() -> Path:
     return CONF_DIR
 
 
+# The name of a required group's preset (model, data, method, hardware) has no default: every
+# run composes one from conf/<group>/, so a name still unset (omegaconf.MISSING) means the group
+# was deleted from the defaults (``~method``), which would run on the schema's bare defaults.
+UNSET = "???"
+REQUIRED_GROUPS = ("model", "data", "method", "hardware")
+
 LORA_DEFAULTS: dict[str, Any] = {"enabled": False, "r": 16, "alpha": 32, "dropout": 0.05,
                                  "target_modules": "all-linear"}
 
 
 @dataclass
 class ModelConfig:
-    name: str = "llama-small"
+    name: str = UNSET  # set by the preset (conf/<group>/<name>.yaml)
     # A folder, a hub id, or ``builtin:llama-small`` (config + tokenizer shipped in the package).
     path: str = "builtin:llama-small"
     # A GGUF file in the folder ``path`` (``model.path=<file>.gguf`` works as well): converted
@@ -83,7 +89,7 @@ class ToyConfig:
 
 @dataclass
 class DataConfig:
-    name: str = "toy"
+    name: str = UNSET  # set by the preset (conf/<group>/<name>.yaml)
     format: str = "toy"  # toy | hh-rlhf | ultrafeedback | cai | trl
     path: str | None = None
     subset: str | None = None
@@ -103,7 +109,7 @@ class DataConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = "sft"
+    name: str = UNSET  # set by the preset (conf/<group>/<name>.yaml)
     # Arguments of the trainer's config dataclass, under their own names (e.g. DPOConfig.beta).
     args: dict[str, Any] = field(default_factory=dict)
     # Reference policy for DPO/KTO/PPO; null = the starting policy itself (frozen copy).
@@ -116,7 +122,7 @@ class MethodConfig:
 
 @dataclass
 class HardwareConfig:
-    name: str = "cpu"
+    name: str = UNSET  # set by the preset (conf/<group>/<name>.yaml)
     device: str = "cpu"  # cpu | cuda
     num_processes: int = 1  # processes per machine; 0 = one per visible GPU
     # ddp | fsdp | zero2 | zero3 (files in alignlab/accelerate/), or a path to your own
@@ -179,6 +185,145 @@ class Config:
 
 
 GROUPS = ("model", "data", "method", "hardware", "constitution", "recipe")
+
+# Free-form mappings (``dict[str, Any]`` in the schema) whose keys are those of a group: they
+# are merged into that group (a recipe stage's data/model, the model settings of a hardware
+# preset), so a key the group lacks is a typo that would fail mid-recipe.
+_PARTIAL_GROUPS: dict[tuple[str, str], type] = {("HardwareConfig", "model"): ModelConfig,
+                                                ("StageConfig", "data"): DataConfig,
+                                                ("StageConfig", "model"): ModelConfig}
+
+
+@functools.cache
+def _type_hints(schema: type) -> dict[str, Any]:
+    """Field name -> type of a schema dataclass, in field order (annotations are strings here)."""
+    import typing
+
+    return dict(typing.get_type_hints(schema))
+
+
+def schema_keys(parent: str) -> list[str]:
+    """The keys the schema has under the dotted key ``parent`` ("" for the top level;
+    ``stages.<name>`` is a recipe stage, ``hardware.model`` the model group); [] for a
+    free-form mapping or a key the schema does not have."""
+    import dataclasses
+    import typing
+
+    schema: Any = Config
+    parts = [p for p in parent.split(".") if p]
+    i = 0
+    while i < len(parts):
+        hints = _type_hints(schema)
+        name = parts[i]
+        if name not in hints:
+            return []
+        inner: Any = _PARTIAL_GROUPS.get((schema.__name__, name), hints[name])
+        if typing.get_origin(inner) is dict:
+            item = (typing.get_args(inner) or (None, None))[1]
+            if not dataclasses.is_dataclass(item) or i + 1 >= len(parts):
+                return []
+            inner, i = item, i + 1  # stages.<name>: skip the stage's name
+        if not dataclasses.is_dataclass(inner):
+            return []
+        schema, i = inner, i + 1
+    return list(_type_hints(schema))
+
+
+def _shape(hint: Any) -> tuple[type | None, bool]:
+    """(dict, list or None for a scalar/Any, whether None is allowed) of a field's type."""
+    import dataclasses
+    import types
+    import typing
+
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        shape = _shape(inner[0])[0] if len(inner) == 1 else None
+        return shape, type(None) in args
+    origin = typing.get_origin(hint) or hint
+    if dataclasses.is_dataclass(origin) or origin is dict:
+        return dict, False
+    if origin is list:
+        return list, False
+    return None, True
+
+
+def wrong_shape(tree: Any, schema: type = Config,
+                where: str = "") -> tuple[str, str, Any] | None:
+    """The first value of a resolved config that is not the mapping or list its field is
+    (``data.columns=${oc.env:X}`` resolves to a string), as (dotted key, "a mapping"/"a list",
+    the value)."""
+    import dataclasses
+    import typing
+
+    if not isinstance(tree, dict):
+        return None
+    for key, hint in _type_hints(schema).items():
+        if key not in tree:
+            continue
+        value, here = tree[key], f"{where}.{key}" if where else key
+        shape, optional = _shape(hint)
+        if shape is not None and not isinstance(value, shape) and \
+                not (value is None and optional):
+            return here, "a mapping" if shape is dict else "a list", value
+        inner: Any = _PARTIAL_GROUPS.get((schema.__name__, key))
+        if inner is None and dataclasses.is_dataclass(hint):
+            inner = hint
+        found = None
+        if inner is not None:
+            found = wrong_shape(value, inner, here)
+        elif typing.get_origin(hint) is dict and isinstance(value, dict):
+            item = (typing.get_args(hint) or (None, None))[1]
+            if dataclasses.is_dataclass(item):  # stages: {name: StageConfig}
+                for k, v in value.items():
+                    found = wrong_shape(v, item, f"{here}.{k}") if isinstance(v, dict) \
+                        else (f"{here}.{k}", "a mapping", v)
+                    if found:
+                        break
+            elif item is str:  # data.columns, inputs: {name: text}
+                bad = next((k for k, v in value.items() if not isinstance(v, str)), None)
+                found = (f"{here}.{bad}", "a string", value[bad]) if bad is not None else None
+        if found:
+            return found
+    return None
+
+
+def unknown_key(tree: Any, schema: type = Config,
+                where: str = "") -> tuple[str, list[str]] | None:
+    """The first key of ``tree`` (a plain container of a composed config) that the schema does
+    not have, as (dotted key, the valid keys at that place); None when every key is known.
+
+    Hydra refuses unknown keys unless they are forced in with ``+``/``++`` (``++quick_evall=1``
+    next to the real ``quick_eval``); this finds those. Free-form mappings (``method.args``,
+    ``model.lora``, ``constitution``, ``inputs`` ...) are left to the checks of their keys.
+    """
+    import dataclasses
+    import typing
+
+    if not isinstance(tree, dict):
+        return None
+    hints = _type_hints(schema)
+    names = list(hints)
+    for key, value in tree.items():
+        here = f"{where}.{key}" if where else str(key)
+        if key not in hints:
+            return here, names
+        hint = hints[key]
+        inner: Any = _PARTIAL_GROUPS.get((schema.__name__, str(key)))
+        if inner is None and dataclasses.is_dataclass(hint):
+            inner = hint
+        if inner is not None:
+            found = unknown_key(value, inner, here)
+        elif typing.get_origin(hint) is dict and dataclasses.is_dataclass(
+                (typing.get_args(hint) or (None, None))[1]) and isinstance(value, dict):
+            item = typing.get_args(hint)[1]  # e.g. stages: dict[str, StageConfig]
+            found = next((f for k, v in value.items()
+                          if (f := unknown_key(v, item, f"{here}.{k}"))), None)
+        else:
+            found = None
+        if found:
+            return found
+    return None
 
 
 def register() -> None:
@@ -295,8 +440,22 @@ def check_args(args: dict[str, Any], target: str, where: str) -> None:
             raise AlignlabError(f"'{where}.{key}' is not an argument of {cls}."
                                 f"{did_you_mean(key, fields)}")
         if not _type_ok(fields[key], value):
+            hint = ""
+            if isinstance(value, str) and _looks_numeric(value):
+                # e.g. from ${oc.env:LR}: environment variables are strings
+                hint = " (a number read with ${oc.env:NAME} is a string: write " \
+                       "'${oc.decode:${oc.env:NAME}}', quotes included)"
             raise AlignlabError(f"'{where}.{key}={value!r}' has the wrong type: {cls}.{key} "
-                                f"expects {fields[key]}. Fix the value in the override or YAML.")
+                                f"expects {fields[key]}{hint}. Fix the value in the override "
+                                "or YAML.")
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------------
