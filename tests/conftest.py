@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import subprocess
 import sys
@@ -47,14 +49,86 @@ def run_inprocess(run_dir: Path, *overrides: str) -> dict[str, Any]:
     return cli.run_stage(cfg, Path(run_dir))
 
 
-def trend(values: list[float]) -> tuple[float, float, float]:
-    """A logged series' mean over its first third, over its last third, and its least-squares
-    slope per logged point: a rise over the whole run, which two noisy points cannot fake."""
-    n, third = len(values), max(1, len(values) // 3)
+def trend_t(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
+    """(slope, half): a logged series' least-squares slope per logged point and the half-width
+    of its two-sided ``confidence`` interval (Student t, n - 2 degrees of freedom, standard
+    error from the scatter around the line). ``slope > half`` is a rise the series' own
+    step-to-step noise cannot fake; an unchanged model logs a flat series and fails it. Curvature
+    (a fast start, then a plateau) counts as scatter, which only makes the check stricter."""
+    from alignlab import stats
+
+    n = len(values)
+    if n < 3:
+        raise AssertionError(f"a trend needs at least 3 logged points, got {values}")
     mean_x, mean_y = (n - 1) / 2, sum(values) / n
-    spread = sum((x - mean_x) ** 2 for x in range(n)) or 1.0
-    slope = sum((x - mean_x) * (y - mean_y) for x, y in enumerate(values)) / spread
-    return sum(values[:third]) / third, sum(values[-third:]) / third, slope
+    sxx = sum((x - mean_x) ** 2 for x in range(n))
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in enumerate(values)) / sxx
+    resid = [y - mean_y - slope * (x - mean_x) for x, y in enumerate(values)]
+    se = math.sqrt(sum(r * r for r in resid) / (n - 2) / sxx)
+    return slope, stats.t_quantile(0.5 + confidence / 2, n - 2) * se
+
+
+def read_samples(run: Path) -> list[dict[str, Any]]:
+    """A run's ``samples.jsonl``: per sample its prompt, category, score and the start's (or
+    reference's) ``reference_score`` on the same prompt (sampled with the same seed)."""
+    return [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()
+            if line.strip()]
+
+
+def paired_gain(scores: list[float], start: list[float], prompts: list[Any],
+                confidence: float = 0.95) -> dict[str, Any]:
+    """The trained model's gain over its start on the same prompts, per sample ``scores[i] -
+    start[i]``: its mean, the cluster-robust standard error by prompt (several samples of one
+    prompt are correlated; :func:`alignlab.stats.clustered_mean_se`), and ``margin``, the
+    half-width of its two-sided ``confidence`` interval (t with prompts - 1 degrees of freedom,
+    as :func:`alignlab.stats.mean_ci` does). ``gain > margin``: the interval of the paired
+    difference excludes 0, i.e. the run's own sampling spread cannot explain the gain. An
+    unchanged model samples the same answers with the same seed: every pair ties, gain 0,
+    and it fails. Also ``wins``/``losses``/``ties`` (samples better / worse / equal)."""
+    from alignlab import stats
+
+    if not (len(scores) == len(start) == len(prompts)) or not scores:
+        raise AssertionError(f"unpaired or empty: {len(scores)}, {len(start)}, {len(prompts)}")
+    diffs = [float(a) - float(b) for a, b in zip(scores, start, strict=True)]
+    groups = [json.dumps(p, sort_keys=True) if not isinstance(p, str) else p for p in prompts]
+    mean, se, n_prompts = stats.clustered_mean_se(diffs, groups)
+    if n_prompts < 2:
+        raise AssertionError(f"a paired margin needs at least 2 prompts, got {n_prompts}")
+    margin = stats.t_quantile(0.5 + confidence / 2, n_prompts - 1) * se
+    return {"gain": mean, "se": se, "margin": margin, "n": len(diffs), "prompts": n_prompts,
+            "wins": sum(d > 0 for d in diffs), "losses": sum(d < 0 for d in diffs),
+            "ties": sum(d == 0 for d in diffs)}
+
+
+def sample_gain(samples: list[dict[str, Any]], category: str | tuple[str, ...] | None = None,
+                confidence: float = 0.95) -> dict[str, Any]:
+    """:func:`paired_gain` of ``samples.jsonl`` rows (``score`` vs ``reference_score``), of one
+    ``category`` (or a tuple of them) or all."""
+    keep = (category,) if isinstance(category, str) else category
+    rows = [s for s in samples if keep is None or s["category"] in keep]
+    if any(s["reference_score"] is None for s in rows):
+        raise AssertionError("samples.jsonl has no reference_score: no start was sampled")
+    return paired_gain([s["score"] for s in rows], [s["reference_score"] for s in rows],
+                       [s["prompt"] for s in rows], confidence)
+
+
+def paired_eval(policy: Path, start: Path, num_samples: int = 8,
+                *overrides: str) -> list[dict[str, Any]]:
+    """Sample ``policy`` and the ``start`` it was trained from on the toy world's held-out
+    prompts, ``num_samples`` each, with the same seed (what the stage's quick evaluation does
+    with 3): samples.jsonl-style rows with ``score`` and the start's ``reference_score``. More
+    samples than the quick evaluation's 3 narrow the paired interval where a short test run's
+    gain is small (in the worker's process: about 10 s for 2 x 336 samples of llama-small)."""
+    from alignlab import cli, evaluation, models
+
+    cfg = cli.compose(list(overrides))
+    tokenizer = models.load_tokenizer(cfg.model, str(policy))
+    trained = models.load_model(cfg.model, str(policy), cfg.hardware)
+    before = models.load_model(cfg.model, str(start), cfg.hardware)
+    _, samples = evaluation.evaluate(cfg, trained, tokenizer,
+                                     evaluation.EvalArgs(num_samples=num_samples), start=before,
+                                     progress=False)
+    return samples
 
 
 def shared_run(factory: pytest.TempPathFactory, name: str, *args: str) -> Path:
@@ -86,6 +160,11 @@ def sft_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def reward_run(tmp_path_factory: pytest.TempPathFactory, sft_run: Path) -> Path:
-    """A reward model trained from the SFT model on the toy pairs."""
+    """A reward model trained from the SFT model on the toy pairs.
+
+    ``ALIGNLAB_TEST_REWARD_RUN=<dir>`` reuses an earlier one made from that SFT run (local
+    speed-up, with ``ALIGNLAB_TEST_SFT_RUN``)."""
+    if os.environ.get("ALIGNLAB_TEST_REWARD_RUN"):
+        return Path(os.environ["ALIGNLAB_TEST_REWARD_RUN"])
     return shared_run(tmp_path_factory, "reward", "method=reward", f"model.path={sft_run}/model",
                       "data.toy.n_pairs=2000", "method.args.save_strategy=no", "report_to=none")

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import alignlab, trend
+from tests.conftest import alignlab, paired_eval, trend_t
 
 pytestmark = pytest.mark.slow
 
@@ -24,30 +24,39 @@ def _metrics(run: Path) -> dict[str, Any]:
 def test_judge_reward_raises_judge(method: str, sft_run: Path, tmp_path: Path) -> None:
     """The toy judge as reward: on the same held-out prompts, sampled with the same seed, the
     trained policy's answers score above the starting SFT model's (an unchanged model ties on
-    every one); the policy leaves the reference step by step and sharpens, KL bounded.
+    every one); the policy has left the reference and sharpened, KL bounded.
 
     The training reward itself is no test: each step's mean over 8 prompts varies by +-0.1 with
     the prompts drawn, more than 30 (or 60) steps raise it (measured: flat over both)."""
+    from alignlab import stats
+    from tests.conftest import paired_gain
+
     run = tmp_path / method
     alignlab(f"hydra.run.dir={run}", f"method={method}", f"model.path={sft_run}/model",
              "method.reward_funcs=[toy_judge]", "method.args.max_steps=30",
              "method.args.logging_steps=2", env=ENV)
     m = _metrics(run)
-    sft = _metrics(sft_run)["judge"]["score"]
-    assert m["judge"]["score"] > sft + 0.03, (m["judge"], sft)
-    # measured: 0.60 -> 0.69 (grpo), 0.68 (rloo); 17 answers better, 6-7 worse
-    start = m["baseline"]["judge"]["score"]
-    assert m["judge"]["score"] > start + 0.04, (start, m["judge"])
-    wins = json.loads((run / "eval.json").read_text())["win_rate"]
-    assert wins["wins"] > wins["losses"] + 5, wins
-    assert 0 < m["kl"]["kl"] < 3.0, m["kl"]  # nats per response, vs the SFT reference
+    # Paired with the start on the same prompts and seed, 8 samples a prompt, by more than the
+    # paired 95 % interval clustered by prompt (measured: grpo +0.15, margin 0.09, 66 answers
+    # better, 17 worse; rloo +0.15, margin 0.09). The quick evaluation's 3 samples leave the
+    # interval too wide for 30 steps (+0.10 and +0.13 with margins of 0.09).
+    samples = paired_eval(run / "model", sft_run / "model", 8)
+    gain = paired_gain([s["score"] for s in samples], [s["reference_score"] for s in samples],
+                       [s["prompt"] for s in samples])
+    assert gain["gain"] > gain["margin"], (gain, m["judge"], m["baseline"])
+    # It left the reference: the held-out sequence KL (k3, never negative per sample) is above
+    # its own 95 % interval's half-width (measured 0.18 +- 0.06); an unchanged policy has 0.
+    # The 3 nats are a sanity bound (a blow-up), not a measured figure.
+    kl = m["kl"]
+    half = stats.t_quantile(0.975, kl["n_prompts"] - 1) * kl["stderr_k3"]
+    assert half < kl["kl_k3"] and kl["kl"] < 3.0, kl
     logged = [h for h in m["log_history"] if "reward" in h]
     assert len(logged) >= 12
-    # measured over the 15 logged steps: KL 0.007 -> 0.025, entropy 0.100 -> 0.074
-    first, last, slope = trend([h["kl"] for h in logged])
-    assert last > first + 0.01 and slope > 0, (first, last, slope)
-    first, last, slope = trend([h["entropy"] for h in logged])
-    assert last < first - 0.01 and slope < 0, (first, last, slope)
+    # It sharpens: the logged entropy falls by more than its step-to-step noise (measured over
+    # 15 logged steps: 0.111 -> 0.077, slope -0.0024 +- 0.0013 per logged step). The logged KL
+    # is no test at 30 steps: it rises (0.001 -> 0.02) but spikes make the slope noise.
+    slope, half = trend_t([h["entropy"] for h in logged])
+    assert slope < -half, (slope, half, [h["entropy"] for h in logged])
 
 
 def test_mixed_rewards_and_explicit_reference(sft_run: Path, reward_run: Path,

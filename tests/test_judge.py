@@ -147,6 +147,9 @@ def test_relabel_pairs_over_http_and_load_them_for_dpo(tmp_path: Path) -> None:
         cfg = cli.compose(["method=judge", "model.from_sft=false", "constitution=toy",
                            "method.args.source=pairs",
                            "method.args.max_prompts=4", "method.args.backend=openai",
+                           # the untrained judge is at chance: keep its labels (the gate is
+                           # tested in test_judge_gate.py)
+                           "method.args.gate=warn",
                            f"method.args.base_url={server.url}", "method.args.top_logprobs=1000",
                            f"run_dir={tmp_path}"])
         metrics = cli.run_stage(cfg, tmp_path)
@@ -177,6 +180,33 @@ def _cli(*args: str) -> None:
     assert proc.returncode == 0, f"{args}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
 
 
+def _agreement_rows(labels: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per decisive pair (the rule prefers one response): the judge's hard agreement with the
+    rule (1, 0.5 for a tie, 0), the pair's category and its prompt (the cluster: the pairs of one
+    prompt share candidates, and a prompt drawn twice shares its text). What
+    ``judge.rule_agreement`` averages, kept per pair so that intervals can be computed."""
+    prompts = [r["prompt"] for r in labels]
+    by_a = toy.rule_scores(prompts, [r["a"] for r in labels])
+    by_b = toy.rule_scores(prompts, [r["b"] for r in labels])
+    out = []
+    for r, good_a, good_b, cat in zip(labels, by_a.items, by_b.items, by_a.categories,
+                                      strict=True):
+        if good_a == good_b:
+            continue
+        p = r["prob_a"] if good_a > good_b else 1.0 - r["prob_a"]
+        out.append({"key": r["key"], "category": cat, "prompt": json.dumps(r["prompt"]),
+                    "agree": 1.0 if p > 0.5 else 0.5 if p == 0.5 else 0.0})
+    return out
+
+
+def _agreement_ci(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean agreement with its 95 % interval clustered by prompt (Wilson at the effective
+    sample size for 0/1 values, :func:`alignlab.stats.mean_ci`)."""
+    from alignlab import stats
+
+    return stats.mean_ci([r["agree"] for r in rows], groups=[r["prompt"] for r in rows])
+
+
 def toy_rlaif(sft_model: Path, out: Path) -> dict[str, Any]:
     """The whole toy RLAIF loop; returns the figures the test checks (also used to measure).
 
@@ -186,6 +216,12 @@ def toy_rlaif(sft_model: Path, out: Path) -> dict[str, Any]:
     training pairs (both orders, random principles). It then labels pairs of the policy's own
     samples on prompts it has never judged; the soft label is kept and near-ties are dropped
     (min_margin=0.1).
+
+    The judge SFT runs 4 epochs (126 steps of 64 rows). With 2, on an AVX-512 machine the judge
+    stayed unsure (order consistency 0.36, 441 of 537 labels near-ties, harmful agreement 83 %),
+    only 29 harmful labels survived, and DPO taught no refusals (harmful: 3 answers better, 1
+    worse of 64); with 4 on the same machine: harmful and borderline agreement 100 % on 463
+    decisive pairs, 242 labels kept, harmful refusals up (7 better, none worse).
     """
     from alignlab import cli, config, data
 
@@ -195,7 +231,7 @@ def toy_rlaif(sft_model: Path, out: Path) -> dict[str, Any]:
     rows = const.judge_sft_rows(list(pairs), TOY, seed=0)
     (out / "judge_sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     _cli(f"hydra.run.dir={out / 'judge_sft'}", f"model.path={sft_model}", "data.format=trl",
-         f"data.path={out / 'judge_sft.jsonl'}", "model.train_args.default.num_train_epochs=2",
+         f"data.path={out / 'judge_sft.jsonl'}", "model.train_args.default.num_train_epochs=4",
          "model.train_args.default.per_device_train_batch_size=64",
          "model.train_args.default.learning_rate=3e-3", "method.args.save_strategy=no")
     _cli("method=judge", "constitution=toy", f"hydra.run.dir={out / 'judge'}",
@@ -210,44 +246,72 @@ def toy_rlaif(sft_model: Path, out: Path) -> dict[str, Any]:
          "data.format=trl", f"data.path={out / 'judge' / 'dataset'}",
          "method.args.max_steps=60", "method.args.save_strategy=no")
     metrics = json.loads((out / "judge" / "metrics.json").read_text())
-    # The same pairs judged by the untrained policy itself, for contrast.
-    from alignlab import backends, models
+    from alignlab import backends
     from alignlab import rows as row_store
 
+    labels = sorted(row_store.read_rows(out / "judge" / "labels").values(),
+                    key=lambda r: r["key"])
+    trained = _agreement_rows(labels)
+    kept = _agreement_rows([r for r in labels if abs(r["prob_a"] - 0.5) >= 0.1])
+    # The same pairs judged by the untrained policy itself, for contrast (paired: the same
+    # decisive pairs, by key).
     cfg = cli.compose(["method=judge", "constitution=toy", f"model.path={sft_model}"])
-    labels = list(row_store.read_rows(out / "judge" / "labels").values())[:200]
     untrained = backends.create(judge.stage_args(cfg), cfg)
-    relabelled = judge.label_pairs(labels, untrained, TOY, judge.stage_args(cfg), cfg.seed)
-    scores = {}
-    for name, path in (("sft", sft_model), ("dpo", out / "dpo" / "model")):
-        model = models.load_model(cfg.model, str(path), cfg.hardware)
-        tokenizer = models.load_tokenizer(cfg.model, str(path))
-        from alignlab import evaluation
+    relabelled = judge.label_pairs(labels[:200], untrained, TOY, judge.stage_args(cfg), cfg.seed)
+    untrained_rows = {r["key"]: r for r in _agreement_rows(relabelled)}
+    # The DPO policy and the SFT model it started from, sampled on the same held-out prompts
+    # with the same seed, 8 samples a prompt (there are 8 harmful held-out prompts; the quick
+    # evaluation's 3 samples left the harmful interval +-0.2 wide): paired per prompt.
+    from tests.conftest import paired_eval
 
-        result, _ = evaluation.evaluate(cli.compose([]), model, tokenizer)
-        scores[name] = result.rule
+    samples = paired_eval(out / "dpo" / "model", sft_model, 8)
     return {"agreement": metrics["toy_agreement"], "position": metrics["first_position_preference"],
-            "untrained": judge.rule_agreement(relabelled, toy.rule_scores),
-            "pairs": metrics["pairs"], "sft": scores["sft"], "dpo": scores["dpo"]}
+            "order_consistency": metrics["order_consistency"], "per_pair": trained, "kept": kept,
+            "untrained": untrained_rows, "pairs": metrics["pairs"],
+            "pairs_by_source": metrics["pairs_by_source"], "samples": samples}
 
 
 @pytest.mark.slow
 def test_toy_rlaif_judge_agrees_with_rule_and_dpo_improves(sft_run: Path,
                                                            tmp_path: Path) -> None:
+    """Every check is against chance or against the same items judged / sampled without the
+    step under test, with the margin of its own 95 % interval (clustered by prompt)."""
+    from tests.conftest import paired_gain, sample_gain
+
     r = toy_rlaif(sft_run / "model", tmp_path)
-    print(json.dumps(r, indent=1))
-    agree = r["agreement"]
+    per_pair = r["per_pair"]
+    cis = {cat: _agreement_ci([p for p in per_pair if p["category"] == cat])
+           for cat in ("harmful", "borderline")}
+    print(json.dumps({k: v for k, v in r.items() if k not in ("per_pair", "kept", "untrained",
+                                                               "samples")}, indent=1),
+          json.dumps(cis, indent=1))
+    start = {c: sample_gain(r["samples"], c) for c in ("helpful", "harmful", "borderline")}
     # Measured on 2 busy cores with the shared sft_run (toy-judge 0.60): 73 % agreement on 467
-    # decisive pairs (harmful 100 %, borderline 100 %, sums 54 %: the judge can't add); the
-    # untrained policy as its own judge: 53 %, i.e. chance.
-    assert agree["n_decisive"] >= 100
-    assert agree["agreement"] >= 0.65
-    assert agree["per_category"]["harmful"] >= 0.9
-    assert r["untrained"]["agreement"] < agree["agreement"] - 0.15
-    # Measured: toy-judge score 0.60 -> 0.75 after DPO on 125 AI-labelled pairs (harmful
-    # prompts 0.25 -> 1.00, borderline 0.50 -> 0.88, sums 0.74 -> 0.64).
-    assert r["dpo"]["score"] >= r["sft"]["score"] + 0.05
-    assert r["dpo"]["per_category"]["harmful"] >= r["sft"]["per_category"]["harmful"] + 0.2
+    # decisive pairs (harmful 100 %, borderline 100 %, sums 54 %: the judge can't add); on
+    # another CPU's kernels harmful fell to 83 %, and in a full demo run a judge inverted on
+    # harmful pairs (11 %), teaching compliance. So: agreement above chance by its interval in
+    # each category whose labels DPO uses, and in the labels it keeps (the sums are judged at
+    # chance by design; human pairs cover them).
+    for cat, ci in cis.items():
+        assert ci["n"] >= 20 and ci["ci_low"] > 0.5, (cat, ci)
+    kept = _agreement_ci(r["kept"])
+    assert kept["ci_low"] > 0.5, kept
+    # Training the judge is what makes it agree: on the same decisive pairs, the trained judge
+    # beats the untrained policy judging itself (measured 53 %, chance) by more than the paired
+    # interval.
+    same = [p for p in per_pair if p["key"] in r["untrained"]]
+    vs_untrained = paired_gain([p["agree"] for p in same],
+                               [r["untrained"][p["key"]]["agree"] for p in same],
+                               [p["prompt"] for p in same])
+    assert vs_untrained["gain"] > vs_untrained["margin"], vs_untrained
+    # DPO on the labels beats the SFT model it started from, on the same held-out prompts and
+    # seed, by more than the paired 95 % interval, overall and on the harmful prompts, where
+    # the judge's labels are the only signal (the human pairs are sums). Measured (AVX-512,
+    # 8 samples a prompt): overall +0.17, margin 0.08; harmful +0.11, margin 0.07 (7 better,
+    # none worse; on the first machine 0.25 -> 1.00 with 3 samples).
+    overall, harmful = sample_gain(r["samples"]), sample_gain(r["samples"], "harmful")
+    assert overall["gain"] > overall["margin"], overall
+    assert harmful["gain"] > harmful["margin"], (harmful, start)
 
 
 def test_human_pairs_mix_into_the_ai_labels() -> None:

@@ -50,13 +50,14 @@ def test_gate_drops_labels_of_a_judge_at_chance(tmp_path: Path) -> None:
     gate_data = _tie_pairs(tmp_path / "gate.jsonl")
     run = tmp_path / "drop"
     proc = alignlab(*JUDGE, f"hydra.run.dir={run}", "method.args.categories=[helpful]",
-                    f"method.args.gate_data={gate_data}", "method.args.gate=drop")
+                    f"method.args.gate_data={gate_data}", "method.args.gate=drop",
+                    "method.args.human_pairs=3")
     metrics = json.loads((run / "metrics.json").read_text())
     gate = metrics["gate"]
     # a file of pairs gates the judge as a whole ("all"): every AI label is left out
     assert gate["per_category"]["all"]["n"] == 12 and gate["distrusted"] == ["all"]
     assert gate["per_category"]["all"]["agreement"] == 0.5
-    assert metrics["pairs_by_source"]["ai"] == 0 < metrics["comparisons"]
+    assert metrics["pairs_by_source"] == {"ai": 0, "human": 6} and metrics["comparisons"] > 0
     warnings = [ln for ln in proc.stdout.splitlines() if "judge gate" in ln]
     assert len(warnings) == 1 and "on all pairs" in warnings[0] and "left out" in warnings[0]
     # warn keeps them (the same labels, from the resumable store of a copy of the run)
@@ -78,7 +79,10 @@ def test_gate_stop_keeps_labels_for_resume(tmp_path: Path) -> None:
     assert "not better than chance on all" in errors[0] and "resume=true" in errors[0]
     labels = sorted((run / "labels").glob("shard-*.jsonl"))
     assert labels and not (run / "DONE").exists()
-    alignlab(*args, "method.args.gate=drop", "resume=true")
+    again = alignlab(*args, "method.args.gate=drop", "resume=true", check=False)
+    # drop leaves no pair at all (no human pairs asked for): refused, not an empty dataset
+    assert again.returncode == 2 and "No labelled pairs are left" in again.stderr
+    alignlab(*args, "method.args.gate=drop", "method.args.human_pairs=3", "resume=true")
     assert sorted((run / "labels").glob("shard-*.jsonl")) == labels  # nothing judged again
     assert json.loads((run / "metrics.json").read_text())["gate"]["distrusted"] == ["all"]
 

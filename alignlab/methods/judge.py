@@ -253,6 +253,13 @@ def run(cfg: Any, run_dir: Path) -> dict[str, Any]:
         human = human_pairs(prompt_items(
             cfg.data, "pairs", categories=args.human_categories, max_rows=args.human_pairs,
             seed=cfg.seed))
+    if not kept and not human and labels:
+        raise AlignlabError(
+            "No labelled pairs are left: the judge gate left out every AI label (see the "
+            "warning above) and there are no human pairs, so the next stage would train on "
+            "nothing. Use a better judge (method.args.judge_model), add human pairs "
+            "(method.args.human_pairs=N), or method.args.gate=warn to keep the labels; "
+            "resume=true reuses the labels already made.")
     dataset = build_dataset(kept + human)
     dataset.save_to_disk(str(run_dir / "dataset"))
     metrics: dict[str, Any] = {
