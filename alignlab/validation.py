@@ -181,14 +181,7 @@ _CREDENTIAL_ENV = re.compile(r"api_?key|access_?key|secret|passw(?:or)?d|credent
 
 def _strings(tree: Any, where: str = "") -> Iterator[tuple[str, str]]:
     """(dotted key, value) of every string in a plain container."""
-    if isinstance(tree, dict):
-        for key, value in tree.items():
-            yield from _strings(value, f"{where}.{key}" if where else str(key))
-    elif isinstance(tree, list):
-        for i, value in enumerate(tree):
-            yield from _strings(value, f"{where}[{i}]")
-    elif isinstance(tree, str):
-        yield where, tree
+    return ((key, value) for key, value in _leaves(tree, where) if isinstance(value, str))
 
 
 def check_env_credentials(raw: Any) -> None:
@@ -337,6 +330,7 @@ _NOT_INF = {"max_grad_norm": " (max_grad_norm=0 turns gradient clipping off)"}
 
 
 def _leaves(tree: Any, where: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) of every leaf (not a dict or list) in a plain container."""
     if isinstance(tree, dict):
         for key, value in tree.items():
             yield from _leaves(value, f"{where}.{key}" if where else str(key))

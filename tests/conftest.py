@@ -131,6 +131,19 @@ def paired_eval(policy: Path, start: Path, num_samples: int = 8,
     return samples
 
 
+def one_error_line(proc: subprocess.CompletedProcess, *, ours_only: bool = False) -> str:
+    """The single ``alignlab: error:`` line of a refused run (exit code 2, no traceback).
+
+    ``ours_only``: count only alignlab's own lines (a run that got as far as training also
+    prints progress bars and library logs on stderr)."""
+    lines = [ln for ln in proc.stderr.splitlines()
+             if ln.strip() and (not ours_only or ln.startswith("alignlab: "))]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("alignlab: error: "), proc.stderr[-3000:]
+    return lines[0]
+
+
 def shared_run(factory: pytest.TempPathFactory, name: str, *args: str) -> Path:
     """``python -m alignlab ARGS`` once per test session, also under pytest-xdist: the first
     worker to ask makes the run (under a file lock), the others wait for it and reuse it."""

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, alignlab
+from tests.conftest import ROOT, alignlab, one_error_line
 
 PAIR = {"prompt": [{"role": "user", "content": "hi"}],
         "chosen": [{"role": "assistant", "content": "hello"}],
@@ -247,11 +247,8 @@ def test_bad_input_is_one_clear_line(tmp_path: Path, args: list[str], expect: st
     run directory, and the answer comes before torch, transformers or trl is imported."""
     case = request.node.callspec.id
     proc, run_dir, heavy = _run_case(tmp_path, args, files)
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr
-    assert len(lines) == 1 and lines[0].startswith("alignlab: error: "), proc.stderr[-3000:]
-    assert expect in lines[0], lines[0]
+    line = one_error_line(proc)
+    assert expect in line, line
     assert not run_dir.exists()
     assert not heavy, f"{case} imported {heavy} before refusing the input"
     if "hydra.run.dir={tmp}/f" in args[0]:

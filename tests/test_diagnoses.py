@@ -17,28 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, alignlab
+from tests.conftest import ROOT, alignlab, one_error_line
+from tests.test_bad_inputs import _files, _write
 
 TURN = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
 ROW = json.dumps({"messages": TURN})
 ROWS = "".join(f'{{"messages": [{{"role": "user", "content": "question {i}"}}, {{"role": '
                f'"assistant", "content": "answer {i}"}}]}}\n' for i in range(300))
 SFT_LOCAL = ["data=local", "method.args.max_steps=1"]  # max_steps: a wrongly accepted case is short
-
-
-def _write(name: str, content: str | bytes) -> Callable[[Path], None]:
-    def make(tmp: Path) -> None:
-        path = tmp / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content if isinstance(content, bytes) else content.encode())
-    return make
-
-
-def _both(*makers: Callable[[Path], None]) -> Callable[[Path], None]:
-    def make(tmp: Path) -> None:
-        for m in makers:
-            m(tmp)
-    return make
 
 
 def _half(blob: bytes) -> bytes:
@@ -68,13 +54,13 @@ def _adapter(base: str) -> Callable[[Path], None]:
     """A LoRA adapter folder (as peft saves it, without a tokenizer) naming ``base``."""
     config = {"base_model_name_or_path": base, "peft_type": "LORA", "task_type": "CAUSAL_LM",
               "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}
-    return _both(_write("adapter/adapter_config.json", json.dumps(config, indent=2)),
+    return _files(_write("adapter/adapter_config.json", json.dumps(config, indent=2)),
                  _write("adapter/adapter_model.safetensors", b"\0" * 8))
 
 
 # A model folder that passes the up-front checks (config.json, weights, tokenizer), whose
 # config.json is broken on line 3 (a missing comma).
-BROKEN_CONFIG = _both(
+BROKEN_CONFIG = _files(
     _write("m/config.json", '{\n  "model_type": "llama",\n  "hidden_size": 64\n'
                             '  "num_hidden_layers": 2\n}\n'),
     _write("m/model.safetensors", b"\0" * 8), _write("m/tokenizer.json", "{}"))
@@ -138,11 +124,8 @@ def test_diagnosis_is_one_clear_line(tmp_path: Path, args: list[str],
     proc = alignlab(f"hydra.run.dir={run_dir}", *(a.format(tmp=tmp_path) for a in args),
                     env={"ALIGNLAB_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"},
                     check=False, timeout=300)
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr
-    assert len(lines) == 1 and lines[0].startswith("alignlab: error: "), proc.stderr[-3000:]
-    assert expect in lines[0], lines[0]
+    line = one_error_line(proc)
+    assert expect in line, line
     assert not run_dir.exists()
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, alignlab
+from tests.conftest import ROOT, alignlab, one_error_line
 from tests.test_bad_inputs import CASES, FILES
 
 TINY_SFT = ["method.args.max_steps=2", "method.args.save_strategy=no", "report_to=none",
@@ -38,13 +38,6 @@ def _user_folder(path: Path) -> dict[str, str]:
 def _intact(path: Path, files: dict[str, str]) -> None:
     for name, text in files.items():
         assert (path / name).read_text() == text, f"{name} was lost or changed"
-
-
-def _one_error_line(proc: subprocess.CompletedProcess) -> str:
-    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("alignlab: ")]
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert len(lines) == 1 and lines[0].startswith("alignlab: error: "), proc.stderr[-3000:]
-    return lines[0]
 
 
 def test_user_folder_survives_every_refusal_in_the_table(tmp_path: Path) -> None:
@@ -91,17 +84,18 @@ def test_failure_after_set_up_keeps_the_users_folder(tmp_path: Path) -> None:
     user = tmp_path / "project"
     user.mkdir()
     files = _user_folder(user)
-    line = _one_error_line(alignlab(f"hydra.run.dir={user}", *args, check=False))
+    line = one_error_line(alignlab(f"hydra.run.dir={user}", *args, check=False),
+                          ours_only=True)
     assert "'chosen'" in line
     _intact(user, files)
     fresh = tmp_path / "fresh"
-    _one_error_line(alignlab(f"hydra.run.dir={fresh}", *args, check=False))
+    one_error_line(alignlab(f"hydra.run.dir={fresh}", *args, check=False), ours_only=True)
     assert not fresh.exists()
     # the working directory is a folder that existed before, too
     cwd = subprocess.run([sys.executable, "-m", "alignlab", "hydra.run.dir=.", *args],
                          cwd=user, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
-    _one_error_line(cwd)
+    one_error_line(cwd, ours_only=True)
     _intact(user, files)
 
 
@@ -130,7 +124,7 @@ def test_rows_written_before_a_failing_chunk_are_kept_and_resume(tmp_path: Path)
     """)
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                           text=True, timeout=600)
-    line = _one_error_line(proc)
+    line = one_error_line(proc, ours_only=True)
     assert "resume=true" in line and "rows written so far" in line, line
     kept = [json.loads(x) for p in sorted((run / "rows").glob("shard-*.jsonl"))
             for x in p.read_text().splitlines()]
@@ -150,7 +144,8 @@ def test_a_finished_run_is_refused_unless_overwrite(tmp_path: Path) -> None:
     weights = run / "model" / "model.safetensors"
     before = {p: p.stat().st_mtime_ns for p in [weights, *run.glob(".hydra/*"),
                                                  run / "metrics.json", run / "config.yaml"]}
-    line = _one_error_line(alignlab(f"hydra.run.dir={run}", *TINY_SFT, "seed=3", check=False))
+    line = one_error_line(alignlab(f"hydra.run.dir={run}", *TINY_SFT, "seed=3", check=False),
+                          ours_only=True)
     assert "finished run" in line and "overwrite=true" in line
     assert {p: p.stat().st_mtime_ns for p in before} == before  # nothing rewritten
     alignlab(f"hydra.run.dir={run}", *TINY_SFT, "seed=3", "overwrite=true")
@@ -167,7 +162,8 @@ def test_a_refused_recipe_rerun_changes_nothing(tmp_path: Path) -> None:
     mine = {run / "config.yaml": "seed: 1\n", run / ".hydra" / "overrides.yaml": "- seed=1\n"}
     for path, text in mine.items():
         path.write_text(text)
-    line = _one_error_line(alignlab(f"hydra.run.dir={run}", "recipe=dpo", check=False))
+    line = one_error_line(alignlab(f"hydra.run.dir={run}", "recipe=dpo", check=False),
+                          ours_only=True)
     assert "different config" in line
     assert {p: p.read_text() for p in mine} == mine
     assert sorted(p.name for p in run.iterdir()) == [".hydra", "config.yaml", "sft"]
@@ -176,9 +172,9 @@ def test_a_refused_recipe_rerun_changes_nothing(tmp_path: Path) -> None:
 def test_diverged_training_saves_no_model_and_no_done(tmp_path: Path) -> None:
     """A finite but absurd learning rate blows the weights up: one line, exit 2, no model."""
     run = tmp_path / "run"
-    line = _one_error_line(alignlab(f"hydra.run.dir={run}", *TINY_SFT,
+    line = one_error_line(alignlab(f"hydra.run.dir={run}", *TINY_SFT,
                                     "method.args.max_steps=4", "method.args.learning_rate=1e30",
-                                    "method.args.max_grad_norm=0", check=False))
+                                    "method.args.max_grad_norm=0", check=False), ours_only=True)
     assert "diverged" in line and "learning_rate" in line
     assert not (run / "model").exists() and not (run / "DONE").exists()
 
@@ -223,8 +219,8 @@ def test_sweep_members_are_checked_before_the_first_trains(tmp_path: Path) -> No
     for args, expect in ((["method=dpo,dpoo"], "Did you mean 'dpo'"),
                          (["method.args.learning_rate=1e-4,-1"], "learning_rate=-1"),
                          (["method.args.learning_rate=range("], "Bad sweep override")):
-        line = _one_error_line(alignlab("-m", f"hydra.sweep.dir={sweep}", *TINY_SFT, *args,
-                                        check=False))
+        line = one_error_line(alignlab("-m", f"hydra.sweep.dir={sweep}", *TINY_SFT, *args,
+                                        check=False), ours_only=True)
         assert expect in line, line
         assert not sweep.exists()
 
@@ -233,5 +229,5 @@ def test_unwritable_cache_is_named(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     proc = alignlab(f"hydra.run.dir={tmp_path / 'run'}", check=False,
                     env={"ALIGNLAB_CACHE": str(tmp_path / "file" / "cache")})
-    assert "ALIGNLAB_CACHE" in _one_error_line(proc)
+    assert "ALIGNLAB_CACHE" in one_error_line(proc, ours_only=True)
     assert not (tmp_path / "run").exists()
