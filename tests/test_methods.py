@@ -87,6 +87,20 @@ def test_reward_model_ranks_held_out_pairs(sft_run: Path, reward_run: Path) -> N
     assert rm.config.num_labels == 1
 
 
+def test_held_out_evaluation_during_training_logs_a_learning_curve(sft_run: Path,
+                                                                    tmp_path: Path) -> None:
+    """method.args.eval_strategy=steps, as with TRL: the data's test split is the eval set, so
+    log_history holds the reward model's held-out pair accuracy every eval_steps (before, TRL
+    refused: eval_strategy without an eval_dataset)."""
+    m = run_inprocess(tmp_path, "method=reward", f"model.path={sft_run}/model",
+                      "data.toy.n_pairs=300", "method.args.max_steps=12",
+                      "method.args.eval_strategy=steps", "method.args.eval_steps=6",
+                      "method.args.save_strategy=no", "report_to=none")
+    curve = [(e["step"], e["eval_accuracy"]) for e in m["log_history"] if "eval_accuracy" in e]
+    assert [step for step, _ in curve] == [6, 12], m["log_history"]
+    assert all(0.0 <= acc <= 1.0 for _, acc in curve), curve
+
+
 def test_dpo_from_sft_beats_sft_on_the_judge(sft_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "dpo"
     alignlab(f"hydra.run.dir={out}", "method=dpo", "model=llama-small",

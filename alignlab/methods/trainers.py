@@ -138,10 +138,20 @@ def build(spec: TrlMethod, cfg: Any, run_dir: Path) -> Any:
     """``spec``'s trainer for this config: the data first (cheap errors), then the models."""
     train = data.load(cfg.data, spec.data_kind, "train")
     args = training.trainer_config(cfg, spec.args_class, run_dir)
+    # method.args.eval_strategy=steps (TRL's convention): the data's test split is the
+    # eval_dataset, so log_history holds held-out figures along training (a learning curve).
+    held_out = data.load(cfg.data, spec.data_kind, "test") if evaluates(args) else None
     trainer_cls = getattr(importlib.import_module("trl"), spec.trainer)  # heavy: after the data
     kwargs, naming = _LOADERS[spec.models](spec, cfg, args, train)
+    if held_out is not None:
+        kwargs["eval_dataset"] = held_out
     with naming, training.setup_errors(spec.trainer):
         return trainer_cls(args=args, train_dataset=train, **kwargs)
+
+
+def evaluates(args: Any) -> bool:
+    """Whether the trainer's config asks for evaluation during training."""
+    return getattr(args, "eval_strategy", "no") != "no"  # IntervalStrategy is a str enum
 
 
 def _tokenizer(spec: TrlMethod, cfg: Any, args: Any, path: str) -> Any:
