@@ -24,7 +24,7 @@ def _metrics(run: Path) -> dict[str, Any]:
 def test_judge_reward_raises_judge(method: str, sft_run: Path, tmp_path: Path) -> None:
     """The toy judge as reward: on the same held-out prompts, sampled with the same seed, the
     trained policy's answers score above the starting SFT model's (an unchanged model ties on
-    every one); the policy has left the reference and sharpened, KL bounded.
+    every one); the policy has left the reference, KL bounded, entropy not rising.
 
     The training reward itself is no test: each step's mean over 8 prompts varies by +-0.1 with
     the prompts drawn, more than 30 (or 60) steps raise it (measured: flat over both)."""
@@ -52,11 +52,13 @@ def test_judge_reward_raises_judge(method: str, sft_run: Path, tmp_path: Path) -
     assert half < kl["kl_k3"] and kl["kl"] < 3.0, kl
     logged = [h for h in m["log_history"] if "reward" in h]
     assert len(logged) >= 12
-    # It sharpens: the logged entropy falls by more than its step-to-step noise (measured over
-    # 15 logged steps: 0.111 -> 0.077, slope -0.0024 +- 0.0013 per logged step). The logged KL
-    # is no test at 30 steps: it rises (0.001 -> 0.02) but spikes make the slope noise.
+    # It does not drift into noise: the logged entropy does not rise by more than its
+    # step-to-step noise. (A fall is no claim at 30 steps: -0.0024 +- 0.0013 per logged step
+    # with the native kernels, -0.0015 +- 0.0022 with ATEN_CPU_CAPABILITY=avx2 and 2 threads.)
+    # The logged KL is no test at 30 steps: it rises (0.001 -> 0.02) but spikes make the slope
+    # noise.
     slope, half = trend_t([h["entropy"] for h in logged])
-    assert slope < -half, (slope, half, [h["entropy"] for h in logged])
+    assert slope < half, (slope, half, [h["entropy"] for h in logged])
 
 
 def test_mixed_rewards_and_explicit_reference(sft_run: Path, reward_run: Path,
