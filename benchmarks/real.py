@@ -105,6 +105,19 @@ def main() -> None:
                 print(f"| {split} | {seen} | {acc:.3f} [{lo:.2f}, {hi:.2f}] | {n} |")
 
 
+def held_out_kept(data: Path, model: Path, max_length: int) -> int:
+    """How many held-out pairs TRL's evaluation keeps (it drops pairs over ``max_length``;
+    the before/after figures score every pair, cut to the model's context)."""
+    from alignlab import cli, lengths, models
+    from alignlab import data as alignlab_data
+
+    cfg = cli.compose(["model=smollm2-135m", "data=hh-rlhf-harmless", f"data.path={data}"])
+    test = alignlab_data.load(cfg.data, "pairs", "test")
+    report = lengths.measure(test, models.load_tokenizer(cfg.model, str(model)), "reward",
+                             max_length)
+    return report.rows - report.dropped
+
+
 def one_split(args: argparse.Namespace, out: Path, split: int) -> list[tuple[int, float, int]]:
     """The reward model (and, unless ``--only-rm``, DPO and its eval) on one train/held-out
     split; the reward model's curve: (pairs seen, held-out accuracy, n)."""
@@ -131,7 +144,8 @@ def one_split(args: argparse.Namespace, out: Path, split: int) -> list[tuple[int
     rows.append(("reward (LoRA)", rm_wall, tokens_per_second(rm), rm.get("peak_rss_mib")))
     ci = stats.wilson_interval(reward["accuracy"] * reward["n"], reward["n"])
     curve = [(0, reward["accuracy_before"], reward["n"])]
-    curve += [(int(r["step"]) * args.batch_size, r["eval_accuracy"], reward["n"])
+    kept = held_out_kept(data, out / "rm" / "model", args.max_length) if args.eval_steps else 0
+    curve += [(int(r["step"]) * args.batch_size, r["eval_accuracy"], kept)
               for r in rm.get("log_history", []) if "eval_accuracy" in r]
     if not args.eval_steps:
         curve.append((args.rm_steps * args.batch_size, reward["accuracy"], reward["n"]))
