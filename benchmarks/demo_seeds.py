@@ -68,12 +68,20 @@ def read_run(out: Path) -> dict[str, Any]:
     labels = json.loads((out / "judge" / "metrics.json").read_text())
     gate = labels.get("gate") or {}
     harmful_gate = (gate.get("per_category") or {}).get("harmful", {})
+    # the gate measures the judge on the very pairs it labelled: its figure is toy_agreement's
     return {"arms": arms,
-            "judge_harmful": labels.get("toy_agreement", {}).get("per_category", {}).get("harmful"),
             "gate_harmful": harmful_gate.get("agreement"),
             "gate_ci": harmful_gate.get("ci"),
             "distrusted": gate.get("distrusted", []),
             "ai_pairs": labels.get("pairs_by_source", {}).get("ai")}
+
+
+def judged(r: dict[str, Any]) -> str:
+    """The judge's agreement with the rule on harmful pairs, with its interval."""
+    if r["gate_harmful"] is None:
+        return "not measured"
+    low, high = r["gate_ci"]
+    return f"{r['gate_harmful']:.0%} [{low:.0%}, {high:.0%}]"
 
 
 def spread(values: list[float], points: bool = False) -> str:
@@ -108,7 +116,7 @@ def main() -> None:
         print(f"  seed {seed} {kernel}: " + ", ".join(
             f"{arm} {a[arm]['score']:.3f}" for arm in ARMS)
             + f"; cai harmful {a['sft']['harmful']:.2f} -> {a['cai']['harmful']:.2f}; judge on "
-            f"harmful pairs {r['judge_harmful']}; gate distrusted {r['distrusted']}"
+            f"harmful pairs {judged(r)}; gate distrusted {r['distrusted']}"
             + (f"; {wall / 60:.1f} min" if wall else " (read back)"), flush=True)
 
     sft = [r["arms"]["sft"] for r in results]
@@ -136,10 +144,8 @@ def main() -> None:
                   <= statistics.mean(s["evasive"] for s in sft)))
     print("\nconstitutional judge per run (agreement with the rule on harmful pairs; gate):")
     for r in results:
-        ci = r["gate_ci"]
-        print(f"  seed {r['seed']} {r['kernel']}: all judged pairs {r['judge_harmful']}, gate "
-              f"{r['gate_harmful']} {ci}, distrusted {r['distrusted']}, AI pairs kept "
-              f"{r['ai_pairs']}")
+        print(f"  seed {r['seed']} {r['kernel']}: {judged(r)}, distrusted {r['distrusted']}, "
+              f"AI pairs kept {r['ai_pairs']}")
     walls = [r["wall"] for r in results if r["wall"]]
     if walls:
         print(f"\nwall per run: {spread([w / 60 for w in walls])} min")

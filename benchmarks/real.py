@@ -88,7 +88,7 @@ def main() -> None:
     parser.add_argument("--rm-lr", type=float, default=2e-4)
     parser.add_argument("--only-rm", action="store_true", help="the reward model only")
     args = parser.parse_args()
-    from alignlab import stats
+    from alignlab import stats  # after argparse: --help stays light
 
     print(f"load {os.getloadavg()[0]:.1f}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
     curves = []
