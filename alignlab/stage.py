@@ -9,14 +9,24 @@ stage's report and one summary line on the console. Used by the CLI for a single
 from __future__ import annotations
 
 import gc
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from alignlab import console, methods, runs, toy_start
+from alignlab import card, console, methods, runs, toy_start
 
+log = logging.getLogger("alignlab")
 # Renders the report of a finished run directory; returns report.md (None when it could not).
 Render = Callable[[Path], Path | None]
+
+
+def write_card(run_dir: Path, model: Path) -> None:
+    """``model/README.md``; a card that fails to render never fails the finished stage."""
+    try:
+        card.write(run_dir, model, adapter=(model / "adapter_config.json").is_file())
+    except Exception as err:  # a card is documentation, not the result
+        log.warning("could not write the model card for %s: %s", run_dir, err)
 
 
 def run_stage(cfg: Any, run_dir: Path, fingerprint: str | None = None, *,
@@ -38,6 +48,9 @@ def run_stage(cfg: Any, run_dir: Path, fingerprint: str | None = None, *,
     gc.collect()
     if runs.is_main_process():
         runs.write_json(run_dir / "metrics.json", metrics)
+        model = run_dir / "model"
+        if model.is_dir() and not (model / "export.json").exists():
+            write_card(run_dir, model)  # what the stage measured (an export writes its own)
         runs.mark_done(run_dir, {"method": cfg.method.name, "fingerprint": fingerprint})
         report = render(run_dir) if render is not None else None
         console.note(console.stage_summary(cfg.method.name, metrics,

@@ -260,7 +260,6 @@ def train(trainer: Any, cfg: Any, run_dir: Path) -> dict[str, Any]:
     if os.environ.get(RANK_CHECK_ENV):
         write_rank_fingerprint(trainer.model, run_dir, trainer.accelerator.process_index, world)
     if runs.is_main_process():
-        write_model_card(tmp, cfg, metrics)
         runs.commit_dir(tmp, out)
     trainer.accelerator.wait_for_everyone()
     return metrics
@@ -274,20 +273,6 @@ def _kill_in_save(trainer: Any) -> None:
         os._exit(75)
 
     trainer.processing_class.save_pretrained = die
-
-
-def write_model_card(out: Path, cfg: Any, metrics: dict[str, Any]) -> None:
-    """A short README.md next to the weights: what made them and how well it went."""
-    train = metrics.get("train", {})
-    lines = [f"# {cfg.model.name} — {cfg.method.name}", "",
-             f"Trained by alignlab with method `{cfg.method.name}` (TRL) on data "
-             f"`{cfg.data.name}`, starting from `{cfg.model.path}`, seed {cfg.seed}.", "",
-             "| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
-              for k, v in train.items()]
-    lines += ["", "Load it with `AutoModelForCausalLM.from_pretrained(<this folder>)` "
-              "(a LoRA adapter folder loads the same way with peft installed)."]
-    runs.atomic_write(out / "README.md", "\n".join(lines) + "\n")
 
 
 def console_progress(trainer: Any) -> None:

@@ -50,6 +50,12 @@ def test_sft_learns_and_leaves_a_complete_run_dir(sft_run: Path) -> None:
     # preference stages have something to fix (measured: 0.60 [0.49, 0.69]).
     judge = metrics(sft_run)["judge"]
     assert judge["ci_high"] < 1.0, judge
+    # The model card beside the weights carries that evaluation: start vs trained per category,
+    # with intervals and n, and the command that made the run.
+    card = (sft_run / "model" / "README.md").read_text()
+    assert card.count("## Evaluation") == 1 and "| helpful |" in card, card
+    assert f"{judge['mean']:.2f} [{judge['ci_low']:.2f}, {judge['ci_high']:.2f}]" in card, card
+    assert "python -m alignlab" in card and "library_name: transformers" in card
 
 
 def test_reward_model_ranks_held_out_pairs(sft_run: Path, reward_run: Path) -> None:

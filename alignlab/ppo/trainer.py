@@ -769,7 +769,6 @@ def finish(run: Session, wall: float) -> dict[str, Any]:
             evaluation.write(run_dir, result, samples)
             metrics["eval"] = {"before": run.eval_before, "after": result.to_dict()}
             metrics.update(result.pick("judge", "kl"))
-        training.write_model_card(out, cfg, metrics)
     accelerator.wait_for_everyone()
     return metrics
 
