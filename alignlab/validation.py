@@ -33,6 +33,7 @@ from alignlab.config import (
 )
 from alignlab.data import formats, source
 from alignlab.errors import AlignlabError, did_you_mean
+from alignlab.methods import load as load_method
 from alignlab.methods import method_info
 
 
@@ -74,6 +75,9 @@ def _validate(cfg: Any, pending: Collection[str]) -> None:
     check_args(args, info.args_class, "method.args")
     checks.check_api_key_env(args, "method.args")
     checks.check_values(args, info.name, "method.args")
+    method_check = getattr(load_method(info.name), "check_args", None)
+    if method_check is not None:  # a method's own checks of its arguments (e.g. export's)
+        method_check(args)
     # The presets' suggestions reach the trainer too (those its config has: merged_args).
     fields = dataclass_fields(info.args_class)
     by_model = c["model"].get("train_args") or {}

@@ -47,9 +47,16 @@ def test_dpo_recipe_end_to_end_then_skips_finished_stages(tmp_path: Path) -> Non
     assert slope > half, (margins, slope, half)
     assert (out / "report.md").exists() and (out / "recipe.yaml").exists()
     assert "stage dpo" in proc.stdout
+    # the recipe ends in an export stage: the DPO model as a standalone folder, its card
+    # carrying the DPO stage's evaluation, the merge checked against the trained model
+    shipped = out / "export/model"
+    exported = json.loads((shipped / "export.json").read_text())
+    assert exported["parity"]["merged"]["within_tolerance"] and exported["gguf"] == {}
+    assert (shipped / "model.safetensors").exists() and (shipped / "Modelfile").exists() is False
+    assert "method `dpo`" in (shipped / "README.md").read_text()
 
     again = alignlab(*args)
-    assert again.stdout.count("already finished, skipping") == 3
+    assert again.stdout.count("already finished, skipping") == 4
 
     changed = alignlab(*args[:-2], "stages.dpo.args.max_steps=41",
                        "stages.dpo.args.save_strategy=no", check=False)
@@ -190,7 +197,8 @@ _INIT, _REF, _RM, _DATA = "model.path", "method.reference", "method.reward_model
 _JUDGE = "method.args.judge_model"
 RECIPES = {
     "dpo": {"sft": ("sft", {}), "dpo": ("dpo", {_INIT: "sft", _REF: "sft"}),
-            "eval": ("eval", {_INIT: "dpo", _REF: "sft"})},
+            "eval": ("eval", {_INIT: "dpo", _REF: "sft"}),
+            "export": ("export", {_INIT: "dpo"})},
     "instructgpt": {"sft": ("sft", {}), "reward": ("reward", {_INIT: "sft"}),
                     "ppo": ("ppo", {_INIT: "sft", _REF: "sft", _RM: "reward"}),
                     "eval": ("eval", {_INIT: "ppo", _REF: "sft", _RM: "reward"})},

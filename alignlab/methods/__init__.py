@@ -19,6 +19,7 @@ from typing import Any
 from alignlab.errors import AlignlabError, did_you_mean
 from alignlab.methods import cai, judge, ppo, trainers
 from alignlab.methods import eval as evaluate
+from alignlab.methods import export as export_stage
 
 REGISTRY: dict[str, Any] = {
     "sft": trainers.TABLE["sft"],
@@ -31,6 +32,7 @@ REGISTRY: dict[str, Any] = {
     "cai": cai,
     "judge": judge,
     "eval": evaluate,
+    "export": export_stage,
 }
 
 
