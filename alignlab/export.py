@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alignlab import card, console, models, runs, trained
+from alignlab import card, console, gguf, models, runs, trained
 from alignlab.errors import AlignlabError, CommandParser, did_you_mean
 
 log = logging.getLogger("alignlab")
@@ -333,12 +333,9 @@ def compare(reference: list[Any], other: list[Any]) -> dict[str, Any]:
 def check_gguf(path: Path, tokenizer: Any, seqs: list[Any], reference: list[Any],
                outtype: str, prompts: list[str]) -> dict[str, Any]:
     """Load ``path`` with transformers' GGUF reader and compare it with the trained model."""
-    import tempfile
-
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    with tempfile.TemporaryDirectory() as alone:  # the file only: no tokenizer.json beside it
-        (Path(alone) / path.name).symlink_to(path.resolve())
+    with gguf.alone(path) as alone:  # the file only: not the tokenizer.json beside it
         try:
             model = AutoModelForCausalLM.from_pretrained(alone, gguf_file=path.name,
                                                          dtype="float32").eval()

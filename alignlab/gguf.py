@@ -14,6 +14,7 @@ installed, that file is used instead (said in one log line), so the same command
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -21,6 +22,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from alignlab.errors import AlignlabError
@@ -152,6 +154,16 @@ def converted_dir(path: Path, cache: Path) -> Path:
     return cache / f"gguf-{path.stem}-{file_digest(path)}"
 
 
+@contextlib.contextmanager
+def alone(path: Path) -> Iterator[Path]:
+    """A temporary folder holding only (a link to) the GGUF file ``path``: transformers, given
+    ``gguf_file``, still reads a ``tokenizer.json`` or ``config.json`` beside it, as in an
+    export folder, instead of what the file itself holds."""
+    with tempfile.TemporaryDirectory(prefix="alignlab-gguf-") as folder:
+        (Path(folder) / path.name).symlink_to(path.resolve())
+        yield Path(folder)
+
+
 def convert(path: str | Path, cache: Path) -> Path:
     """The safetensors folder converted from GGUF file ``path`` (made once, then reused)."""
     src = Path(path).expanduser().resolve()
@@ -172,8 +184,9 @@ def convert(path: str | Path, cache: Path) -> Path:
     log.info("Converting %s to a safetensors folder once (cached at %s)", src, out)
     kwargs = {"gguf_file": src.name}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(src.parent, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(src.parent, **kwargs)
+        with alone(src) as folder:
+            tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     except (ValueError, KeyError, RuntimeError, OSError) as err:
         first = str(err).splitlines()[0] if str(err) else repr(err)
         raise AlignlabError(f"transformers cannot read the GGUF file '{src.name}': {first}. "

@@ -76,6 +76,11 @@ def test_export_of_a_full_run_round_trips_through_gguf(sft_run: Path, tmp_path: 
         text = tok.apply_chat_template([{"role": "user", "content": COW}], tokenize=False,
                                        add_generation_prompt=True)
         assert back_tok(text)["input_ids"] == tok(text)["input_ids"]
+    # GGUF in: the exported file is a model alignlab takes back, with the chat template and the
+    # tokenizer the file holds (not the tokenizer.json beside it), and answers as the run does
+    f16 = out / info["gguf"]["f16"]["file"]
+    answer = alignlab("chat", str(sft_run), "--greedy", "--prompt", COW).stdout
+    assert alignlab("chat", str(f16), "--greedy", "--prompt", COW).stdout == answer
     # the f16 file is closer than the 8-bit one (the tolerance is per type for a reason)
     assert info["parity"]["f16"]["mean_kl"] <= info["parity"]["q8_0"]["mean_kl"]
     # a standalone folder: loads without alignlab, stops at the end of a turn, no sampling knobs
