@@ -110,7 +110,7 @@ def test_export_of_a_full_run_round_trips_through_gguf(sft_run: Path, tmp_path: 
 def lora_run(tmp_path_factory: pytest.TempPathFactory, sft_run: Path) -> Path:
     """A short LoRA SFT on top of the SFT run (an adapter whose base is a local folder)."""
     return shared_run(tmp_path_factory, "lora-sft", f"model.path={sft_run}/model",
-                      "model.lora=true", "model.lora.r=8", "method.args.max_steps=20",
+                      "model.lora=true", "model.lora.r=8", "method.args.max_steps=8",
                       "method.args.learning_rate=5e-3", "method.args.save_strategy=no",
                       "quick_eval=false", "report_to=none")
 
@@ -119,7 +119,7 @@ def lora_run(tmp_path_factory: pytest.TempPathFactory, sft_run: Path) -> Path:
 def lora_on_lora_run(tmp_path_factory: pytest.TempPathFactory, lora_run: Path) -> Path:
     """A second LoRA trained on top of the first adapter (as LoRA DPO after LoRA SFT)."""
     return shared_run(tmp_path_factory, "lora-on-lora", f"model.path={lora_run}/model",
-                      "model.lora=true", "model.lora.r=4", "method.args.max_steps=10",
+                      "model.lora=true", "model.lora.r=4", "method.args.max_steps=4",
                       "method.args.learning_rate=5e-3", "method.args.save_strategy=no",
                       "quick_eval=false", "report_to=none")
 
@@ -178,41 +178,52 @@ def test_lora_run_merges_into_a_standalone_folder(lora_run: Path, tmp_path: Path
     assert float((plain - a).abs().max()) > 1e-2  # the adapter changed the model: merge matters
 
 
+def export_line(capsys: pytest.CaptureFixture, *argv: str) -> str:
+    """``python -m alignlab export ARGV`` in this process (the CLI's own entry point): exit 2
+    and one ``alignlab: error:`` line, which is returned."""
+    code = export.main(list(argv))
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("alignlab: error: "), lines
+    return lines[0]
+
+
 @pytest.mark.slow
-def test_export_refuses_what_it_did_not_make(sft_run: Path, tmp_path: Path) -> None:
+def test_export_refuses_what_it_did_not_make(sft_run: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
-    line = one_error_line(alignlab("export", str(sft_run), "--out", str(mine), "--gguf", "none",
-                                   "--overwrite", check=False))
+    line = export_line(capsys, str(sft_run), "--out", str(mine), "--gguf", "none", "--overwrite")
     assert "not an alignlab export" in line and (mine / "notes.txt").read_text() == "keep me"
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
-    line = one_error_line(alignlab("export", str(sft_run), "--gguf", "q9", check=False))
+    line = export_line(capsys, str(sft_run), "--gguf", "q9")
     assert "q9" in line and "q8_0" in line
     recipe = tmp_path / "recipe"
     (recipe / "dpo" / "model").mkdir(parents=True)
-    line = one_error_line(alignlab("export", str(recipe), check=False))
+    line = export_line(capsys, str(recipe))
     assert "recipe run" in line and str(recipe / "dpo") in line
-    line = one_error_line(alignlab("export", str(recipe / "dpo"), check=False))
-    assert "not finished" in line
-    line = one_error_line(alignlab("export", str(sft_run), "--out", str(tmp_path / "g"),
-                                   env={export.CONVERTER_ENV: str(tmp_path)}, check=False))
+    assert "not finished" in export_line(capsys, str(recipe / "dpo"))
+    with monkeypatch.context() as env:
+        env.setenv(export.CONVERTER_ENV, str(tmp_path))
+        line = export_line(capsys, str(sft_run), "--out", str(tmp_path / "g"))
     assert export.CONVERTER_ENV in line and not (tmp_path / "g").exists()
     again = tmp_path / "again"
-    alignlab("export", str(sft_run), "--out", str(again), "--gguf", "none", "--no-check")
-    line = one_error_line(alignlab("export", str(sft_run), "--out", str(again), "--gguf", "none",
-                                   check=False))
+    assert export.main([str(sft_run), "--out", str(again), "--gguf", "none", "--no-check"]) == 0
+    line = export_line(capsys, str(sft_run), "--out", str(again), "--gguf", "none")
     assert "--overwrite" in line
-    alignlab("export", str(sft_run), "--out", str(again), "--gguf", "none", "--no-check",
-             "--overwrite")
+    assert export.main([str(sft_run), "--out", str(again), "--gguf", "none", "--no-check",
+                        "--overwrite"]) == 0
     (again / "my-notes.md").write_text("mine")  # a file the export did not write
-    line = one_error_line(alignlab("export", str(sft_run), "--out", str(again), "--gguf", "none",
-                                   "--no-check", "--overwrite", check=False))
+    line = export_line(capsys, str(sft_run), "--out", str(again), "--gguf", "none", "--no-check",
+                       "--overwrite")
     assert "my-notes.md" in line and (again / "my-notes.md").read_text() == "mine"
-    for bad in (["--check-prompts", "0"], ["--check-prompts", "x"], ["--bogus"], []):
-        source = [] if not bad else [str(sft_run)]
-        line = one_error_line(alignlab("export", *source, *bad, check=False))
+    for bad in (["--check-prompts", "0"], ["--check-prompts", "x"], ["--bogus"]):
+        line = export_line(capsys, str(sft_run), *bad)
         assert "--help" in line or "check_prompts" in line, (bad, line)
+    # the real command line: the same one line, no traceback
+    line = one_error_line(alignlab("export", check=False))
+    assert "source" in line and "--help" in line
 
 
 def test_an_architecture_the_converter_cannot_handle_is_one_line(tmp_path: Path) -> None:
@@ -234,22 +245,20 @@ def test_an_architecture_the_converter_cannot_handle_is_one_line(tmp_path: Path)
 
 @pytest.mark.slow
 def test_push_is_checked_before_any_work_and_fails_offline_in_one_line(
-        sft_run: Path, tmp_path: Path) -> None:
+        sft_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     token = "hf_" + "x" * 34
     out = tmp_path / "p"
-    common = ["export", str(sft_run), "--out", str(out), "--gguf", "none", "--no-check"]
-    line = one_error_line(alignlab(*common, "--push", "a/b", env={"HF_TOKEN": ""},
-                                   check=False))
-    assert "HF_TOKEN" in line and not out.exists()
-    line = one_error_line(alignlab(*common, "--push", "no owner", env={"HF_TOKEN": token},
-                                   check=False))
-    assert "repo id" in line and not out.exists()
-    line = one_error_line(alignlab(*common, "--push", "me/model", env={"HF_TOKEN": token,
-                                                                        "HF_HUB_OFFLINE": "1"},
-                                   check=False))
-    assert "HF_HUB_OFFLINE" in line and not out.exists()
+    common = [str(sft_run), "--out", str(out), "--gguf", "none", "--no-check"]
+    monkeypatch.setenv("HF_TOKEN", "")
+    assert "HF_TOKEN" in export_line(capsys, *common, "--push", "a/b") and not out.exists()
+    monkeypatch.setenv("HF_TOKEN", token)
+    assert "repo id" in export_line(capsys, *common, "--push", "no owner") and not out.exists()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert "HF_HUB_OFFLINE" in export_line(capsys, *common, "--push", "me/model")
+    assert not out.exists()
     # up to the network: a Hub that cannot be reached -> one line; the finished export stays
-    proc = alignlab(*common, "--push", "me/model", check=False,
+    proc = alignlab("export", *common, "--push", "me/model", check=False,
                     env={"HF_TOKEN": token, "HF_HUB_OFFLINE": "0",
                          "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_ETAG_TIMEOUT": "2"})
     line = one_error_line(proc)

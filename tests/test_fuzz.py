@@ -111,8 +111,8 @@ REGRESSIONS: list[Regression] = [
     ("recipe-stage-model-typo", ["recipe=dpo", "stages.dpo.model.pth=x"], "stages.dpo.model.pth",
      {}),
     # --- d. inputs/stages naming no stage of the recipe were ignored
-    ("recipe-input-typo", ["recipe=dpo", "inputs.rewrd={tmp}"], "Valid choices: dpo, eval, sft",
-     {}),
+    ("recipe-input-typo", ["recipe=dpo", "inputs.rewrd={tmp}"],
+     "Valid choices: dpo, eval, export, sft", {}),
     ("recipe-input-typo-near", ["recipe=dpo", "from_stage=dpo", "inputs.sft={tmp}/m",
                                 "inputs.sfr={tmp}/m"], "Did you mean 'sft'", {}),
     ("recipe-input-without-from-stage", ["recipe=dpo", "inputs.sft={tmp}"], "from_stage", {}),

@@ -207,13 +207,13 @@ def test_smollm2_lora_run_exports_a_gguf_that_behaves_like_it(real_sft: Path,
 
     out = tmp_path / "shipped"
     alignlab("export", str(real_sft), "--out", str(out), "--gguf", "q8_0",
-             "--check-prompts", "4", env=ENV)
+             "--check-prompts", "2", env=ENV)
     info = json.loads((out / "export.json").read_text())
     assert info["adapter"] and not (out / "adapter_config.json").exists()
     merged, q8 = info["parity"]["merged"], info["parity"]["q8_0"]
     assert merged["max_abs_logprob_diff"] <= export.MERGE_TOLERANCE, merged
     assert q8["mean_kl"] <= export.TOLERANCE["q8_0"] and q8["tokenizer_agreement"] == 1.0, q8
-    assert q8["greedy_agreement"] > 0.9 and q8["tokens"] >= 4, q8
+    assert q8["greedy_agreement"] > 0.9 and q8["tokens"] >= 2, q8
     assert (out / info["gguf"]["q8_0"]["file"]).stat().st_size > 100 * 2**20
     modelfile = (out / "Modelfile").read_text()
     assert 'SYSTEM """You are a helpful AI assistant named SmolLM' in modelfile
