@@ -115,6 +115,20 @@ HH = FIX / "hh-rlhf"
 HARMLESS = cfg(HH, "hh-rlhf", data_dir="harmless-base")
 
 
+def test_carving_a_test_split_is_said_once(tmp_path: Path,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    """Data with no test split: the seeded carving is said once, not once per split loaded
+    (a stage loads train and test; it was printed twice)."""
+    folder = tmp_path / "only-train"
+    folder.mkdir()
+    shutil.copy(FIX / "hh-rlhf-real" / "harmless-base" / "train.jsonl", folder / "train.jsonl")
+    spec = cfg(folder, "hh-rlhf")
+    with caplog.at_level(logging.INFO, logger="alignlab.data.presets"):
+        train, test = load_preset(spec, "pairs", "train"), load_preset(spec, "pairs", "test")
+    assert len(train) > len(test) >= 1
+    assert caplog.text.count("has no test split") == 1, caplog.text
+
+
 def test_hh_pairs_multiturn_prompt_and_drops(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="alignlab.data.presets"):
         ds = load_preset(HARMLESS, "pairs")

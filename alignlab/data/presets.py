@@ -449,6 +449,7 @@ _READ_TYPES = {".json", ".jsonl", ".parquet"}  # what alignlab reads, plain or c
 # alignlab refuses when named directly; a folder of them is refused the same way.
 _SKIPPED_TYPES = {".csv", ".tsv", ".arrow"}
 _warned_skips: set[str] = set()  # folders whose skipped files were already named in a warning
+_told_carves: set[tuple[str, str, str]] = set()  # (data, kind, split): test carving already said
 
 
 def _opener(p: Path) -> Callable[[], IO[bytes]]:
@@ -990,9 +991,11 @@ def load_preset(data: Mapping[str, Any], kind: str, split: str = "train") -> dat
     if carve:
         train_idx, test_idx = _carve(len(raw), seed)
         indices = test_idx if split == "test" else train_idx
-        log.info("%s has no %s split for '%s'; using a seeded %d%% of '%s' (%d rows) as test.",
-                 source.label, "separate test" if test_name else "test", kind,
-                 round(TEST_FRACTION * 100), name, len(test_idx))
+        if (source.label, kind, name) not in _told_carves:  # once, not per split loaded
+            _told_carves.add((source.label, kind, name))
+            log.info("%s has no %s split for '%s'; using a seeded %d%% of '%s' (%d rows) as "
+                     "test.", source.label, "separate test" if test_name else "test", kind,
+                     round(TEST_FRACTION * 100), name, len(test_idx))
     if max_samples is not None:
         indices = list(range(len(raw))) if indices is None else indices
         random.Random(seed).shuffle(indices)
