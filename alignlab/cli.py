@@ -368,9 +368,11 @@ def _report_crash(err: Exception, run_dir: Path) -> None:
         with contextlib.suppress(OSError), where.open("a") as fh:
             fh.write("alignlab crashed\n" + traceback.format_exc())
     text = " ".join(str(err).split())[:300]
+    kept = _kept_work(run_dir)
+    resume = f"; {kept} kept: run the same command with resume=true to continue" if kept else ""
     print(f"alignlab: crashed: {type(err).__name__}: {text} -- the full traceback is in {where} "
-          "(the run directory is kept; please include that file when reporting the bug).",
-          file=sys.stderr)
+          f"(the run directory is kept{resume}; please include that file when reporting the "
+          "bug).", file=sys.stderr)
     sys.exit(1)
 
 

@@ -99,9 +99,14 @@ def test_failure_after_set_up_keeps_the_users_folder(tmp_path: Path) -> None:
     _intact(user, files)
 
 
-def test_rows_written_before_a_failing_chunk_are_kept_and_resume(tmp_path: Path) -> None:
-    """A generation stage whose second chunk fails (as an over-long prompt at a server does)
-    keeps the rows of the first, says how to resume, and resume=true finishes the rest."""
+@pytest.mark.parametrize("failure", [
+    'AlignlabError("The server refused a request: the prompt is too long.")',
+    'RuntimeError("the connection to the server was reset")'])  # a crash: exit 1
+def test_rows_written_before_a_failing_chunk_are_kept_and_resume(failure: str,
+                                                                 tmp_path: Path) -> None:
+    """A generation stage whose second chunk fails (as an over-long prompt at a server does,
+    or as a crash) keeps the rows of the first, says how to resume, and resume=true finishes
+    the rest."""
     run = tmp_path / "run"
     args = ["method=cai", "constitution=toy", "method.args.max_new_tokens=6",
             "method.args.batch_size=2", "method.args.max_prompts=3", "model.from_sft=false",
@@ -115,7 +120,7 @@ def test_rows_written_before_a_failing_chunk_are_kept_and_resume(tmp_path: Path)
             def second_fails(chunk):
                 calls.append(1)
                 if len(calls) == 2:
-                    raise AlignlabError("The server refused a request: the prompt is too long.")
+                    raise {failure}
                 return work(chunk)
             return real(items, second_fails, folder, **kw)
         rows.run_rows = failing
@@ -124,7 +129,14 @@ def test_rows_written_before_a_failing_chunk_are_kept_and_resume(tmp_path: Path)
     """)
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                           text=True, timeout=600)
-    line = one_error_line(proc, ours_only=True)
+    if failure.startswith("AlignlabError"):
+        line = one_error_line(proc, ours_only=True)
+    else:  # a crash: exit 1, one line pointing at the traceback in the log, and the rows
+        lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("alignlab: ")]
+        assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-2000:]
+        line = lines[0]
+        assert line.startswith("alignlab: crashed: RuntimeError") and "Traceback" not in \
+            proc.stderr, proc.stderr[-2000:]
     assert "resume=true" in line and "rows written so far" in line, line
     kept = [json.loads(x) for p in sorted((run / "rows").glob("shard-*.jsonl"))
             for x in p.read_text().splitlines()]
