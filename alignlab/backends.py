@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import random
+import re
 import threading
 import time
 import urllib.error
@@ -30,7 +31,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
-from alignlab import generation, models
+from alignlab import generation, lengths, models
 from alignlab.args import BackendArgs
 from alignlab.config import cuda_present
 from alignlab.errors import AlignlabError, did_you_mean
@@ -92,6 +93,18 @@ class TransformersBackend:
         return generation.option_logprobs(self.model, self.tokenizer, queries, options,
                                           batch_size=self.batch_size)
 
+    @property
+    def context(self) -> int | None:
+        """The longest sequence the model takes (its position limit)."""
+        return lengths.context_length(self.model, self.tokenizer)
+
+    def query_tokens(self, query: Query) -> int:
+        """The tokens of a query as :meth:`option_logprobs` runs it."""
+        conv, prefix = query
+        text = self.tokenizer.apply_chat_template(list(conv), tokenize=False,
+                                                  add_generation_prompt=True) + prefix
+        return len(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+
     def close(self) -> None:
         self.model = None
 
@@ -104,6 +117,7 @@ class OpenAIBackend:
     """An OpenAI-compatible server, called concurrently with retries and back-off."""
 
     name = "openai"
+    context: int | None = None  # unknown here: an over-long request is refused by the server
 
     def __init__(self, base_url: str, model: str, *, api: str = "chat",
                  api_key_env: str | None = "OPENAI_API_KEY", concurrency: int = 8,
@@ -150,6 +164,13 @@ class OpenAIBackend:
                     return json.loads(response.read())
             except urllib.error.HTTPError as err:
                 detail = _error_text(err)
+                if err.code in (400, 413, 422) and _CONTEXT_ERROR.search(detail):
+                    raise AlignlabError(
+                        f"The model served at {self.base_url} ('{self.model}') refused a "
+                        f"request longer than its context (HTTP {err.code}: {detail}). Serve "
+                        "it with a longer context (vLLM: --max-model-len), shorten the rows "
+                        "(fewer turns, method.args.max_new_tokens), or use a judge with a "
+                        "longer context.") from None
                 if err.code not in _RETRY_STATUS:
                     hint = (" If the server does not support continue_final_message, set "
                             "method.args.prefill=false." if "continue_final_message" in payload
@@ -227,6 +248,13 @@ class OpenAIBackend:
 
     def close(self) -> None:
         self._key = None
+
+
+# How servers say a request is longer than the context (vLLM, OpenAI, llama.cpp, TGI).
+_CONTEXT_ERROR = re.compile(
+    r"context length|context window|maximum context|max_model_len|too many tokens|"
+    r"exceeds? the (?:model's )?(?:maximum|context)|prompt is too long|input is too long",
+    re.IGNORECASE)
 
 
 def _error_text(err: urllib.error.HTTPError) -> str:

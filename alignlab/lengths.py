@@ -123,3 +123,66 @@ def check(dataset: Any, tokenizer: Any, method: str, max_length: int | None,
                 report.dropped + report.truncated, report.rows, report.max_length,
                 " and ".join(parts), fix)
     return report
+
+
+def context_length(model: Any, tokenizer: Any) -> int | None:
+    """The longest sequence ``model`` takes: its position limit, capped by the tokenizer's
+    ``model_max_length`` (None when neither states one; tokenizers say 10**30 for "unset")."""
+    limits = [getattr(getattr(model, "config", None), "max_position_embeddings", None),
+              getattr(tokenizer, "model_max_length", None)]
+    known = [int(n) for n in limits if isinstance(n, int) and 0 < n < 10**8]
+    return min(known) if known else None
+
+
+def fit_left(turns: Sequence[dict[str, str]],
+             fits: Any) -> tuple[list[dict[str, str]] | None, bool]:
+    """``turns`` cut from the left until ``fits(turns)``: the oldest turns go first (a leading
+    system message stays, and what is left starts with a user turn); the last user turn is
+    never cut. Returns (turns, whether any were cut), or (None, True) when even the last
+    turn does not fit."""
+    turns = list(turns)
+    if fits(turns):
+        return turns, False
+    system = [m for m in turns[:1] if m["role"] == "system"]
+    rest = turns[len(system):]
+    while len(rest) > 1:
+        rest = rest[1:]
+        while len(rest) > 1 and rest[0]["role"] != "user":
+            rest = rest[1:]
+        if fits([*system, *rest]):
+            return [*system, *rest], True
+    return None, True
+
+
+@dataclass
+class Fitted:
+    """What fitting rows to a context did: how many were cut from the left, which skipped."""
+
+    rows: int
+    context: int | None
+    cut: int = 0
+    skipped: list[str] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "context": self.context, "cut": self.cut,
+                "skipped": len(self.skipped or [])}
+
+    def check(self, what: str, max_dropped: float, fix: str) -> None:
+        """Refuse when more than ``max_dropped`` of the rows would be skipped."""
+        skipped = len(self.skipped or [])
+        if skipped and skipped > max_dropped * self.rows:
+            raise AlignlabError(
+                f"{skipped} of {self.rows} {what} are longer than the {self.context}-token "
+                f"context even with their oldest turns cut, and would be skipped. {fix}; or "
+                f"allow it with data.max_dropped={skipped / self.rows:.2f}.")
+
+    def line(self, what: str) -> str | None:
+        """One line naming what was cut and skipped (None when every row fitted whole)."""
+        skipped = self.skipped or []
+        if not self.cut and not skipped:
+            return None
+        named = ", ".join(skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+        return (f"{self.cut + len(skipped)} of {self.rows} {what} were longer than the "
+                f"{self.context}-token context: {self.cut} cut from the left (their oldest "
+                f"turns dropped), {len(skipped)} skipped" + (f" ({named})" if skipped else "")
+                + ".")

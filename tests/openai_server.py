@@ -66,6 +66,12 @@ class FakeOpenAI:
                         self._answer(body)
                     elif action == "400":
                         self._send(400, {"error": {"message": "bad request"}})
+                    elif action == "context":  # vLLM's answer to an over-long request
+                        self._send(400, {"object": "error", "type": "BadRequestError",
+                                         "code": 400, "message": (
+                                             "This model's maximum context length is 2048 "
+                                             "tokens. However, you requested 2100 tokens (2052 "
+                                             "in the messages, 48 in the completion).")})
                     else:
                         self._answer(body)
                 except (BrokenPipeError, ConnectionResetError):

@@ -94,6 +94,17 @@ def test_client_errors_are_not_retried(lm: tuple[Any, Any]) -> None:
     assert server.requests == 1
 
 
+def test_an_over_long_request_names_the_context_not_the_url(lm: tuple[Any, Any]) -> None:
+    """A server's 400 for a request longer than its context said "check base_url, api_model
+    and the API key"; the fix is about the context."""
+    with FakeOpenAI(*lm, plan=["context"]) as server, \
+            pytest.raises(AlignlabError, match=r"longer than its context") as err:
+        _client(server).chat(CONVS[:1], temperature=0.0, max_new_tokens=4, seed=0)
+    assert "maximum context length is 2048" in str(err.value) and "--max-model-len" in \
+        str(err.value) and "API key" not in str(err.value)
+    assert server.requests == 1  # not retried
+
+
 def test_gives_up_after_max_retries(lm: tuple[Any, Any]) -> None:
     with FakeOpenAI(*lm, plan=["500"]) as server, \
             pytest.raises(AlignlabError, match=r"after 3 tries \(last error: HTTP 500"):

@@ -17,6 +17,7 @@ The next stage reads it with ``data.format=trl data.path=<judge run>/dataset``.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import zlib
@@ -24,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from alignlab import backends, data, runs, stats
+from alignlab import backends, data, lengths, runs, stats
 from alignlab import constitution as const
 from alignlab import rows as row_store
 from alignlab.args import JudgeArgs
@@ -32,6 +33,8 @@ from alignlab.data import RuleScorer
 from alignlab.data.items import prompt_items
 from alignlab.errors import AlignlabError
 from alignlab.training import merged_args
+
+log = logging.getLogger("alignlab")
 
 ARGS_CLASS = "alignlab.args:JudgeArgs"
 GATE_ACTIONS = ("drop", "warn", "stop", "off")
@@ -114,6 +117,33 @@ def label_pairs(items: Sequence[dict[str, Any]], backend: Any, constitution: Any
                      **({"reasoning": reasoning[i]} if args.chain_of_thought else {}),
                      **({"category": it["category"]} if "category" in it else {})})
     return rows
+
+
+def fit_to_context(pairs: Sequence[dict[str, Any]], judge: Any, book: const.Constitution,
+                   args: Any) -> tuple[list[dict[str, Any]], lengths.Fitted]:
+    """Pairs whose judge query (instructions, conversation, both replies) is longer than the
+    judge's context lose their oldest turns until it fits; those that never fit are skipped.
+    A backend that does not know its context (a server) is left to refuse them."""
+    context = getattr(judge, "context", None)
+    fitted = lengths.Fitted(rows=len(pairs), context=context, skipped=[])
+    if not context or not hasattr(judge, "query_tokens"):
+        return list(pairs), fitted
+    # one token is read; with chain of thought the reasoning and the follow-up come first
+    budget = context - 1 - (args.max_new_tokens + 64 if args.chain_of_thought else 0)
+    question = max((p.choice or p.critic for p in book.principles), key=len)  # the longest
+    out = []
+    for pair in pairs:
+        def fits(turns: list[dict[str, str]], pair: dict[str, Any] = pair) -> bool:
+            query = const.judge_query(book, turns, pair["a"], pair["b"], question)
+            return judge.query_tokens(query) <= budget
+
+        turns, cut = lengths.fit_left(pair["prompt"], fits)
+        if turns is None:
+            fitted.skipped.append(str(pair["key"]))
+            continue
+        fitted.cut += cut
+        out.append({**pair, "prompt": turns} if cut else dict(pair))
+    return out, fitted
 
 
 def sample_candidates(items: Sequence[dict[str, Any]], backend: Any, args: Any,
@@ -231,6 +261,13 @@ def run(cfg: Any, run_dir: Path) -> dict[str, Any]:
         policy.close()  # free the policy before the judge is loaded
         policy = None
     judge = policy or backends.create(args, cfg, judge_path)
+    pairs, fitted = fit_to_context(pairs, judge, book, args)
+    try:  # before any label is asked for
+        fitted.check("pairs", float(cfg.data.max_dropped), "Use a judge with a longer context "
+                     "(method.args.judge_model), or data with fewer turns")
+    except AlignlabError:
+        judge.close()
+        raise
     fp = row_store.fingerprint(pairs, book, judge_path or str(cfg.model.path), args.swap,
                                args.chain_of_thought, args.clamp, cfg.seed)
     try:
@@ -273,6 +310,10 @@ def run(cfg: Any, run_dir: Path) -> dict[str, Any]:
         "dataset": str(run_dir / "dataset"),
         "next": f"data.format=trl data.path={run_dir / 'dataset'}",
     }
+    too_long = fitted.line("pairs")
+    if too_long:
+        log.warning("judge: %s", too_long)
+    metrics["too_long"] = fitted.to_dict()
     if gate is not None:
         metrics["gate"] = {"action": args.gate, "on": gate.on, "distrusted": distrusted,
                            "per_category": gate.per_category}
