@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alignlab import generation, trained
+from alignlab import generation, lengths, trained
 from alignlab.errors import AlignlabError, CommandParser
 
 DEFAULT_TEMPERATURE, DEFAULT_TOP_P = 0.7, 0.9
@@ -228,12 +228,6 @@ def _stop_ids(model: Any, tokenizer: Any) -> set[int]:
     return {i for i in ids if i is not None}
 
 
-def _context(model: Any, tokenizer: Any) -> int | None:
-    """The longest sequence the model takes (None when it states none)."""
-    n = getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length
-    return int(n) if n and n < 10**7 else None
-
-
 def load_bot(label: str, where: trained.Trained, device: str, dtype: str) -> Bot:
     """Load ``where`` for chatting (stderr says so); refuse a tokenizer without a template."""
     print(f"alignlab: loading {label} model {where.model_dir} ...", file=sys.stderr, flush=True)
@@ -243,7 +237,7 @@ def load_bot(label: str, where: trained.Trained, device: str, dtype: str) -> Bot
                             "with. Use an instruct model, or a run trained with a template.")
     model.to(device)
     return Bot(label, where, model, tokenizer, _stop_ids(model, tokenizer),
-               _context(model, tokenizer))
+               lengths.context_length(model, tokenizer))
 
 
 def read_prompts(file: str) -> list[Any]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alignlab import data, runs, stats
+from alignlab import data, lengths, runs, stats
 from alignlab.data import RuleScorer, RuleScores
 from alignlab.errors import AlignlabError, did_you_mean
 from alignlab.generation import generate
@@ -351,8 +351,7 @@ def reward_scores(model: Any, tokenizer: Any, prompts: list, responses: list[str
     texts = [tokenizer.apply_chat_template([*p, {"role": "assistant", "content": r}],
                                            tokenize=False)
              for p, r in zip(prompts, responses, strict=True)]
-    context = getattr(getattr(model, "config", None), "max_position_embeddings", None) or 4096
-    limit = max_length or min(int(context), 4096)
+    limit = max_length or min(lengths.context_length(model, tokenizer) or 4096, 4096)
     ids = [x[-limit:] for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

@@ -66,6 +66,7 @@ def test_dpo_recipe_end_to_end_then_skips_finished_stages(tmp_path: Path) -> Non
 def test_from_stage_takes_an_existing_sft_model(sft_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "from"
     alignlab(f"hydra.run.dir={out}", "recipe=dpo", "from_stage=dpo", f"inputs.sft={sft_run}",
+             "recipe.stages=[sft,dpo,eval]",  # the export stage is the other test's
              "stages.dpo.args.max_steps=5", "stages.dpo.args.save_strategy=no",
              "stages.eval.args.num_samples=1", "stages.eval.args.max_prompts=8")
     assert not (out / "sft").exists()

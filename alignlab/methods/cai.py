@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from alignlab import backends, data, runs
+from alignlab import backends, data, lengths, runs
 from alignlab import constitution as const
 from alignlab import rows as row_store
 from alignlab.args import CAIArgs
@@ -72,12 +72,9 @@ def context_warning(constitution: Any, args: Any, backend: Any) -> str | None:
     few = const.few_shot_messages(constitution, args.num_few_shot)
     if tokenizer is None or not few:
         return None
-    limits = [getattr(getattr(model, "config", None), "max_position_embeddings", None),
-              getattr(tokenizer, "model_max_length", None)]
-    limits = [n for n in limits if isinstance(n, int) and 0 < n < 10**8]
-    if not limits:
+    context = lengths.context_length(model, tokenizer)
+    if context is None:
         return None
-    context = min(limits)
     text = tokenizer.apply_chat_template(few, tokenize=False)
     used = len(tokenizer(text, add_special_tokens=False)["input_ids"])
     need = used + 3 * args.max_new_tokens
