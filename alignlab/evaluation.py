@@ -48,6 +48,7 @@ class EvalInputs:
     pairs: Any = None  # held-out preference pairs, for the reward model's accuracy
     # The data's rule (its source's scorer), when it has one: scored whatever decides wins.
     rule: RuleScorer | None = None
+    fitted: Any = None  # lengths.Fitted, once the prompts were fitted to the model's context
 
 
 @dataclass
@@ -78,6 +79,7 @@ class EvalResult:
     win_rate: dict[str, Any] | None = None  # vs the baseline's samples
     baseline: Baseline | None = None
     policy: str | None = None  # what was evaluated (method=eval)
+    too_long: dict[str, Any] | None = None  # prompts cut or skipped to fit the context
 
     def to_dict(self) -> dict[str, Any]:
         """eval.json: the sections measured, under their public names."""
@@ -87,7 +89,7 @@ class EvalResult:
         baseline = self.baseline.to_dict() if self.baseline is not None else None
         for key, value in (("judge", self.rule), ("reward", self.reward), ("kl", self.kl),
                            ("win_rate", self.win_rate), ("baseline", baseline),
-                           ("policy", self.policy)):
+                           ("policy", self.policy), ("too_long", self.too_long)):
             if value is not None:
                 out[key] = value
         return out
@@ -131,6 +133,45 @@ def prepare(cfg: Any, args: EvalArgs, *, reward_model: bool) -> EvalInputs:
     return EvalInputs(scorer=scorer, prompts=prompts, pairs=pairs, rule=rule)
 
 
+def fit_prompts(inputs: EvalInputs, model: Any, tokenizer: Any,
+                max_new_tokens: int) -> lengths.Fitted:
+    """Held-out prompts longer than the model's context (less the answer's room) lose their
+    oldest turns until they fit, or are skipped (they went into the model past its position
+    limit); ``inputs.prompts`` is replaced, and what was done returned (and kept there)."""
+    if inputs.fitted is not None:
+        return inputs.fitted
+    context = lengths.context_length(model, tokenizer)
+    rows = inputs.prompts
+    fitted = lengths.Fitted(rows=len(rows), context=context, skipped=[])
+    inputs.fitted = fitted
+    if context is None:
+        return fitted
+    budget = context - max_new_tokens
+
+    def fits(turns: list[dict[str, str]]) -> bool:
+        ids = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+        return len(tokenizer(ids, add_special_tokens=False, verbose=False)["input_ids"]) \
+            <= budget
+
+    keep, prompts = [], []
+    for i, prompt in enumerate(rows["prompt"]):
+        turns, cut = lengths.fit_left(prompt, fits)
+        if turns is None:
+            fitted.skipped.append(str(i))
+            continue
+        fitted.cut += cut
+        keep.append(i)
+        prompts.append(turns)
+    if fitted.cut or fitted.skipped:
+        import datasets
+
+        inputs.prompts = datasets.Dataset.from_list(
+            [{**row, "prompt": turns} for row, turns in zip(rows.select(keep), prompts,
+                                                            strict=True)])
+        log.warning("eval: %s", fitted.line("held-out prompts"))
+    return fitted
+
+
 def evaluate(cfg: Any, policy: Any, tokenizer: Any, args: EvalArgs | None = None, *,
              reference: Any = None, sample_reference: bool = False, reward_model: Any = None,
              reward_tokenizer: Any = None, inputs: EvalInputs | None = None, start: Any = None,
@@ -159,6 +200,12 @@ def evaluate(cfg: Any, policy: Any, tokenizer: Any, args: EvalArgs | None = None
     """
     args = args or EvalArgs()
     inputs = inputs or prepare(cfg, args, reward_model=reward_model is not None)
+    fitted = fit_prompts(inputs, policy, tokenizer, args.max_new_tokens)
+    if not inputs.prompts.num_rows:
+        raise AlignlabError(f"Every held-out prompt is longer than the model's context "
+                            f"({fitted.context} tokens, less max_new_tokens="
+                            f"{args.max_new_tokens}), so nothing can be evaluated. Lower "
+                            "method.args.max_new_tokens or use data with shorter prompts.")
     scorer, rule, prompts_ds = inputs.scorer, inputs.rule, inputs.prompts
     prompts = list(prompts_ds["prompt"])
     flat = [p for p in prompts for _ in range(args.num_samples)]
@@ -173,10 +220,11 @@ def evaluate(cfg: Any, policy: Any, tokenizer: Any, args: EvalArgs | None = None
         return [r for rs in texts for r in rs], [x for xs in ids for x in xs]
 
     responses, response_ids = sample(policy)
-    lengths = [len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in responses]
+    sizes = [len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in responses]
     result = EvalResult(n_prompts=len(prompts), samples_per_prompt=args.num_samples,
                         temperature=args.temperature,
-                        length={"mean": sum(lengths) / max(1, len(lengths)), "n": len(lengths)})
+                        length={"mean": sum(sizes) / max(1, len(sizes)), "n": len(sizes)},
+                        too_long=fitted.to_dict() if fitted.cut or fitted.skipped else None)
     scores: dict[str, list[float]] = {}
     if rule is not None:
         by_rule = rule(flat, responses)

@@ -125,3 +125,51 @@ def test_eval_result_to_dict_is_eval_json() -> None:
         {"role": "reference", "reward": {"mean": 1.0}}
     assert result.pick("judge", "baseline", "reward") == {"judge": out["judge"],
                                                           "baseline": out["baseline"]}
+
+
+REAL_HH = Path(__file__).parent / "fixtures" / "data" / "hh-rlhf-real"
+
+
+@pytest.mark.slow
+def test_prompts_longer_than_the_context_are_cut_or_skipped_before_sampling(
+        tmp_path: Path) -> None:
+    """A 512-token model and max_new_tokens=400: a held-out prompt that leaves no room for the
+    answer went into the model past its position limit. Now its oldest turns go until it
+    fits, or it is skipped; more than data.max_dropped skipped is one line before anything
+    is sampled."""
+    from alignlab import cli, evaluation, models
+    from tests.conftest import one_error_line
+
+    talk = "Tell me about the history of bread, ovens and the people who baked. " * 4
+    rows = [[{"role": "user", "content": f"What is {i} plus 1?"}] for i in range(6)]
+    rows += [[{"role": "user" if t % 2 == 0 else "assistant", "content": f"{t}: {talk}"}
+              for t in range(4)] + [{"role": "user", "content": "And then?"}] for _ in range(3)]
+    rows += [[{"role": "user", "content": talk * 6}] for _ in range(3)]  # can never fit
+    held_out = tmp_path / "data"  # a test split of pairs (the reward model's accuracy too)
+    held_out.mkdir()
+    for split in ("train", "test"):
+        (held_out / f"{split}.jsonl").write_text("".join(json.dumps(
+            {"prompt": r, "chosen": [{"role": "assistant", "content": "Sure."}],
+             "rejected": [{"role": "assistant", "content": "No."}]}) + "\n" for r in rows))
+    common = ["data=local", f"data.path={held_out}", "method=eval",
+              f"method.reward_model={_builtin()}",
+              "method.args.max_new_tokens=400"]
+    proc = alignlab(f"hydra.run.dir={tmp_path / 'r'}", *common, "data.max_dropped=0",
+                    env=QUIET, check=False)
+    line = one_error_line(proc)
+    assert "3 of 12 held-out prompts are longer than the 512-token context" in line, line
+    assert "data.max_dropped=0.25" in line and not list(tmp_path.rglob("samples.jsonl"))
+    cfg = cli.compose(common)
+    args = evaluation.EvalArgs(**cfg.method.args)
+    inputs = evaluation.prepare(cfg, args, reward_model=True)
+    tokenizer = models.load_tokenizer(cfg.model, _builtin())
+    model = models.load_model(cfg.model, _builtin(), cfg.hardware)
+    fitted = evaluation.fit_prompts(inputs, model, tokenizer, args.max_new_tokens)
+    assert (fitted.context, fitted.rows, fitted.cut, len(fitted.skipped)) == (512, 12, 3, 3)
+    assert len(inputs.prompts) == 9
+    for turns in inputs.prompts["prompt"]:  # what is left leaves room for the answer
+        text = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+        assert len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= 512 - 400
+        assert turns[-1]["role"] == "user" and turns[0]["role"] == "user"
+    assert [t[-1]["content"] for t in inputs.prompts["prompt"]][-3:] == ["And then?"] * 3
+    assert evaluation.fit_prompts(inputs, model, tokenizer, 400) is fitted  # once per inputs

@@ -32,6 +32,9 @@ def run(cfg: Any, run_dir: Path) -> dict[str, Any]:
     path = models.resolve_path(cfg.model, cfg.seed)
     tokenizer = models.load_tokenizer(cfg.model, path)
     policy = models.load_model(cfg.model, path, cfg.hardware)
+    evaluation.fit_prompts(inputs, policy, tokenizer, args.max_new_tokens).check(
+        "held-out prompts", float(cfg.data.max_dropped), "Lower method.args.max_new_tokens, or "
+        "evaluate a model with a longer context")  # before anything is sampled
     reference = rm = rm_tok = None
     if cfg.method.reference:
         reference = models.load_model(cfg.model, cfg.method.reference, cfg.hardware)
