@@ -142,7 +142,7 @@ def fit_prompts(inputs: EvalInputs, model: Any, tokenizer: Any,
         return inputs.fitted
     context = lengths.context_length(model, tokenizer)
     rows = inputs.prompts
-    fitted = lengths.Fitted(rows=len(rows), context=context, skipped=[])
+    fitted = lengths.Fitted(rows=len(rows), context=context)
     inputs.fitted = fitted
     if context is None:
         return fitted

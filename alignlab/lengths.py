@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from alignlab.errors import AlignlabError
@@ -161,15 +161,15 @@ class Fitted:
     rows: int
     context: int | None
     cut: int = 0
-    skipped: list[str] | None = None
+    skipped: list[str] = field(default_factory=list)  # keys of the skipped rows
 
     def to_dict(self) -> dict[str, Any]:
         return {"rows": self.rows, "context": self.context, "cut": self.cut,
-                "skipped": len(self.skipped or [])}
+                "skipped": len(self.skipped)}
 
     def check(self, what: str, max_dropped: float, fix: str) -> None:
         """Refuse when more than ``max_dropped`` of the rows would be skipped."""
-        skipped = len(self.skipped or [])
+        skipped = len(self.skipped)
         if skipped and skipped > max_dropped * self.rows:
             raise AlignlabError(
                 f"{skipped} of {self.rows} {what} are longer than the {self.context}-token "
@@ -178,7 +178,7 @@ class Fitted:
 
     def line(self, what: str) -> str | None:
         """One line naming what was cut and skipped (None when every row fitted whole)."""
-        skipped = self.skipped or []
+        skipped = self.skipped
         if not self.cut and not skipped:
             return None
         named = ", ".join(skipped[:5]) + (", ..." if len(skipped) > 5 else "")

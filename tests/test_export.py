@@ -18,23 +18,6 @@ from tests.conftest import alignlab, one_error_line, shared_run
 COW = "What sound does a cow make?"
 
 
-def next_token_logprobs(model, tokenizer, prompts: list[str], answer_tokens: int = 16):
-    """Log-probs over the chat-formatted prompt plus the model's own greedy answer."""
-    import torch
-
-    out = []
-    for prompt in prompts:
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                            add_generation_prompt=True, return_tensors="pt",
-                                            return_dict=True)["input_ids"]
-        with torch.no_grad():
-            full = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                  max_new_tokens=answer_tokens,
-                                  pad_token_id=tokenizer.pad_token_id)
-        out.append((full, ids.shape[1]))
-    return out
-
-
 def kl_and_agreement(a, b, seqs) -> tuple[float, float, float]:
     """(mean KL(a || b) per token, max, greedy agreement) over the answers' positions."""
     import torch
@@ -65,7 +48,7 @@ def test_export_of_a_full_run_round_trips_through_gguf(sft_run: Path, tmp_path: 
     # independently: the exported GGUF, read back by transformers, behaves like the trained model
     trained = AutoModelForCausalLM.from_pretrained(sft_run / "model", dtype="float32").eval()
     tok = AutoTokenizer.from_pretrained(sft_run / "model")
-    seqs = next_token_logprobs(trained, tok, held_out_prompts(sft_run))
+    seqs = export.sequences(trained, tok, held_out_prompts(sft_run), 16)  # greedy answers
     for outtype, tolerance in (("q8_0", export.TOLERANCE["q8_0"]),
                                ("f16", export.TOLERANCE["f16"])):
         name = info["gguf"][outtype]["file"]
@@ -106,22 +89,22 @@ def test_export_of_a_full_run_round_trips_through_gguf(sft_run: Path, tmp_path: 
     assert info["gguf"]["q8_0"]["file"] in readme and "python -m alignlab" in readme
 
 
+SHORT_LORA = ["model.lora=true", "method.args.learning_rate=5e-3",
+              "method.args.save_strategy=no", "quick_eval=false", "report_to=none"]
+
+
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory: pytest.TempPathFactory, sft_run: Path) -> Path:
     """A short LoRA SFT on top of the SFT run (an adapter whose base is a local folder)."""
     return shared_run(tmp_path_factory, "lora-sft", f"model.path={sft_run}/model",
-                      "model.lora=true", "model.lora.r=8", "method.args.max_steps=8",
-                      "method.args.learning_rate=5e-3", "method.args.save_strategy=no",
-                      "quick_eval=false", "report_to=none")
+                      "model.lora.r=8", "method.args.max_steps=8", *SHORT_LORA)
 
 
 @pytest.fixture(scope="module")
 def lora_on_lora_run(tmp_path_factory: pytest.TempPathFactory, lora_run: Path) -> Path:
     """A second LoRA trained on top of the first adapter (as LoRA DPO after LoRA SFT)."""
     return shared_run(tmp_path_factory, "lora-on-lora", f"model.path={lora_run}/model",
-                      "model.lora=true", "model.lora.r=4", "method.args.max_steps=4",
-                      "method.args.learning_rate=5e-3", "method.args.save_strategy=no",
-                      "quick_eval=false", "report_to=none")
+                      "model.lora.r=4", "method.args.max_steps=4", *SHORT_LORA)
 
 
 @pytest.mark.slow

@@ -125,7 +125,7 @@ def fit_to_context(pairs: Sequence[dict[str, Any]], judge: Any, book: const.Cons
     judge's context lose their oldest turns until it fits; those that never fit are skipped.
     A backend that does not know its context (a server) is left to refuse them."""
     context = getattr(judge, "context", None)
-    fitted = lengths.Fitted(rows=len(pairs), context=context, skipped=[])
+    fitted = lengths.Fitted(rows=len(pairs), context=context)
     if not context or not hasattr(judge, "query_tokens"):
         return list(pairs), fitted
     # one token is read; with chain of thought the reasoning and the follow-up come first
