@@ -917,13 +917,21 @@ def _iter_rows(ds: datasets.Dataset, batch_size: int = 1000) -> Iterable[dict[st
             yield dict(zip(keys, values, strict=True))
 
 
-def _to_dataset(rows: list[Row], kind: str) -> datasets.Dataset:
+# Columns of the user's data kept beside a kind's own, as strings (``data.columns`` maps other
+# names to them, e.g. RewardBench's subset to category): evaluation reports per category, and
+# over-refusal needs each prompt's safe/unsafe mark.
+PASSTHROUGH = ("category", "safety")
+
+
+def _to_dataset(rows: list[Row], kind: str, extra: Sequence[str] = ()) -> datasets.Dataset:
     """The converted rows as a Dataset, built column-wise in Arrow (from_list encodes row by row,
     which dominated loading time on hh-rlhf)."""
     import datasets
     import pyarrow as pa
 
     features = _features(kind)
+    for name in extra:
+        features[name] = datasets.Value("string")
     schema = features.arrow_schema
     columns = {name: pa.array([r[name] for r in rows], type=schema.field(name).type)
                for name in features}
@@ -954,8 +962,8 @@ def load_preset(data: Mapping[str, Any], kind: str, split: str = "train") -> dat
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    if split not in ("train", "test", "all"):
+        raise ValueError(f"split must be 'train', 'test' or 'all', not {split!r}")
     fmt = _get(data, "format") or "trl"  # unset format: files already in a TRL format
     if fmt not in FORMATS:
         raise AlignlabError(f"Unknown data.format '{fmt}'. Set data.format to one of the "
@@ -972,7 +980,8 @@ def load_preset(data: Mapping[str, Any], kind: str, split: str = "train") -> dat
                          source.label)
     test_name = _choose(source.splits, _get(data, "test_split"), test_cands, "test_split",
                         source.label)
-    carve = test_name is None or test_name == train_name
+    # "all": every row of the train split, none held out (evaluating a benchmark file)
+    carve = (test_name is None or test_name == train_name) and split != "all"
     if split == "test" and not carve:
         name = test_name
     elif train_name is not None:
@@ -1000,6 +1009,7 @@ def load_preset(data: Mapping[str, Any], kind: str, split: str = "train") -> dat
         indices = list(range(len(raw))) if indices is None else indices
         random.Random(seed).shuffle(indices)
     rows_in = _iter_rows(raw if indices is None else raw.select(indices, keep_in_memory=True))
+    extra = [c for c in PASSTHROUGH if c in raw.column_names]
 
     rows: list[Row] = []
     dropped: Counter[str] = Counter()
@@ -1009,9 +1019,13 @@ def load_preset(data: Mapping[str, Any], kind: str, split: str = "train") -> dat
             break
         seen += 1
         try:
-            rows.extend(convert(row))
+            converted = convert(row)
         except _Skip as why:
             dropped[str(why)] += 1
+            continue
+        for out in converted:
+            out.update({c: None if row[c] is None else str(row[c]) for c in extra})
+        rows.extend(converted)
     if max_samples is not None:
         rows = rows[:max_samples]  # unpaired rows come two per pair
 
@@ -1026,4 +1040,4 @@ def load_preset(data: Mapping[str, Any], kind: str, split: str = "train") -> dat
             f"Dataset {where} has no usable rows for kind '{kind}' ({detail}). Point data.path "
             f"at a non-empty dataset in the '{fmt}' format ({preset.description}), or fix "
             "data.format.")
-    return _to_dataset(rows, kind)
+    return _to_dataset(rows, kind, extra)
