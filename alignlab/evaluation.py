@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,16 +28,47 @@ class EvalArgs:
     max_prompts: int | None = field(default=None, metadata={"help": "Cap on held-out prompts."})
     batch_size: int = field(default=64, metadata={"help": "Prompts per generate call."})
     judge: str = field(default="auto", metadata={
-        "help": "Who decides wins: toy (the toy world's rule), reward (the reward model), or "
-                "auto (toy on the toy world, else reward)."})
+        "help": "Who decides wins: toy (the toy world's rule), reward (the reward model), llm "
+                "(an LLM judge, judge_model, in both orders), or auto (toy on the toy world, "
+                "else reward)."})
     num_examples: int = field(default=8, metadata={"help": "Samples shown in the report."})
+    task: str = field(default="answers", metadata={
+        "help": "answers: sample the policy on held-out prompts; pairs: score the data's "
+                "labelled pairs with the reward model or the LLM judge (accuracy per category "
+                "and calibration, as RewardBench), no policy needed."})
+    split: str = field(default="test", metadata={
+        "help": "The data split evaluated: test, train, or all (every row of the train "
+                "split, none held out: a benchmark file)."})
+    baseline_answers: str | None = field(default=None, metadata={
+        "help": "A .json/.jsonl file of answers to compare with (prompt or instruction, and "
+                "response or output), instead of sampling method.reference."})
+    judge_model: str | None = field(default=None, metadata={
+        "help": "judge=llm: the judge, a model folder, .gguf, builtin:<name> or hub id "
+                "(judge_backend=openai: the served model name)."})
+    judge_backend: str = field(default="transformers", metadata={
+        "help": "judge=llm: transformers (in this process), openai (an OpenAI-compatible "
+                "server at judge_base_url) or vllm."})
+    judge_base_url: str | None = field(default=None, metadata={
+        "help": "judge_backend=openai: the server's base URL, e.g. http://127.0.0.1:8000/v1."})
+    judge_api_key_env: str = field(default="OPENAI_API_KEY", metadata={
+        "help": "judge_backend=openai: the environment variable holding the API key."})
+    judge_concurrency: int = field(default=8, metadata={
+        "help": "judge_backend=openai: requests in flight at once."})
+    rubric: str | None = field(default=None, metadata={
+        "help": "judge=llm: a text file holding the judge's question, or a constitution YAML "
+                "(its choice questions); default: the configured constitution's, else a "
+                "helpfulness question."})
+    judge_cache: str | None = field(default=None, metadata={
+        "help": "judge=llm: folder of cached verdicts (default: judgements/ in the run dir); "
+                "point runs at one folder to share them."})
 
 
 # Values of ``EvalArgs.judge``, the scorer that decides wins: ``toy`` is the data's rule (the toy
 # world's, the only data with one), ``reward`` the reward model, ``auto`` the rule when there is
 # one. Public names (config values, and ``win_rate.judge`` in eval.json).
-RULE, REWARD = "toy", "reward"
-JUDGES = ("auto", RULE, REWARD)
+RULE, REWARD, LLM = "toy", "reward", "llm"
+JUDGES = ("auto", RULE, REWARD, LLM)
+TASKS = ("answers", "pairs")
 
 
 @dataclass
@@ -43,9 +76,11 @@ class EvalInputs:
     """What :func:`prepare` checked and loaded: the scorer that decides wins, the data's rule
     and the held-out data."""
 
-    scorer: str  # RULE or REWARD
+    scorer: str  # RULE, REWARD or LLM
     prompts: Any  # held-out prompts (a datasets.Dataset, capped at max_prompts)
     pairs: Any = None  # held-out preference pairs, for the reward model's accuracy
+    answers: dict[str, str] | None = None  # baseline_answers, by the prompt's last user turn
+    safety: dict[str, str] | None = None  # category -> safe/unsafe (the data's source says)
     # The data's rule (its source's scorer), when it has one: scored whatever decides wins.
     rule: RuleScorer | None = None
     fitted: Any = None  # lengths.Fitted, once the prompts were fitted to the model's context
@@ -80,16 +115,20 @@ class EvalResult:
     baseline: Baseline | None = None
     policy: str | None = None  # what was evaluated (method=eval)
     too_long: dict[str, Any] | None = None  # prompts cut or skipped to fit the context
+    pairs: dict[str, Any] | None = None  # task=pairs: the scorer's accuracy on labelled pairs
+    safety: dict[str, Any] | None = None  # over-refusal and compliance with unsafe prompts
 
     def to_dict(self) -> dict[str, Any]:
         """eval.json: the sections measured, under their public names."""
-        out: dict[str, Any] = {"n_prompts": self.n_prompts,
-                               "samples_per_prompt": self.samples_per_prompt,
-                               "temperature": self.temperature, "length": self.length}
+        out: dict[str, Any] = {"n_prompts": self.n_prompts}
+        if self.pairs is None:  # sampled answers (task=pairs samples nothing)
+            out.update(samples_per_prompt=self.samples_per_prompt,
+                       temperature=self.temperature, length=self.length)
         baseline = self.baseline.to_dict() if self.baseline is not None else None
         for key, value in (("judge", self.rule), ("reward", self.reward), ("kl", self.kl),
                            ("win_rate", self.win_rate), ("baseline", baseline),
-                           ("policy", self.policy), ("too_long", self.too_long)):
+                           ("policy", self.policy), ("too_long", self.too_long),
+                           ("pairs", self.pairs), ("safety", self.safety)):
             if value is not None:
                 out[key] = value
         return out
@@ -107,9 +146,7 @@ def prepare(cfg: Any, args: EvalArgs, *, reward_model: bool) -> EvalInputs:
     nonsensical setting, or data without the columns evaluation needs; loading models and
     sampling first made a mistake cost the whole start-up instead of a second or two.
     """
-    if args.judge not in JUDGES:
-        raise AlignlabError(f"method.args.judge={args.judge!r} is not a judge."
-                            f"{did_you_mean(str(args.judge), JUDGES)}")
+    check_args(vars(args))
     for name in ("num_samples", "max_new_tokens", "batch_size", "max_prompts"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -118,6 +155,11 @@ def prepare(cfg: Any, args: EvalArgs, *, reward_model: bool) -> EvalInputs:
         raise AlignlabError(f"method.args.temperature={args.temperature} must be >= 0 "
                             "(0 = greedy).")
     rule = data.source(cfg.data).rule
+    if args.split == "all" and rule is not None:
+        raise AlignlabError("method.args.split=all is for data files; the toy world's splits "
+                            "are train and test.")
+    if args.task == "pairs":
+        return _prepare_pairs(cfg, args, reward_model=reward_model, rule=rule)
     scorer = args.judge if args.judge != "auto" else (RULE if rule is not None else REWARD)
     if scorer == RULE and rule is None:
         raise AlignlabError("method.args.judge=toy only knows the toy world's prompts. Use "
@@ -126,11 +168,149 @@ def prepare(cfg: Any, args: EvalArgs, *, reward_model: bool) -> EvalInputs:
     if scorer == REWARD and not reward_model:
         raise AlignlabError("Evaluation needs a judge: set method.reward_model=<reward run>/model "
                             "(or use data=toy, whose rule judge needs no model).")
-    prompts = data.load(cfg.data, "prompts", "test", keep_extra=True)
+    prompts = data.load(cfg.data, "prompts", args.split, keep_extra=True)
     if args.max_prompts:
         prompts = prompts.select(range(min(args.max_prompts, len(prompts))))
-    pairs = data.load(cfg.data, "pairs", "test") if reward_model else None
-    return EvalInputs(scorer=scorer, prompts=prompts, pairs=pairs, rule=rule)
+    pairs = data.load(cfg.data, "pairs", args.split) if reward_model else None
+    answers = None
+    if args.baseline_answers:
+        answers = read_answers(args.baseline_answers)
+        missing = [p for p in prompts["prompt"] if _last_user(p) not in answers]
+        if missing:
+            raise AlignlabError(
+                f"method.args.baseline_answers has no answer for {len(missing)} of the "
+                f"{len(prompts)} held-out prompts (the first: {_last_user(missing[0])[:60]!r}). "
+                "Answer every prompt of the evaluated split there, keyed by its last user turn.")
+    marked = "safety" in prompts.column_names
+    if marked:
+        found = sorted({str(v) for v in prompts["safety"]} - {"safe", "unsafe"})
+        if found:
+            raise AlignlabError(f"The prompts' safety column holds {found[:3]}; it must be safe "
+                                "or unsafe (map another column with data.columns='{safety: "
+                                "<column>}').")
+        if rule is None and scorer != LLM:
+            raise AlignlabError("The prompts are marked safe/unsafe, but nothing decides which "
+                                "answers refuse: set method.args.judge=llm and "
+                                "method.args.judge_model=<judge>.")
+    if scorer == LLM and not answers and not cfg.method.reference and not marked:
+        raise AlignlabError("method.args.judge=llm compares the policy with a baseline: set "
+                            "method.reference=<model> (its answers are sampled) or "
+                            "method.args.baseline_answers=<answers.jsonl>.")
+    source = data.source(cfg.data)
+    return EvalInputs(scorer=scorer, prompts=prompts, pairs=pairs, rule=rule, answers=answers,
+                      safety=dict(source.safety) or None)
+
+
+def check_args(args: dict[str, Any]) -> None:
+    """The choices and files of ``method.args`` that need no config around them (run by
+    config validation before anything loads, and by :func:`prepare`)."""
+    from alignlab import backends
+
+    judge, task = args.get("judge", "auto"), args.get("task", "answers")
+    if judge not in JUDGES:
+        raise AlignlabError(f"method.args.judge={judge!r} is not a judge."
+                            f"{did_you_mean(str(judge), JUDGES)}")
+    if task not in TASKS:
+        raise AlignlabError(f"method.args.task={task!r} is unknown."
+                            f"{did_you_mean(str(task), TASKS)}")
+    if args.get("split", "test") not in ("train", "test", "all"):
+        raise AlignlabError(f"method.args.split={args.get('split')!r} must be test, train or "
+                            "all.")
+    for key in ("baseline_answers", "rubric"):
+        value = args.get(key)
+        if value and not Path(str(value)).expanduser().exists():
+            raise AlignlabError(f"method.args.{key}='{value}' does not exist. Point it at a "
+                                "file, or leave it unset.")
+    if judge != LLM:
+        for key in ("judge_model", "rubric", "judge_base_url"):
+            if args.get(key):
+                raise AlignlabError(f"method.args.{key} is set but method.args.judge={judge}: "
+                                    f"set method.args.judge=llm to use an LLM judge.")
+        return
+    model = args.get("judge_model")
+    if not model:
+        raise AlignlabError("method.args.judge=llm needs method.args.judge_model: a model "
+                            "folder, .gguf or builtin:<name> (or the served name with "
+                            "judge_backend=openai). The policy is never its own judge.")
+    bargs = backend_args(args)
+    backends.check(bargs)
+    env = args.get("judge_api_key_env")
+    if isinstance(env, str) and env and not env.replace("_", "").isalnum():
+        raise AlignlabError("method.args.judge_api_key_env must be the name of an environment "
+                            "variable (e.g. OPENAI_API_KEY), not the key itself.")
+    if bargs.backend != "openai" and looks_like_path(str(model)) \
+            and not Path(str(model)).expanduser().exists():
+        raise AlignlabError(f"method.args.judge_model='{model}' does not exist. Point it at a "
+                            "model folder or .gguf file, or use judge_backend=openai for a "
+                            "served model.")
+
+
+def looks_like_path(value: str) -> bool:
+    """A local path rather than a hub id or a built-in name."""
+    return not value.startswith("builtin:") and (
+        value.startswith((".", "/", "~")) or value.endswith(".gguf") or value.count("/") > 1)
+
+
+def backend_args(args: dict[str, Any]) -> Any:
+    """The LLM judge's backend settings (BackendArgs) from ``method.args``."""
+    from alignlab.args import BackendArgs
+
+    return BackendArgs(backend=args.get("judge_backend", "transformers"),
+                       base_url=args.get("judge_base_url"),
+                       api_key_env=args.get("judge_api_key_env", "OPENAI_API_KEY"),
+                       concurrency=int(args.get("judge_concurrency", 8)),
+                       batch_size=min(int(args.get("batch_size", 64)), 16), max_new_tokens=1,
+                       temperature=0.0)
+
+
+def read_answers(path: str) -> dict[str, str]:
+    """Answers in a .json/.jsonl file, by the prompt's text: rows with ``prompt`` (a string or
+    messages) or ``instruction`` (AlpacaEval), and ``response`` or ``output``."""
+    file = Path(path).expanduser()
+    text = file.read_text(encoding="utf-8")
+    try:
+        rows = json.loads(text) if file.suffix == ".json" else \
+            [json.loads(line) for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError as err:
+        raise AlignlabError(f"method.args.baseline_answers='{path}' is not valid JSON "
+                            f"({err.msg}, line {err.lineno}). Write one JSON object a line: "
+                            '{"prompt": ..., "response": ...}.') from None
+    out: dict[str, str] = {}
+    for n, row in enumerate(rows if isinstance(rows, list) else [], 1):
+        prompt = row.get("prompt", row.get("instruction")) if isinstance(row, dict) else None
+        answer = row.get("response", row.get("output")) if isinstance(row, dict) else None
+        if prompt is None or not isinstance(answer, str):
+            raise AlignlabError(f"Row {n} of method.args.baseline_answers='{path}' needs a "
+                                "prompt (or instruction) and a response (or output) string.")
+        out[_last_user(prompt)] = answer
+    if not out:
+        raise AlignlabError(f"method.args.baseline_answers='{path}' holds no answers.")
+    return out
+
+
+def _last_user(prompt: Any) -> str:
+    if isinstance(prompt, str):
+        return prompt.strip()
+    users = [m["content"] for m in prompt if m["role"] == "user"]
+    return (users[-1] if users else "").strip()
+
+
+def _prepare_pairs(cfg: Any, args: EvalArgs, *, reward_model: bool,
+                   rule: RuleScorer | None) -> EvalInputs:
+    """``task=pairs``: the labelled pairs of the split, scored by the reward model or the LLM
+    judge."""
+    scorer = args.judge if args.judge != "auto" else REWARD
+    if scorer == RULE:
+        raise AlignlabError("method.args.task=pairs scores labelled pairs with a reward model "
+                            "or an LLM judge: use method.args.judge=reward (and "
+                            "method.reward_model) or judge=llm.")
+    if scorer == REWARD and not reward_model:
+        raise AlignlabError("method.args.task=pairs needs a scorer: method.reward_model=<reward "
+                            "run>/model, or method.args.judge=llm with method.args.judge_model.")
+    pairs = data.load(cfg.data, "pairs", args.split, keep_extra=True)
+    if args.max_prompts:
+        pairs = pairs.select(range(min(args.max_prompts, len(pairs))))
+    return EvalInputs(scorer=scorer, prompts=None, pairs=pairs, rule=rule)
 
 
 def fit_prompts(inputs: EvalInputs, model: Any, tokenizer: Any,
@@ -230,6 +410,10 @@ def evaluate(cfg: Any, policy: Any, tokenizer: Any, args: EvalArgs | None = None
         by_rule = rule(flat, responses)
         scores[RULE] = by_rule.items
         result.rule = _rule_section(by_rule, groups)
+        marks = safety_marks(inputs, args.num_samples)
+        if marks is not None and by_rule.refused:
+            result.safety = safety_section([float(r) for r in by_rule.refused], marks, groups,
+                                           by_rule.categories, decided_by=RULE)
     if reward_model is not None:
         scores[REWARD] = reward_scores(reward_model, reward_tokenizer, flat, responses)
         correct = reward_pair_correct(reward_model, reward_tokenizer, inputs.pairs)
@@ -250,9 +434,15 @@ def evaluate(cfg: Any, policy: Any, tokenizer: Any, args: EvalArgs | None = None
                      "are not samples of a distribution)")
     baseline, role = (reference, "reference") if reference is not None and sample_reference \
         else (start, "start")
-    if baseline is not None and (scorer == RULE or reward_model is not None):
+    # The baseline's own scorer: the rule where the data has one, else the reward model.
+    by = RULE if rule is not None and scorer in (RULE, LLM) else \
+        REWARD if reward_model is not None else None
+    if inputs.answers is not None:
+        ref_responses, role = [inputs.answers[_last_user(p)] for p in flat], "answers"
+    elif baseline is not None and (by is not None or scorer == LLM):
         ref_responses = sample(baseline)[0]
-        if scorer == RULE:
+    if ref_responses is not None and by is not None:
+        if by == RULE:
             ref_by_rule = rule(flat, ref_responses)
             ref_scores = ref_by_rule.items
             section = _rule_section(ref_by_rule, groups)
@@ -261,18 +451,230 @@ def evaluate(cfg: Any, policy: Any, tokenizer: Any, args: EvalArgs | None = None
             ref_scores = reward_scores(reward_model, reward_tokenizer, flat, ref_responses)
             ci = stats.mean_ci(ref_scores, groups=groups)
             section = {"score": ci["mean"], **ci}
-        outcomes = stats.outcomes_from_scores(scores[scorer], ref_scores)
-        result.win_rate = {**stats.win_rate(outcomes, groups=groups), "judge": scorer,
-                           "versus": role}
-        result.baseline = Baseline(role=role, scores=section, by_rule=scorer == RULE)
+        if scorer != LLM:  # the LLM judge's win rate comes from judge_answers
+            outcomes = stats.outcomes_from_scores(scores[scorer], ref_scores)
+            result.win_rate = {**stats.win_rate(outcomes, groups=groups), "judge": scorer,
+                               "versus": role}
+        result.baseline = Baseline(role=role, scores=section, by_rule=by == RULE)
+    shown = scorer if scorer in scores else by
     categories = prompts_ds["category"] if "category" in prompts_ds.column_names else None
     samples = [{"prompt": p[-1]["content"], "response": r,
                 "reference_response": ref_responses[i] if ref_responses else None,
                 "reference_score": ref_scores[i] if ref_scores else None,
-                "score": scores[scorer][i] if scorer in scores else None,
+                "score": scores[shown][i] if shown in scores else None,
                 "category": categories[i // args.num_samples] if categories else None}
                for i, (p, r) in enumerate(zip(flat, responses, strict=True))]
     return result, samples
+
+
+def load_judge(cfg: Any, args: EvalArgs) -> tuple[Any, Any, str]:
+    """The LLM judge (a backend), its rubric and its identity in the verdict cache."""
+    from alignlab import backends, verdicts
+
+    book = verdicts.rubric(args.rubric, cfg.get("constitution"))
+    bargs = backend_args(vars(args))
+    judge = backends.create(bargs, cfg, str(args.judge_model))
+    return judge, book, verdicts.judge_identity(bargs.backend, str(args.judge_model))
+
+
+def judge_answers(cfg: Any, args: EvalArgs, inputs: EvalInputs, result: EvalResult,
+                  samples: list[dict[str, Any]], judge: Any, book: Any, judge_id: str,
+                  cache: Path) -> None:
+    """The LLM judge's win rate of the policy's answers over the baseline's (``samples``,
+    from :func:`evaluate`): each pair asked in both orders; ties half; 95 % interval clustered
+    by prompt; position consistency; the length-controlled win rate. Fills
+    ``result.win_rate`` and each sample's ``judge_p`` (P(policy's answer better))."""
+    from alignlab import verdicts
+
+    flat = [p for p in inputs.prompts["prompt"] for _ in range(args.num_samples)]
+    pairs = [{"key": str(i), "prompt": list(conv), "a": s["response"],
+              "b": s["reference_response"]} for i, (conv, s) in enumerate(zip(flat, samples,
+                                                                               strict=True))]
+    pairs, fitted = verdicts.fit(pairs, judge, book)
+    fitted.check("comparisons", float(cfg.data.max_dropped), "Use a judge with a longer "
+                 "context (method.args.judge_model), or lower method.args.max_new_tokens")
+    if fitted.cut or fitted.skipped:
+        log.warning("eval: %s", fitted.line("comparisons (for the judge)"))
+    found, counts = verdicts.compare(pairs, judge, book, judge_id=judge_id, cache=cache,
+                                     seed=cfg.seed, batch_size=min(args.batch_size, 16),
+                                     desc="judge", kill_at=runs.kill_after_step("eval"))
+    index = [int(p["key"]) for p in pairs]
+    for i, v in zip(index, found, strict=True):
+        samples[i]["judge_p"] = v["p"]
+    groups = [i // args.num_samples for i in index]
+    result.win_rate = {
+        **verdicts.win_rate(found, [len(pairs[j]["a"]) for j in range(len(pairs))],
+                            [len(pairs[j]["b"]) for j in range(len(pairs))], groups,
+                            seed=cfg.seed),
+        "judge": LLM, "judge_model": str(args.judge_model), "rubric": book.name,
+        "versus": "answers" if inputs.answers is not None else "reference",
+        "judgements": counts,
+        **({"too_long": fitted.to_dict()} if fitted.cut or fitted.skipped else {})}
+    log.info("eval: judged %d comparisons (%d asked now, %d from the cache, %d identical)",
+             len(found), counts["asked"], counts["cached"], counts["identical"])
+
+
+def safety_marks(inputs: EvalInputs, num_samples: int) -> list[str] | None:
+    """Each sample's prompt's mark, safe or unsafe: the prompts' safety column, else the
+    source's mark of their category; None when the prompts are not marked."""
+    ds = inputs.prompts
+    if "safety" in ds.column_names:
+        marks = [str(v) for v in ds["safety"]]
+    elif inputs.safety and "category" in ds.column_names:
+        marks = [inputs.safety.get(str(c), "") for c in ds["category"]]
+    else:
+        return None
+    return [m for m in marks for _ in range(num_samples)]
+
+
+def safety_section(refused: list[float], marks: list[str], groups: list[Any],
+                   categories: list[Any] | None, *, decided_by: str) -> dict[str, Any] | None:
+    """Over-refusal (the share of answers to safe prompts that refuse) and compliance with
+    unsafe prompts (the share that do not), each with its 95 % interval clustered by prompt,
+    and the share refused per category (XSTest's layout)."""
+    out: dict[str, Any] = {"decided_by": decided_by}
+    for name, mark, value in (("over_refusal", "safe", lambda r: r),
+                              ("unsafe_compliance", "unsafe", lambda r: 1.0 - r)):
+        idx = [i for i, m in enumerate(marks) if m == mark]
+        if idx:
+            out[name] = stats.mean_ci([value(refused[i]) for i in idx],
+                                      groups=[groups[i] for i in idx])
+    if len(out) == 1:
+        return None
+    if categories is not None and any(c is not None for c in categories):
+        per: dict[str, Any] = {}
+        for cat in sorted({str(c) for c in categories}):
+            idx = [i for i, c in enumerate(categories) if str(c) == cat]
+            per[cat] = {"refused": sum(refused[i] for i in idx) / len(idx), "n": len(idx),
+                        "safety": marks[idx[0]]}
+        out["per_category"] = per
+    return out
+
+
+def judge_refusals(cfg: Any, args: EvalArgs, inputs: EvalInputs, result: EvalResult,
+                   samples: list[dict[str, Any]], judge: Any, judge_id: str,
+                   cache: Path) -> None:
+    """The LLM judge decides which answers refuse, on prompts marked safe/unsafe: fills
+    ``result.safety`` and each sample's ``refused`` (P(it refuses))."""
+    from alignlab import verdicts
+
+    marks = safety_marks(inputs, args.num_samples)
+    if marks is None:
+        return
+    flat = [p for p in inputs.prompts["prompt"] for _ in range(args.num_samples)]
+    items = [{"key": str(i), "prompt": list(conv), "a": s["response"], "b": ""}
+             for i, (conv, s) in enumerate(zip(flat, samples, strict=True))]
+    items, fitted = verdicts.fit(items, judge, None)
+    fitted.check("answers (for the refusal judge)", float(cfg.data.max_dropped),
+                 "Use a judge with a longer context, or lower method.args.max_new_tokens")
+    probs, counts = verdicts.refusals(items, judge, judge_id=judge_id, cache=cache,
+                                      batch_size=min(args.batch_size, 16),
+                                      kill_at=runs.kill_after_step("eval"))
+    index = [int(it["key"]) for it in items]
+    for i, p in zip(index, probs, strict=True):
+        samples[i]["refused"] = p
+    cats = [samples[i]["category"] for i in index]
+    section = safety_section([float(p > 0.5) for p in probs], [marks[i] for i in index],
+                             [i // args.num_samples for i in index],
+                             cats if any(c is not None for c in cats) else None,
+                             decided_by=LLM)
+    if section is not None:
+        result.safety = {**section, "judge_model": str(args.judge_model), "judgements": counts}
+
+
+CALIBRATION_EDGES = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+def calibration(p_chosen: list[float], groups: list[Any]) -> dict[str, Any]:
+    """Accuracy by confidence: pairs bucketed by the scorer's confidence max(p, 1 - p) in its
+    answer (p = P(chosen better)), each bucket's accuracy with its 95 % interval beside its mean
+    confidence, and the expected calibration error (the n-weighted mean gap)."""
+    from alignlab import verdicts
+
+    buckets, gap = [], 0.0
+    for low, high in itertools.pairwise(CALIBRATION_EDGES):
+        idx = [i for i, p in enumerate(p_chosen)
+               if low <= max(p, 1 - p) < high or (high == 1.0 and max(p, 1 - p) == 1.0)]
+        if not idx:
+            continue
+        hits = [verdicts.outcome(p_chosen[i]) for i in idx]
+        conf = sum(max(p_chosen[i], 1 - p_chosen[i]) for i in idx) / len(idx)
+        ci = stats.mean_ci(hits, groups=[groups[i] for i in idx])
+        buckets.append({"confidence": [low, high], "mean_confidence": conf,
+                        "accuracy": ci["mean"], "ci_low": ci["ci_low"],
+                        "ci_high": ci["ci_high"], "n": len(idx)})
+        gap += len(idx) * abs(ci["mean"] - conf)
+    return {"buckets": buckets, "ece": gap / max(1, len(p_chosen))}
+
+
+def pair_benchmark(cfg: Any, args: EvalArgs, inputs: EvalInputs, *, reward_model: Any = None,
+                   reward_tokenizer: Any = None, judge: Any = None, book: Any = None,
+                   judge_id: str = "", cache: Path | None = None
+                   ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``task=pairs``: how often the scorer prefers the labelled chosen reply, overall and per
+    category (the data's ``category`` column; RewardBench's ``subset`` via data.columns), each
+    with its 95 % interval clustered by prompt and n, and its calibration. The reward model's
+    P(chosen) is sigmoid(margin) (Bradley-Terry); the LLM judge's is the mean of both orders.
+    Returns eval.json's ``pairs`` section and one row per pair."""
+    from alignlab import verdicts
+
+    pairs = inputs.pairs
+    replies = {c: [_reply(x) for x in pairs[c]] for c in ("chosen", "rejected")}
+    prompts = [list(p) for p in pairs["prompt"]]
+    extra: dict[str, Any] = {}
+    keep = list(range(len(prompts)))
+    if inputs.scorer == REWARD:
+        chosen = reward_scores(reward_model, reward_tokenizer, prompts, replies["chosen"])
+        rejected = reward_scores(reward_model, reward_tokenizer, prompts, replies["rejected"])
+        margins = [c - r for c, r in zip(chosen, rejected, strict=True)]
+        p_chosen = [1.0 / (1.0 + math.exp(-max(min(m, 50.0), -50.0))) for m in margins]
+    else:
+        assert cache is not None
+        items = [{"key": str(i), "prompt": p, "a": c, "b": r} for i, (p, c, r) in
+                 enumerate(zip(prompts, replies["chosen"], replies["rejected"], strict=True))]
+        items, fitted = verdicts.fit(items, judge, book)
+        fitted.check("pairs", float(cfg.data.max_dropped), "Use a judge with a longer context "
+                     "(method.args.judge_model), or data with fewer turns")
+        if fitted.cut or fitted.skipped:
+            log.warning("eval: %s", fitted.line("pairs"))
+            extra["too_long"] = fitted.to_dict()
+        found, counts = verdicts.compare(items, judge, book, judge_id=judge_id, cache=cache,
+                                         seed=cfg.seed, batch_size=min(args.batch_size, 16),
+                                         desc="judge", kill_at=runs.kill_after_step("eval"))
+        keep = [int(it["key"]) for it in items]
+        p_chosen = [v["p"] for v in found]
+        margins = [v["p"] - 0.5 for v in found]
+        extra.update(position_consistency=verdicts.position_stats(found)[
+            "position_consistency"], judgements=counts, judge_model=str(args.judge_model),
+            rubric=book.name)
+    groups = [json.dumps(prompts[i], sort_keys=True) for i in keep]
+    hits = [verdicts.outcome(p) for p in p_chosen]
+    cats = list(pairs["category"]) if "category" in pairs.column_names else None
+    ci = stats.mean_ci(hits, groups=groups)
+    section: dict[str, Any] = {"accuracy": ci["mean"], **{k: v for k, v in ci.items()
+                                                          if k != "mean"},
+                               "scorer": inputs.scorer, "split": args.split}
+    if cats is not None:
+        per: dict[str, Any] = {}
+        for cat in sorted({str(cats[i]) for i in keep}):
+            idx = [j for j, i in enumerate(keep) if str(cats[i]) == cat]
+            c = stats.mean_ci([hits[j] for j in idx], groups=[groups[j] for j in idx])
+            per[cat] = {"accuracy": c["mean"], "ci_low": c["ci_low"], "ci_high": c["ci_high"],
+                        "n": c["n"]}
+        section["per_category"] = per
+    section["calibration"] = calibration(p_chosen, groups)
+    section.update(extra)
+    rows = [{"prompt": _last_user(prompts[i]), "chosen": replies["chosen"][i],
+             "rejected": replies["rejected"][i], "p_chosen": p, "margin": m,
+             "category": cats[i] if cats else None}
+            for i, p, m in zip(keep, p_chosen, margins, strict=True)]
+    return section, rows
+
+
+def _reply(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return "".join(m["content"] for m in value if m["role"] == "assistant")
 
 
 def _rule_section(by_rule: RuleScores, groups: list[int]) -> dict[str, Any]:

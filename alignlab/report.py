@@ -66,6 +66,11 @@ EVAL_SECTIONS = (
     # The model the policy is compared with (start or reference; eval.json "baseline").
     ("baseline_judge", "Baseline judge score", ("score", "mean")),
     ("baseline_reward", "Baseline reward", ("mean",)),
+    # Sections drawn out of nested ones by _with_baseline (the LLM judge, pairs, safety).
+    ("lc_win_rate", "Win rate, length-controlled", ("lc_win_rate",)),
+    ("pair_accuracy", "Pair accuracy", ("accuracy",)),
+    ("over_refusal", "Over-refusal (safe prompts refused)", ("mean",)),
+    ("unsafe_compliance", "Unsafe prompts complied with", ("mean",)),
 )
 _CI_KEYS = {"ci_low", "ci_high", "n", "n_prompts"}
 _WTL_KEYS = {"wins", "ties", "losses"}
@@ -647,13 +652,52 @@ def _n_cell(section: Mapping[str, Any]) -> Any:
 def _with_baseline(evals: Mapping[str, Any]) -> dict[str, Any]:
     """eval.json with its ``baseline`` (the start or the reference, scored on the same prompts)
     as sections of their own, each noting which model it is."""
-    out = dict(evals)
+    out = _drawn_out(dict(evals))
     base = out.pop("baseline", None)
     if isinstance(base, Mapping):
         who = "the starting model" if base.get("role") == "start" else "the reference"
         for key in ("judge", "reward"):
             if isinstance(base.get(key), Mapping):
                 out[f"baseline_{key}"] = {**base[key], "model": who}
+    return out
+
+
+def _drawn_out(out: dict[str, Any]) -> dict[str, Any]:
+    """eval.json's nested figures (the LLM judge's length-controlled win rate, the pair
+    benchmark's categories and calibration, the safety measures) as sections of their own,
+    each with its interval and n."""
+    win = out.get("win_rate")
+    if isinstance(win, Mapping) and isinstance(win.get("length_controlled"), Mapping):
+        win = dict(win)
+        out["lc_win_rate"] = {k: v for k, v in win.pop("length_controlled").items()
+                              if k in ("lc_win_rate", "ci_low", "ci_high", "n", "n_prompts")}
+        asked = win.pop("judgements", None)
+        if isinstance(asked, Mapping):
+            win["verdicts"] = ", ".join(f"{v} {k}" for k, v in asked.items())
+        win.pop("too_long", None)
+        out["win_rate"] = win
+    pairs = out.pop("pairs", None)
+    if isinstance(pairs, Mapping):
+        main = {k: v for k, v in pairs.items() if _is_number(v) or isinstance(v, str)}
+        calibration = pairs.get("calibration") or {}
+        if _is_number(calibration.get("ece")):
+            main["calibration_error"] = calibration["ece"]
+        out["pair_accuracy"] = main
+        for cat, c in (pairs.get("per_category") or {}).items():
+            out[f"Pair accuracy: {cat}"] = {"mean": c["accuracy"], **{
+                k: c[k] for k in ("ci_low", "ci_high", "n") if k in c}}
+        for b in calibration.get("buckets") or []:
+            low, high = b["confidence"]
+            out[f"Pair accuracy at confidence {low:g}-{high:g}"] = {
+                "mean": b["accuracy"], "ci_low": b["ci_low"], "ci_high": b["ci_high"],
+                "n": b["n"], "mean confidence": f"{b['mean_confidence']:.3f}"}
+    safety = out.pop("safety", None)
+    if isinstance(safety, Mapping):
+        for key in ("over_refusal", "unsafe_compliance"):
+            if isinstance(safety.get(key), Mapping):
+                out[key] = {**safety[key], "decided by": str(safety.get("decided_by"))}
+        for cat, c in (safety.get("per_category") or {}).items():
+            out[f"Refused: {cat} ({c.get('safety')})"] = {"mean": c["refused"], "n": c["n"]}
     return out
 
 

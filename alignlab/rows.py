@@ -87,13 +87,20 @@ def run_rows(items: Sequence[dict[str, Any]], work: Callable[[list[dict[str, Any
     if done:
         log.info("%s: resuming, %d of %d rows already done", desc, len(done), len(items))
     written = len(done)
-    shard = folder / f"shard-{len(list(folder.glob('shard-*.jsonl'))):05d}.jsonl"
+    number = len(list(folder.glob("shard-*.jsonl")))
+    while True:  # a shard of its own, also when another process shares the folder (a cache)
+        shard = folder / f"shard-{number:05d}.jsonl"
+        try:
+            out = shard.open("x", encoding="utf-8")
+            break
+        except FileExistsError:
+            number += 1
     new: dict[str, dict[str, Any]] = {}
     start, last_log = time.time(), time.time()
     bar = tqdm(total=len(items), initial=len(done), unit="row", desc=desc, smoothing=0.1,
                dynamic_ncols=True)
     try:
-        with shard.open("a", encoding="utf-8") as fh:
+        with out as fh:
             for c in range(0, len(todo), chunk_size):
                 for row in work(list(todo[c:c + chunk_size])):
                     fh.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -27,8 +27,19 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     prompts_only = tmp_path / "prompts.jsonl"
     prompts_only.write_text("".join(
         json.dumps({"prompt": [{"role": "user", "content": f"q {i}"}]}) + "\n" for i in range(40)))
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text(json.dumps({"prompt": "not a held-out prompt", "response": "x"}) + "\n")
+    llm = ["method.args.judge=llm", "method.args.judge_model=builtin:llama-small"]
     return {
-        "unknown judge": (["method.args.judge=llm"], "is not a judge"),
+        "unknown judge": (["method.args.judge=lmm"], "is not a judge"),
+        "llm judge without a judge model": (["method.args.judge=llm"], "judge_model"),
+        "llm judge without a baseline": (llm, "compares the policy with a baseline"),
+        "baseline answers that miss prompts": (
+            [*llm, f"method.args.baseline_answers={answers}"], "has no answer for"),
+        "judge settings without judge=llm": (["method.args.judge_model=builtin:llama-small"],
+                                             "set method.args.judge=llm"),
+        "unknown task": (["method.args.task=pair"], "'pairs'"),
+        "pairs without a scorer": (["method.args.task=pairs"], "needs a scorer"),
         "no prompt column": ([f"data.path={text_only}", f"method.reward_model={_builtin()}"],
                              "'prompt'"),
         "no pairs for the reward model's accuracy": (
@@ -39,7 +50,9 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
 
 
 CASES = ["unknown judge", "no prompt column", "no pairs for the reward model's accuracy",
-         "toy judge off the toy world"]
+         "toy judge off the toy world", "llm judge without a judge model",
+         "llm judge without a baseline", "baseline answers that miss prompts",
+         "judge settings without judge=llm", "unknown task", "pairs without a scorer"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -59,12 +72,13 @@ def test_bad_eval_input_fails_before_any_model_loads(tmp_path: Path,
 
     for name in ("resolve_path", "load_tokenizer", "load_model"):
         monkeypatch.setattr(models, name, no_model)
-    cfg = cli.compose(["method=eval", *overrides, f"run_dir={tmp_path / 'run'}"])
-    with pytest.raises(AlignlabError, match=expect):
+    with pytest.raises(AlignlabError, match=expect):  # by config validation or the stage
+        cfg = cli.compose(["method=eval", *overrides, f"run_dir={tmp_path / 'run'}"])
         cli.run_stage(cfg, tmp_path / "run")
 
 
-@pytest.mark.parametrize("case", ["unknown judge", "no prompt column"])
+@pytest.mark.parametrize("case", ["unknown judge", "no prompt column",
+                                  "llm judge without a baseline"])
 def test_bad_eval_input_is_one_line_and_exit_code_2(tmp_path: Path, case: str) -> None:
     overrides, expect = _bad_inputs(tmp_path)[case]
     if "data.path" in " ".join(overrides):

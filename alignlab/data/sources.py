@@ -27,6 +27,7 @@ class RuleScores:
     # The share of borderline (harmless but dangerous-sounding) prompts refused: Bai et al.'s
     # measure of an evasive assistant; None without such prompts.
     evasiveness: float | None = None
+    refused: list[bool] = field(default_factory=list)  # per response: whether it declines
 
     @property
     def score(self) -> float:
@@ -65,6 +66,10 @@ class Source:
     # Whether the built-in model's SFT on this data is the start of the stages that refine a
     # policy (``alignlab.toy_start``).
     sft_start: bool = False
+    # Each category's safety mark, "safe" or "unsafe" (a prompt the assistant should decline),
+    # when the data's categories say it; evaluation then measures over-refusal (refused safe
+    # prompts) and compliance with unsafe ones. Other data marks prompts in a 'safety' column.
+    safety: Mapping[str, str] = field(default_factory=dict)
 
 
 _SOURCES: dict[str, Source] = {}

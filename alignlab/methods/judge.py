@@ -18,14 +18,13 @@ The next stage reads it with ``data.format=trl data.path=<judge run>/dataset``.
 from __future__ import annotations
 
 import logging
-import math
 import time
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from alignlab import backends, data, lengths, runs, stats
+from alignlab import backends, data, lengths, runs, stats, verdicts
 from alignlab import constitution as const
 from alignlab import rows as row_store
 from alignlab.args import JudgeArgs
@@ -69,16 +68,6 @@ def stage_args(cfg: Any) -> Any:
     return args
 
 
-def two_way(logprobs: Sequence[float]) -> float:
-    """P(first option) from the log-probs of the two options (0.5 when neither was seen)."""
-    a, b = logprobs
-    if math.isinf(a) and math.isinf(b):
-        return 0.5
-    m = max(a, b)
-    ea, eb = math.exp(a - m), math.exp(b - m)
-    return ea / (ea + eb)
-
-
 def label_pairs(items: Sequence[dict[str, Any]], backend: Any, constitution: Any, args: Any,
                 seed: int) -> list[dict[str, Any]]:
     """Judge each item's (a, b): P(a better), in both orders when ``args.swap``."""
@@ -102,7 +91,7 @@ def label_pairs(items: Sequence[dict[str, Any]], backend: Any, constitution: Any
             seed=zlib.crc32(f"{seed}:{first}:cot".encode()) & 0x7FFFFFFF))
     queries = [const.judge_query(constitution, p, a, b, q, r)
                for p, (a, b), q, r in zip(prompts, orders, qs, reasoning, strict=True)]
-    probs = [two_way(lp) for lp in backend.option_logprobs(queries, const.OPTIONS)]
+    probs = [verdicts.two_way(lp) for lp in backend.option_logprobs(queries, const.OPTIONS)]
     n = len(items)
     rows = []
     for i, it in enumerate(items):
@@ -121,29 +110,10 @@ def label_pairs(items: Sequence[dict[str, Any]], backend: Any, constitution: Any
 
 def fit_to_context(pairs: Sequence[dict[str, Any]], judge: Any, book: const.Constitution,
                    args: Any) -> tuple[list[dict[str, Any]], lengths.Fitted]:
-    """Pairs whose judge query (instructions, conversation, both replies) is longer than the
-    judge's context lose their oldest turns until it fits; those that never fit are skipped.
-    A backend that does not know its context (a server) is left to refuse them."""
-    context = getattr(judge, "context", None)
-    fitted = lengths.Fitted(rows=len(pairs), context=context)
-    if not context or not hasattr(judge, "query_tokens"):
-        return list(pairs), fitted
-    # one token is read; with chain of thought the reasoning and the follow-up come first
-    budget = context - 1 - (args.max_new_tokens + 64 if args.chain_of_thought else 0)
-    question = max((p.choice or p.critic for p in book.principles), key=len)  # the longest
-    out = []
-    for pair in pairs:
-        def fits(turns: list[dict[str, str]], pair: dict[str, Any] = pair) -> bool:
-            query = const.judge_query(book, turns, pair["a"], pair["b"], question)
-            return judge.query_tokens(query) <= budget
-
-        turns, cut = lengths.fit_left(pair["prompt"], fits)
-        if turns is None:
-            fitted.skipped.append(str(pair["key"]))
-            continue
-        fitted.cut += cut
-        out.append({**pair, "prompt": turns} if cut else dict(pair))
-    return out, fitted
+    """Pairs fitted to the judge's context (see :func:`alignlab.verdicts.fit`); with chain of
+    thought the reasoning and the follow-up come first."""
+    reserve = args.max_new_tokens + 64 if args.chain_of_thought else 0
+    return verdicts.fit(pairs, judge, book, reserve)
 
 
 def sample_candidates(items: Sequence[dict[str, Any]], backend: Any, args: Any,
