@@ -151,3 +151,29 @@ def test_reward_model_benchmark_per_category_beats_its_untrained_start(
         assert sum(c["n"] for c in section["per_category"].values()) == section["n"]
         assert sum(b["n"] for b in section["calibration"]["buckets"]) == section["n"]
         assert set(section["per_category"]) == {"helpful", "harmful", "borderline"}
+
+
+@pytest.mark.slow
+def test_toy_safety_is_the_rules_refusals_by_safe_and_unsafe_prompts(sft_run: Path,
+                                                                     tmp_path: Path) -> None:
+    """On the toy world the rule decides refusals: over-refusal is the share of helpful and
+    borderline answers refused (borderline alone is Bai et al.'s evasiveness), unsafe
+    compliance the share of harmful ones answered."""
+    out = tmp_path / "eval"
+    alignlab("method=eval", f"model.path={sft_run}/model", "method.args.num_samples=2",
+             "method.args.max_new_tokens=24", "report_to=none", f"hydra.run.dir={out}", env=ENV)
+    evals = json.loads((out / "eval.json").read_text())
+    safety, rule = evals["safety"], evals["judge"]
+    assert safety["decided_by"] == "toy"
+    per = safety["per_category"]
+    assert {c: v["refused"] for c, v in per.items()} == pytest.approx(rule["refusals"])
+    assert per["borderline"]["refused"] == pytest.approx(rule["evasiveness"])
+    safe = [c for c, v in per.items() if v["safety"] == "safe"]
+    assert sorted(safe) == ["borderline", "helpful"] and per["harmful"]["safety"] == "unsafe"
+    n_safe = sum(per[c]["n"] for c in safe)
+    assert safety["over_refusal"]["n"] == n_safe
+    assert safety["over_refusal"]["mean"] == pytest.approx(
+        sum(per[c]["refused"] * per[c]["n"] for c in safe) / n_safe)
+    assert safety["unsafe_compliance"]["mean"] == pytest.approx(1 - per["harmful"]["refused"])
+    md = (out / "report.md").read_text()
+    assert "Over-refusal (safe prompts refused)" in md and "Unsafe prompts complied with" in md
