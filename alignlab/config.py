@@ -160,6 +160,20 @@ class RecipeConfig:
 
 
 @dataclass
+class WatchConfig:
+    """Held-out evaluation during RL (ppo, grpo, rloo) and its over-optimisation alarm
+    (:mod:`alignlab.watch`)."""
+
+    every: int = 25  # updates between held-out evaluations; 0: off
+    prompts: int = 32  # held-out prompts, the same ones every time
+    samples: int = 2  # samples per prompt
+    max_new_tokens: int | None = None  # default: the stage's response length
+    judge: str = "auto"  # auto | toy (the data's rule) | reward (watch.reward_model)
+    reward_model: str | None = None  # a second reward model, not the one trained against
+    on_alarm: str = "warn"  # warn | stop (stop there, keep the best policy by the judge)
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -177,6 +191,7 @@ class Config:
     # finished run is refused, as a recipe's finished stage made with another config is).
     overwrite: bool = False
     quick_eval: bool = True  # score a trained policy with the toy judge at the end (toy data)
+    watch: WatchConfig = field(default_factory=WatchConfig)  # held-out judge during RL
     # Console: no progress bars or per-step lines, only warnings, errors and each stage's
     # result (``-q``/``--quiet``); the log file (cli.log) keeps everything either way.
     quiet: bool = False

@@ -138,10 +138,12 @@ class EvalResult:
         return {k: v for k, v in self.to_dict().items() if k in keys}
 
 
-def prepare(cfg: Any, args: EvalArgs, *, reward_model: bool) -> EvalInputs:
+def prepare(cfg: Any, args: EvalArgs, *, reward_model: bool,
+            pair_accuracy: bool = True) -> EvalInputs:
     """Check the evaluation's settings and load its held-out data, before any model is loaded.
 
-    ``reward_model``: whether one will be given (its pair accuracy needs held-out pairs).
+    ``reward_model``: whether one will be given (its pair accuracy needs held-out pairs,
+    unless ``pair_accuracy`` is False).
     Raises AlignlabError (one sentence and a fix) for an unknown or unusable judge, a
     nonsensical setting, or data without the columns evaluation needs; loading models and
     sampling first made a mistake cost the whole start-up instead of a second or two.
@@ -171,7 +173,8 @@ def prepare(cfg: Any, args: EvalArgs, *, reward_model: bool) -> EvalInputs:
     prompts = data.load(cfg.data, "prompts", args.split, keep_extra=True)
     if args.max_prompts:
         prompts = prompts.select(range(min(args.max_prompts, len(prompts))))
-    pairs = data.load(cfg.data, "pairs", args.split) if reward_model else None
+    pairs = data.load(cfg.data, "pairs", args.split) if reward_model and pair_accuracy \
+        else None
     answers = None
     if args.baseline_answers:
         answers = read_answers(args.baseline_answers)
@@ -416,13 +419,14 @@ def evaluate(cfg: Any, policy: Any, tokenizer: Any, args: EvalArgs | None = None
                                            by_rule.categories, decided_by=RULE)
     if reward_model is not None:
         scores[REWARD] = reward_scores(reward_model, reward_tokenizer, flat, responses)
-        correct = reward_pair_correct(reward_model, reward_tokenizer, inputs.pairs)
-        # Pairs sharing a prompt are clustered like samples.
-        accuracy = stats.mean_ci(correct, groups=[json.dumps(p, sort_keys=True)
-                                                  for p in inputs.pairs["prompt"]])
-        result.reward = {**stats.mean_ci(scores[REWARD], groups=groups),
-                         "accuracy": accuracy["mean"],
-                         **{f"accuracy_{k}": v for k, v in accuracy.items() if k != "mean"}}
+        result.reward = stats.mean_ci(scores[REWARD], groups=groups)
+        if inputs.pairs is not None:
+            correct = reward_pair_correct(reward_model, reward_tokenizer, inputs.pairs)
+            # Pairs sharing a prompt are clustered like samples.
+            accuracy = stats.mean_ci(correct, groups=[json.dumps(p, sort_keys=True)
+                                                      for p in inputs.pairs["prompt"]])
+            result.reward.update(accuracy=accuracy["mean"], **{
+                f"accuracy_{k}": v for k, v in accuracy.items() if k != "mean"})
     ref_responses: list[str] | None = None
     ref_scores: list[float] | None = None
     if reference is not None:

@@ -7,6 +7,7 @@ and refuses to mix in a stage that was made with a different config.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -146,6 +147,8 @@ def fingerprint(cfg: Any) -> str:
     container = OmegaConf.to_container(cfg, resolve=True)
     for key in _NOT_FINGERPRINTED:
         container.pop(key, None)
+    if container.get("watch") == dataclasses.asdict(config.WatchConfig()):
+        container.pop("watch")  # the default watch: stages finished before it keep their hash
     blob = json.dumps(container, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

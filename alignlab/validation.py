@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from alignlab import checks, config, constitution, runs
+from alignlab import checks, config, constitution, runs, watch
 from alignlab.config import (
     LORA_DEFAULTS,
     REQUIRED_GROUPS,
@@ -123,6 +123,7 @@ def _validate(cfg: Any, pending: Collection[str]) -> None:
                             "<reward run>/model or method.reward_funcs=[toy_judge].")
 
     _validate_hardware(c)
+    watch.check(c)
     data = c["data"]
     known = formats()
     if data["format"] not in known:

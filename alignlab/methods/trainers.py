@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from alignlab import data, evaluation, lengths, models, rewards, runs, templates, training
+from alignlab import watch as watching
 from alignlab.errors import AlignlabError
 
 log = logging.getLogger("alignlab")
@@ -64,7 +65,10 @@ def train_policy(trainer: Any, cfg: Any, run_dir: Path) -> dict[str, Any]:
     ``quick_eval=false``: the toy judge of the trained policy and of its starting point (the
     reference when that is the start, else the start reloaded), the win rate against the start,
     the KL to the reference, written to ``eval.json`` and ``samples.jsonl``."""
+    watch = watch_rl(trainer, cfg) if cfg.method.name in ("grpo", "rloo") else None
     metrics = training.train(trainer, cfg, run_dir)
+    if watch is not None:
+        metrics["watch"] = watch.summary()
     if cfg.quick_eval and data.source(cfg.data).rule is not None and runs.is_main_process():
         reference = getattr(trainer, "ref_model", None)
         start = reference if reference is not None and not cfg.method.reference \
@@ -74,6 +78,40 @@ def train_policy(trainer: Any, cfg: Any, run_dir: Path) -> dict[str, Any]:
         evaluation.write(run_dir, result, samples)
         metrics.update(result.pick("judge", "kl", "baseline"))
     return metrics
+
+
+def watch_rl(trainer: Any, cfg: Any) -> Any:
+    """GRPO/RLOO's held-out judge (:mod:`alignlab.watch`) as a trainer callback, every
+    ``watch.every`` optimizer steps; the training reward is the last one TRL logged."""
+    from transformers import TrainerCallback
+
+    args = trainer.args
+    watch = watching.create(cfg, max_new_tokens=args.max_completion_length,
+                            temperature=args.temperature)
+    if watch is None:
+        return None
+
+    class Watched(TrainerCallback):
+        """Due at a step, the judge runs at the first log from then on (TRL logs the training
+        reward every ``logging_steps``): the proxy beside it is that step's."""
+
+        pending = False
+
+        def on_step_end(self, targs: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.pending = self.pending or watch.due(state.global_step)
+
+        def on_log(self, targs: Any, state: Any, control: Any, logs: Any = None,
+                   **kw: Any) -> None:
+            if not self.pending or "reward" not in (logs or {}):
+                return
+            self.pending = False
+            if watch.check(state.global_step, trainer.model, trainer.processing_class,
+                           proxy=logs.get("reward"), kl=logs.get("kl"),
+                           main=state.is_world_process_zero):
+                control.should_training_stop = True
+
+    trainer.add_callback(Watched())
+    return watch
 
 
 def load_start(cfg: Any, like: Any) -> Any:

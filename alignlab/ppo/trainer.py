@@ -43,6 +43,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from alignlab import console, data, evaluation, generation, models, rewards, runs, training
+from alignlab import watch as watching
 from alignlab.errors import AlignlabError
 from alignlab.ppo import core
 
@@ -533,6 +534,8 @@ class Session:
     do_eval: bool = False
     eval_before: dict[str, Any] | None = None
     kill_at: int | None = None  # test hook: exit after this step
+    watch: Any = None  # alignlab.watch.Watch: the held-out judge during training (or None)
+    last_step: int = 0  # the last update done (max_steps, unless the watch stopped the run)
 
     @property
     def world(self) -> int:
@@ -618,7 +621,10 @@ def setup(cfg: Any, run_dir: Path) -> Session:
                    model=model, inner=inner, params=params, optimizer=optimizer,
                    scheduler=scheduler, prompts=prompts, state=state, max_steps=max_steps,
                    start_step=start_step, do_eval=do_eval, eval_before=eval_before,
-                   kill_at=runs.kill_after_step(cfg.method.name))
+                   kill_at=runs.kill_after_step(cfg.method.name),
+                   watch=watching.create(cfg, max_new_tokens=args.response_length,
+                                         temperature=args.temperature),
+                   last_step=start_step)
 
 
 def micro_step(run: Session, part: core.MicroBatch, n_micro: int) -> dict[str, float]:
@@ -747,6 +753,17 @@ def check_finite(row: dict[str, float], step: int) -> None:
             raise training.diverged(key, row[key], step)
 
 
+def watched(run: Session, step: int, row: dict[str, float]) -> bool:
+    """The held-out judge after ``step`` updates, when due; True when the run should stop."""
+    if run.watch is None or not run.watch.due(step):
+        return False
+    model = run.inner
+    with lora_adapter(model.policy, POLICY) if model.lora else contextlib.nullcontext():
+        return run.watch.check(step, model.policy, run.env.tokenizer,
+                               proxy=row.get("objective/scores"), kl=row.get("objective/kl"),
+                               main=run.accelerator.is_main_process)
+
+
 def finish(run: Session, wall: float) -> dict[str, Any]:
     """Save the policy to ``run_dir/model``, evaluate it (main process); returns the metrics."""
     accelerator, cfg, run_dir, state = run.accelerator, run.cfg, run.run_dir, run.state
@@ -755,10 +772,11 @@ def finish(run: Session, wall: float) -> dict[str, Any]:
     out = run_dir / "model"
     metrics: dict[str, Any] = {
         "method": cfg.method.name,
-        "train": {"global_step": run.max_steps, "train_runtime": round(wall, 2),
+        "train": {"global_step": run.last_step, "train_runtime": round(wall, 2),
                   **(state.log_history[-1] if state.log_history else {})},
         "log_history": state.log_history, "world_size": run.world,
-        "wall_seconds": round(wall, 2), **training.peak_memory()}
+        "wall_seconds": round(wall, 2), **training.peak_memory(),
+        **({"watch": run.watch.summary()} if run.watch is not None else {})}
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         # Saved under a temporary name, then renamed: a kill mid-save leaves no half model.
@@ -798,8 +816,11 @@ def train(cfg: Any, run_dir: Path) -> dict[str, Any]:
                            step_time, bar)
             check_finite(row, step)
             checkpoint(run, step)
+            run.last_step = step
+            if watched(run, step, row):
+                break  # over-optimised: the best policy by the held-out judge is back
     bar.close()
-    training.check_finite_weights(run.inner, run.max_steps)
+    training.check_finite_weights(run.inner, run.last_step)
     return finish(run, time.time() - started)
 
 
