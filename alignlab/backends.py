@@ -47,6 +47,10 @@ BACKENDS = ("transformers", "openai", "vllm")
 _RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
 
+class TooLong(AlignlabError):
+    """A server refused one request as longer than the model's context."""
+
+
 class Backend(Protocol):
     """What the stages need from a model: sampled answers and option log-probs."""
 
@@ -139,6 +143,7 @@ class OpenAIBackend:
         # Read once; kept only in memory and sent only in the Authorization header.
         self._key = os.environ.get(api_key_env) if api_key_env else None
         self.retries = 0  # how many retries this backend needed (reported in metrics)
+        self.too_long = 0  # judge queries the server refused as longer than its context
         self._lock = threading.Lock()
 
     # -- transport ------------------------------------------------------------------------------
@@ -165,7 +170,7 @@ class OpenAIBackend:
             except urllib.error.HTTPError as err:
                 detail = _error_text(err)
                 if err.code in (400, 413, 422) and _CONTEXT_ERROR.search(detail):
-                    raise AlignlabError(
+                    raise TooLong(
                         f"The model served at {self.base_url} ('{self.model}') refused a "
                         f"request longer than its context (HTTP {err.code}: {detail}). Serve "
                         "it with a longer context (vLLM: --max-model-len), shorten the rows "
@@ -222,9 +227,21 @@ class OpenAIBackend:
         """Next-token log-probs of each option after the prefix, from ``top_logprobs``.
 
         Only the first token of the answer is read, so options must differ in their first
-        character (A/B do). An option outside the top-k gets -inf.
+        character (A/B do). An option outside the top-k gets -inf. A query the server refuses
+        as longer than the model's context gets NaN for every option (the row is skipped and
+        counted by the caller; the others go on).
         """
         def one(i: int) -> list[float]:
+            try:
+                return ask(i)
+            except TooLong as err:
+                with self._lock:
+                    self.too_long += 1
+                    if self.too_long == 1:
+                        log.warning("%s; such rows are skipped and counted", str(err)[:300])
+                return [math.nan] * len(options)
+
+        def ask(i: int) -> list[float]:
             conv, prefix = queries[i]
             params = {"model": self.model, "max_tokens": 1, "temperature": 0.0}
             if self.api == "completions":

@@ -495,13 +495,16 @@ def judge_answers(cfg: Any, args: EvalArgs, inputs: EvalInputs, result: EvalResu
               "b": s["reference_response"]} for i, (conv, s) in enumerate(zip(flat, samples,
                                                                                strict=True))]
     pairs, fitted = verdicts.fit(pairs, judge, book)
-    fitted.check("comparisons", float(cfg.data.max_dropped), "Use a judge with a longer "
-                 "context (method.args.judge_model), or lower method.args.max_new_tokens")
-    if fitted.cut or fitted.skipped:
-        log.warning("eval: %s", fitted.line("comparisons (for the judge)"))
+    fix = ("Use a judge with a longer context (method.args.judge_model), or lower "
+           "method.args.max_new_tokens")
+    fitted.check("comparisons", float(cfg.data.max_dropped), fix)
     found, counts = verdicts.compare(pairs, judge, book, judge_id=judge_id, cache=cache,
                                      seed=cfg.seed, batch_size=min(args.batch_size, 16),
                                      desc="judge", kill_at=runs.kill_after_step("eval"))
+    pairs, found = verdicts.drop_refused(pairs, found, fitted, "comparisons",
+                                         float(cfg.data.max_dropped), fix)
+    if fitted.cut or fitted.skipped:
+        log.warning("eval: %s", fitted.line("comparisons (for the judge)"))
     index = [int(p["key"]) for p in pairs]
     for i, v in zip(index, found, strict=True):
         samples[i]["judge_p"] = v["p"]
@@ -569,11 +572,15 @@ def judge_refusals(cfg: Any, args: EvalArgs, inputs: EvalInputs, result: EvalRes
     items = [{"key": str(i), "prompt": list(conv), "a": s["response"], "b": ""}
              for i, (conv, s) in enumerate(zip(flat, samples, strict=True))]
     items, fitted = verdicts.fit(items, judge, None)
-    fitted.check("answers (for the refusal judge)", float(cfg.data.max_dropped),
-                 "Use a judge with a longer context, or lower method.args.max_new_tokens")
+    fix = "Use a judge with a longer context, or lower method.args.max_new_tokens"
+    fitted.check("answers (for the refusal judge)", float(cfg.data.max_dropped), fix)
     probs, counts = verdicts.refusals(items, judge, judge_id=judge_id, cache=cache,
                                       batch_size=min(args.batch_size, 16),
                                       kill_at=runs.kill_after_step("eval"))
+    items, probs = verdicts.drop_refused(items, probs, fitted, "answers (for the refusal "
+                                         "judge)", float(cfg.data.max_dropped), fix)
+    if fitted.cut or fitted.skipped:
+        log.warning("eval: %s", fitted.line("answers (for the refusal judge)"))
     index = [int(it["key"]) for it in items]
     for i, p in zip(index, probs, strict=True):
         samples[i]["refused"] = p
@@ -637,14 +644,17 @@ def pair_benchmark(cfg: Any, args: EvalArgs, inputs: EvalInputs, *, reward_model
         items = [{"key": str(i), "prompt": p, "a": c, "b": r} for i, (p, c, r) in
                  enumerate(zip(prompts, replies["chosen"], replies["rejected"], strict=True))]
         items, fitted = verdicts.fit(items, judge, book)
-        fitted.check("pairs", float(cfg.data.max_dropped), "Use a judge with a longer context "
-                     "(method.args.judge_model), or data with fewer turns")
-        if fitted.cut or fitted.skipped:
-            log.warning("eval: %s", fitted.line("pairs"))
-            extra["too_long"] = fitted.to_dict()
+        fix = ("Use a judge with a longer context (method.args.judge_model), or data with "
+               "fewer turns")
+        fitted.check("pairs", float(cfg.data.max_dropped), fix)
         found, counts = verdicts.compare(items, judge, book, judge_id=judge_id, cache=cache,
                                          seed=cfg.seed, batch_size=min(args.batch_size, 16),
                                          desc="judge", kill_at=runs.kill_after_step("eval"))
+        items, found = verdicts.drop_refused(items, found, fitted, "pairs",
+                                             float(cfg.data.max_dropped), fix)
+        if fitted.cut or fitted.skipped:
+            log.warning("eval: %s", fitted.line("pairs"))
+            extra["too_long"] = fitted.to_dict()
         keep = [int(it["key"]) for it in items]
         p_chosen = [v["p"] for v in found]
         margins = [v["p"] - 0.5 for v in found]

@@ -171,9 +171,11 @@ class Fitted:
         """Refuse when more than ``max_dropped`` of the rows would be skipped."""
         skipped = len(self.skipped)
         if skipped and skipped > max_dropped * self.rows:
+            context = f"{self.context}-token context" if self.context else \
+                "served model's context"
             raise AlignlabError(
-                f"{skipped} of {self.rows} {what} are longer than the {self.context}-token "
-                f"context even with their oldest turns cut, and would be skipped. {fix}; or "
+                f"{skipped} of {self.rows} {what} are longer than the {context} even with "
+                f"their oldest turns cut, and would be skipped. {fix}; or "
                 f"allow it with data.max_dropped={skipped / self.rows:.2f}.")
 
     def line(self, what: str) -> str | None:
@@ -182,7 +184,8 @@ class Fitted:
         if not self.cut and not skipped:
             return None
         named = ", ".join(skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+        context = f"{self.context}-token context" if self.context else "served model's context"
         return (f"{self.cut + len(skipped)} of {self.rows} {what} were longer than the "
-                f"{self.context}-token context: {self.cut} cut from the left (their oldest "
+                f"{context}: {self.cut} cut from the left (their oldest "
                 f"turns dropped), {len(skipped)} skipped" + (f" ({named})" if skipped else "")
                 + ".")

@@ -157,6 +157,7 @@ def compare(pairs: Sequence[dict[str, Any]], judge: Any, book: const.Constitutio
         probs = [two_way(lp) for lp in judge.option_logprobs(queries, const.OPTIONS)]
         n = len(chunk)
         return [{"key": it["key"], "p_first": probs[i], "p_second": 1.0 - probs[n + i]}
+                if not _refused(probs[i], probs[n + i]) else {"key": it["key"], "too_long": True}
                 for i, it in enumerate(chunk)]
 
     done = row_store.run_rows(unique, work, cache, fingerprint=CACHE_VERSION, resume=True,
@@ -170,13 +171,23 @@ def compare(pairs: Sequence[dict[str, Any]], judge: Any, book: const.Constitutio
             continue
         it, flip = entry
         r = by_key[it["key"]]
+        if r.get("too_long"):  # the server refused it: no verdict (see ``skipped``)
+            out.append({"p": math.nan, "p_first": math.nan, "p_second": math.nan,
+                        "question": it["question"], "skipped": True})
+            continue
         # stored for (first, second); for (second, first): P(second better | shown first)
         # = 1 - P(first better | first shown second), and the other way round
         p_first, p_second = (1.0 - r["p_second"], 1.0 - r["p_first"]) if flip \
             else (r["p_first"], r["p_second"])
         out.append({"p": (p_first + p_second) / 2, "p_first": p_first, "p_second": p_second,
                     "question": it["question"]})
-    return out, {"asked": asked, "cached": len(unique) - asked, "identical": identical}
+    skipped = sum(1 for v in out if v.get("skipped"))
+    return out, {"asked": asked, "cached": len(unique) - asked, "identical": identical,
+                 **({"too_long": skipped} if skipped else {})}
+
+
+def _refused(*probs: float) -> bool:
+    return any(math.isnan(p) for p in probs)
 
 
 def outcome(p: float) -> float:
@@ -297,11 +308,32 @@ def refusals(items: Sequence[dict[str, Any]], judge: Any, *, judge_id: str, cach
         probs = [two_way(lp) for lp in judge.option_logprobs(queries, const.OPTIONS)]
         n = len(chunk)
         return [{"key": it["key"], "p_refuses_first": probs[i],
-                 "p_refuses_second": 1.0 - probs[n + i]} for i, it in enumerate(chunk)]
+                 "p_refuses_second": 1.0 - probs[n + i]}
+                if not _refused(probs[i], probs[n + i]) else {"key": it["key"], "too_long": True}
+                for i, it in enumerate(chunk)]
 
     done = row_store.run_rows(unique, work, cache, fingerprint=CACHE_VERSION, resume=True,
                               chunk_size=batch_size, desc="refusals", kill_at=kill_at)
     by_key = {r["key"]: r for r in done}
-    out = [(by_key[it["key"]]["p_refuses_first"] + by_key[it["key"]]["p_refuses_second"]) / 2
+    out = [math.nan if by_key[it["key"]].get("too_long") else
+           (by_key[it["key"]]["p_refuses_first"] + by_key[it["key"]]["p_refuses_second"]) / 2
            for it in keyed]
-    return out, {"asked": asked, "cached": len(unique) - asked}
+    skipped = sum(1 for p in out if math.isnan(p))
+    return out, {"asked": asked, "cached": len(unique) - asked,
+                 **({"too_long": skipped} if skipped else {})}
+
+
+def drop_refused(items: list[dict[str, Any]], found: list[Any], fitted: lengths.Fitted,
+                 what: str, max_dropped: float, fix: str) -> tuple[list[dict[str, Any]], list[Any]]:
+    """The items (and their verdicts) a server did not refuse as too long; the refused ones
+    are counted in ``fitted`` (named in its line) and refused past ``max_dropped`` (the
+    verdicts asked so far stay cached for ``resume=true``)."""
+    def refused(v: Any) -> bool:
+        if isinstance(v, dict):
+            return bool(v.get("skipped") or v.get("too_long"))
+        return math.isnan(v)
+
+    fitted.skipped += [str(it["key"]) for it, v in zip(items, found, strict=True) if refused(v)]
+    keep = [(it, v) for it, v in zip(items, found, strict=True) if not refused(v)]
+    fitted.check(what, max_dropped, fix)
+    return [it for it, _ in keep], [v for _, v in keep]

@@ -7,6 +7,7 @@ code over the built-in llama-small, so equal answers check both sides of the wir
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -307,3 +308,31 @@ def test_decoding_cache_appends_in_place(lm: tuple[Any, Any]) -> None:
     layer.batch_select_indices(torch.tensor([0, 2]))
     keys, _ = layer.update(torch.zeros(2, 2, 1, 8), torch.zeros(2, 2, 1, 8))
     assert torch.equal(keys[:, :, :7], expected[[0, 2]]) and keys.shape == (2, 2, 9, 8)
+
+
+def test_a_judge_query_refused_as_too_long_is_skipped_and_counted(lm: tuple[Any, Any],
+                                                                 tmp_path: Path) -> None:
+    """One request over the server's context no longer stops the stage: that verdict is
+    skipped and counted, the others are asked, and the cache records it (nothing is asked
+    again on a re-run)."""
+    from alignlab import verdicts
+
+    queries = _judge_queries()
+    with FakeOpenAI(*lm, plan=["context", "ok", "ok", "ok"]) as server:
+        client = _client(server, concurrency=1)
+        probs = client.option_logprobs(queries[:4], constitution.OPTIONS)
+        assert all(math.isnan(x) for x in probs[0]) and client.too_long == 1
+        assert all(not math.isnan(x) for row in probs[1:] for x in row)
+        book = verdicts.question_book("q", "Which is better?")
+        pairs = [{"prompt": list(CONVS[i]), "a": "I can't help with that.", "b": f"Sure {i}!"}
+                 for i in range(2)]
+        cache = tmp_path / "cache"
+        found, counts = verdicts.compare(pairs, _client(server, concurrency=1), book,
+                                         judge_id="fake", cache=cache, seed=0, batch_size=2)
+        asked = server.requests
+        again, counts2 = verdicts.compare(pairs, _client(server, concurrency=1), book,
+                                          judge_id="fake", cache=cache, seed=0, batch_size=2)
+        assert server.requests == asked  # from the cache, the skipped one included
+    assert counts["too_long"] == 1 and sum(bool(v.get("skipped")) for v in found) == 1
+    assert counts2 == {**counts, "asked": 0, "cached": 2}
+    assert [v.get("skipped", False) for v in again] == [v.get("skipped", False) for v in found]

@@ -161,8 +161,10 @@ def test_relabel_pairs_over_http_and_load_them_for_dpo(tmp_path: Path) -> None:
                                         "principle", "source", "category"]
     assert all(0.5 < p <= 1.0 for p in ds["train"]["judge_prob"])
     pairs = presets.load_preset({"format": "trl", "path": str(tmp_path / "dataset")}, "pairs")
+    # the category column comes along (evaluation reports per category); trainers get the
+    # kind's own columns only (data.load drops the rest)
     assert len(pairs) == len(ds["train"]) and pairs.column_names == ["prompt", "chosen",
-                                                                     "rejected"]
+                                                                     "rejected", "category"]
     assert 0.0 <= metrics["toy_agreement"]["agreement"] <= 1.0
     # min_margin=0 keeps every non-tie label: the kept labels' agreement is the same figure
     assert metrics["toy_agreement_kept"]["n"] == len(ds["train"]) + len(ds["test"])

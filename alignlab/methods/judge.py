@@ -18,6 +18,7 @@ The next stage reads it with ``data.format=trl data.path=<judge run>/dataset``.
 from __future__ import annotations
 
 import logging
+import math
 import time
 import zlib
 from collections.abc import Sequence
@@ -97,6 +98,9 @@ def label_pairs(items: Sequence[dict[str, Any]], backend: Any, constitution: Any
     for i, it in enumerate(items):
         p_ab = probs[i]  # a shown as (A)
         p_ba = 1.0 - probs[n + i] if args.swap else p_ab  # a shown as (B)
+        if math.isnan(p_ab) or math.isnan(p_ba):  # a server refused it as too long
+            rows.append({"key": it["key"], "split": it["split"], "too_long": True})
+            continue
         p = (p_ab + p_ba) / 2
         if args.clamp is not None:
             p = min(max(p, args.clamp[0]), args.clamp[1])
@@ -245,6 +249,10 @@ def run(cfg: Any, run_dir: Path) -> dict[str, Any]:
             pairs, lambda chunk: label_pairs(chunk, judge, book, args, cfg.seed),
             run_dir / "labels", fingerprint=fp, resume=resume, chunk_size=args.batch_size,
             desc="judge", kill_at=runs.kill_after_step("judge"))
+        labels, _ = verdicts.drop_refused(
+            labels, labels, fitted, "pairs", float(cfg.data.max_dropped),
+            "Serve the judge with a longer context (vLLM: --max-model-len), or use data with "
+            "fewer turns; the labels made are kept for resume=true")
         gate = judge_gate(cfg, args, labels, rule, gating,
                           lambda chunk: label_pairs(chunk, judge, book, args, cfg.seed),
                           run_dir, resume)
@@ -439,7 +447,8 @@ def judge_gate(cfg: Any, args: Any, labels: Sequence[dict[str, Any]], rule: Rule
         pairs, judge_chunk, run_dir / "gate", resume=resume, chunk_size=args.batch_size,
         fingerprint=row_store.fingerprint(pairs, args.judge_model, cfg.seed), desc="gate")
     where = args.gate_data or "the data's own labelled pairs"
-    return Gate(where, [(r.get("category", ALL), _hit(r["prob_a"])) for r in judged])
+    return Gate(where, [(r.get("category", ALL), _hit(r["prob_a"])) for r in judged
+                        if not r.get("too_long")])
 
 
 def apply_gate(gate: Gate | None, action: str) -> list[str]:
