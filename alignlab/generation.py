@@ -358,9 +358,13 @@ def option_logprobs(model: Any, tokenizer: Any, queries: Sequence[tuple[Conversa
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     scores = [[0.0] * len(options) for _ in queries]
+    # Shortest first, so a batch pads little: real conversations run from tens to thousands of
+    # tokens, and one long one padded its whole batch (and its attention) to its length.
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))
     try:
-        for b in range(0, len(seqs), batch_size):
-            chunk = seqs[b:b + batch_size]
+        for b in range(0, len(order), batch_size):
+            rows = order[b:b + batch_size]
+            chunk = [seqs[i] for i in rows]
             width = max(len(ids) for ids, _ in chunk)
             # Positions whose logits are read: from the first scored token's predecessor on.
             keep = max(len(ids) - start + 1 for ids, targets in chunk for _, start, _ in targets)
@@ -387,7 +391,7 @@ def option_logprobs(model: Any, tokenizer: Any, queries: Sequence[tuple[Conversa
                         # sequence and is predicted by the logits one position earlier, which
                         # is index (width - len(ids)) + start + n - 1 - (width - keep) here.
                         total += float(logp[j, keep - len(ids) + start + n - 1, token])
-                    scores[owner[b + j]][k] = total
+                    scores[owner[rows[j]]][k] = total
     finally:
         model.train(was_training)
     return scores

@@ -331,3 +331,47 @@ def test_helpfulness_prompts_are_answered_once_and_kept_for_sft_only() -> None:
     ds = cai.build_dataset(rows, 0.5, seed=0)
     assert len(ds["train_sft"]) == 2 + 3 and len(ds["train_prefs"]) == 2
     assert not any(p.startswith("sum") for p in ds["train_prefs"]["prompt"])
+
+
+REAL = ROOT / "tests" / "fixtures" / "data" / "hh-rlhf-real"
+
+
+@pytest.mark.slow
+def test_real_prompts_longer_than_the_context_are_cut_or_skipped(tmp_path: Path) -> None:
+    """llama-small reads 512 tokens; real multi-turn HH prompts, with the harmless
+    constitution's requests and room for three answers, are often longer. They went into the
+    model past its position limit (only the few-shot warning said anything). Now each is cut
+    from the left until its longest conversation fits, or skipped; one line, and metrics."""
+    from alignlab import backends, cli
+
+    overrides = ["model=llama-small", "data=hh-rlhf-harmless", f"data.path={REAL}",
+                 "method=cai", "constitution=harmless", "method.args.num_few_shot=0",
+                 "method.args.max_new_tokens=90", "method.args.max_prompts=8",
+                 "method.args.categories=null", "data.max_dropped=0.5", "model.from_sft=false"]
+    run = tmp_path / "run"
+    proc = _cli(*overrides, f"hydra.run.dir={run}", "report_to=none")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    too_long = metrics["too_long"]
+    assert too_long["context"] == 512 and too_long["rows"] == 16
+    assert too_long["cut"] + too_long["skipped"] >= 1, too_long
+    assert "prompts were longer than the 512-token context" in proc.stdout + proc.stderr
+    rows = _shard_rows(run)
+    assert len(rows) == metrics["rows"] == 16 - too_long["skipped"]
+    cfg = cli.compose(overrides)
+    backend = backends.create(cai.stage_args(cfg), cfg)
+    book = const.load(cfg.constitution)
+    longest = max(book.principles, key=lambda p: len(p.critic) + len(p.revision))
+    for r in rows:  # the longest conversation fits, with room for three 90-token answers
+        conv = const.revision_conversation([], r["prompt_messages"], "", longest, "")
+        assert backend.query_tokens((conv, "")) + 3 * 90 <= backend.context
+    # a prompt whose last turn alone is too long is skipped; a long history is cut
+    turn = "Tell me more about the history of bread. " * 4
+    history = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"{i}: {turn}"}
+               for i in range(7)]
+    huge = [{"role": "user", "content": turn * 30}]
+    items = [{"key": "history", "prompt": history}, {"key": "huge", "prompt": huge}]
+    kept, fitted = cai.fit_to_context(items, backend, book,
+                                      CAIArgs(num_few_shot=0, max_new_tokens=32))
+    assert fitted.skipped == ["huge"] and fitted.cut == 1
+    assert kept[0]["prompt"][-1] == history[-1] and len(kept[0]["prompt"]) < len(history)

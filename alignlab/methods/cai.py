@@ -22,6 +22,7 @@ repeating a prompt.
 
 from __future__ import annotations
 
+import logging
 import time
 import zlib
 from collections.abc import Sequence
@@ -36,6 +37,8 @@ from alignlab.data import RuleScorer
 from alignlab.data.items import prompt_items
 from alignlab.errors import AlignlabError
 from alignlab.training import merged_args
+
+log = logging.getLogger("alignlab")
 
 ARGS_CLASS = "alignlab.args:CAIArgs"
 DATA_KIND = "prompts"
@@ -85,6 +88,37 @@ def context_warning(constitution: Any, args: Any, backend: Any) -> str | None:
             f"the model's context length of {context}: the start of every CAI conversation will "
             "be cut off. Use fewer few-shot chats (method.args.num_few_shot=N, 0 for none), "
             "shorter ones, or a model with a longer context.")
+
+
+def fit_to_context(items: Sequence[dict[str, Any]], backend: Any, constitution: Any,
+                   args: Any) -> tuple[list[dict[str, Any]], lengths.Fitted]:
+    """Prompts whose longest conversation (the few-shot chats, the prompt, the answer, the
+    critique request and critique, the revision request, and room for the revision: the
+    longest principle, each answer up to ``max_new_tokens``) is over the model's context lose
+    their oldest turns until it fits; those that never fit are skipped. Past the context
+    they went into the model past its position limit. A backend that does not know its
+    context (a server) is left to refuse them."""
+    context = getattr(backend, "context", None)
+    fitted = lengths.Fitted(rows=len(items), context=context)
+    if not context or not hasattr(backend, "query_tokens"):
+        return list(items), fitted
+    few = const.few_shot_messages(constitution, args.num_few_shot)
+    longest = max(constitution.principles, key=lambda p: len(p.critic) + len(p.revision))
+    budget = context - 3 * args.max_new_tokens  # answer, critique and revision
+
+    def fits(turns: list[dict[str, str]]) -> bool:
+        conv = const.revision_conversation(few, turns, "", longest, "")
+        return backend.query_tokens((conv, "")) <= budget
+
+    out = []
+    for it in items:
+        turns, cut = lengths.fit_left(list(it["prompt"]), fits)
+        if turns is None:
+            fitted.skipped.append(str(it["key"]))
+            continue
+        fitted.cut += cut
+        out.append({**it, "prompt": turns} if cut else it)
+    return out, fitted
 
 
 def critique_revise(items: Sequence[dict[str, Any]], backend: Any, constitution: Any, args: Any,
@@ -214,9 +248,17 @@ def run(cfg: Any, run_dir: Path) -> dict[str, Any]:
     backend = backends.create(args, cfg)
     warning = context_warning(book, args, backend)
     if warning:
-        import logging
-
-        logging.getLogger("alignlab").warning(warning)
+        log.warning(warning)
+    items, fitted = fit_to_context(items, backend, book, args)
+    try:  # before anything is generated
+        fitted.check("prompts", float(cfg.data.max_dropped), "Use fewer few-shot chats "
+                     "(method.args.num_few_shot), a lower method.args.max_new_tokens, or a "
+                     "model with a longer context")
+    except AlignlabError:
+        backend.close()
+        raise
+    if fitted.cut or fitted.skipped:
+        log.warning("cai: %s", fitted.line("prompts"))
     start = time.time()
     try:
         rows = row_store.run_rows(
@@ -237,6 +279,7 @@ def run(cfg: Any, run_dir: Path) -> dict[str, Any]:
                                    for r in rows if not r.get("helpfulness")),
         "empty_revisions": sum(not r["revision_response"].strip() for r in rows),
         "retries": getattr(backend, "retries", 0),
+        "too_long": fitted.to_dict(),
         "dataset": str(run_dir / "dataset"),
         "next": f"data.format=cai data.path={run_dir / 'dataset'}",
     }
