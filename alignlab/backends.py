@@ -418,11 +418,10 @@ def create(args: BackendArgs, cfg: Any, model_path: str | None = None) -> Backen
     ``cfg`` is the run's config: model settings (dtype, template, trust_remote_code), the
     hardware (device) and the seed come from it.
     """
-    from omegaconf import OmegaConf
 
     check(args)
-    model_cfg = cfg.model if model_path is None else OmegaConf.merge(cfg.model,
-                                                                      {"path": model_path})
+    model_cfg = cfg.model if model_path in (None, str(cfg.model.path)) else \
+        models.other_model(cfg.model, str(model_path))
     if args.backend == "openai":
         assert args.base_url is not None
         template = _remote_template(model_cfg, cfg.seed) if args.api == "completions" else None

@@ -75,6 +75,31 @@ def resolve_path(model_cfg: Any, seed: int) -> str:
     return str(gguf.convert(packaged, cache_dir())) if packaged is not None else path
 
 
+def other_model(model_cfg: Any, path: str) -> Any:
+    """The model settings of another model than ``model.path`` (a judge): the preset whose
+    ``path`` it is (conf/model/*.yaml, so ``HuggingFaceTB/SmolLM2-135M-Instruct`` finds its
+    offline GGUF), else the defaults; only dtype, attention and trust settings come from the
+    run's model. The policy's revision, GGUF file, chat template, LoRA and quantization are
+    its own, not the other model's."""
+    import dataclasses
+
+    import yaml
+    from omegaconf import OmegaConf
+
+    from alignlab.config import ModelConfig, conf_dir
+
+    spec = {f.name: getattr(ModelConfig(), f.name) for f in dataclasses.fields(ModelConfig)}
+    for key in ("dtype", "trust_remote_code", "allow_pickle", "attn_implementation"):
+        spec[key] = model_cfg[key]
+    for preset in sorted((conf_dir() / "model").glob("*.yaml")):
+        values = yaml.safe_load(preset.read_text()) or {}
+        if values.get("path") == path:
+            spec.update({k: v for k, v in values.items() if k in spec and k != "train_args"})
+    spec.update(name=spec.get("name") or "other", path=path, lora=False, from_sft=False,
+                quantization=None)
+    return OmegaConf.create(spec)
+
+
 def _load_kwargs(model_cfg: Any) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"trust_remote_code": bool(model_cfg.trust_remote_code)}
     if model_cfg.revision:

@@ -62,7 +62,9 @@ def run(cfg: Any, run_dir: Path) -> dict[str, Any]:
             if samples and samples[0]["reference_response"] is not None:
                 evaluation.judge_answers(cfg, args, inputs, result, samples, judge, book,
                                          judge_id, cache)
-            evaluation.judge_refusals(cfg, args, inputs, result, samples, judge, judge_id, cache)
+            if result.safety is None:  # the data's rule, where there is one, is exact
+                evaluation.judge_refusals(cfg, args, inputs, result, samples, judge, judge_id,
+                                          cache)
         finally:
             judge.close()
     if result.win_rate is not None and result.win_rate.get("versus") == "reference":
