@@ -118,7 +118,7 @@ def command(run_dir: Path) -> str:
 
 def _hub_id(name: str) -> bool:
     """``org/name`` that is no folder here (a relative ``runs/sft/model`` is a path)."""
-    return name.count("/") == 1 and not name.startswith((".", "/", "~")) \
+    return name.count("/") == 1 and not runs.looks_local(name) \
         and not Path(name).expanduser().exists()
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from alignlab import data, lengths, runs, stats
 from alignlab.data import RuleScorer, RuleScores
 from alignlab.errors import AlignlabError, did_you_mean
-from alignlab.generation import generate
+from alignlab.generation import generate, left_pad
 
 log = logging.getLogger("alignlab")
 
@@ -241,17 +241,11 @@ def check_args(args: dict[str, Any]) -> None:
     if isinstance(env, str) and env and not env.replace("_", "").isalnum():
         raise AlignlabError("method.args.judge_api_key_env must be the name of an environment "
                             "variable (e.g. OPENAI_API_KEY), not the key itself.")
-    if bargs.backend != "openai" and looks_like_path(str(model)) \
+    if bargs.backend != "openai" and runs.looks_local(str(model)) \
             and not Path(str(model)).expanduser().exists():
         raise AlignlabError(f"method.args.judge_model='{model}' does not exist. Point it at a "
                             "model folder or .gguf file, or use judge_backend=openai for a "
                             "served model.")
-
-
-def looks_like_path(value: str) -> bool:
-    """A local path rather than a hub id or a built-in name."""
-    return not value.startswith("builtin:") and (
-        value.startswith((".", "/", "~")) or value.endswith(".gguf") or value.count("/") > 1)
 
 
 def backend_args(args: dict[str, Any]) -> Any:
@@ -772,13 +766,9 @@ def sequence_logprobs(model: Any, tokenizer: Any, prompts: list, response_ids: l
                                                             add_generation_prompt=True),
                               add_special_tokens=False)["input_ids"] + t
                     for p, t in zip(prompts[i:i + batch_size], tails, strict=True)]
-            width = max(len(x) for x in seqs)
             keep = max(len(t) for t in tails) + 1  # the response tokens and the one before
-            input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(seqs), width), dtype=torch.long)
-            for j, x in enumerate(seqs):
-                input_ids[j, width - len(x):] = torch.tensor(x)
-                mask[j, width - len(x):] = 1
+            input_ids, mask = left_pad(seqs, pad)
+            width = input_ids.shape[1]
             inputs = {"input_ids": input_ids.to(device), "attention_mask": mask.to(device),
                       "position_ids": ((mask.cumsum(-1) - 1).clamp(min=0)).to(device)}
             with torch.no_grad():

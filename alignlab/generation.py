@@ -303,19 +303,29 @@ def _prefill(model: Any, input_ids: Any, attention_mask: Any, cache: Any,
     model(input_ids=prefix, attention_mask=torch.ones_like(prefix),
           position_ids=torch.arange(shared, device=device)[None], logits_to_keep=1, **cache_kw)
     cache.batch_repeat_interleave(n)
-    width = max(len(r) - shared for r in rows)
-    block = torch.zeros((n, width), dtype=input_ids.dtype, device=device)
-    block_mask = torch.zeros((n, width), dtype=attention_mask.dtype, device=device)
-    for i, r in enumerate(rows):
-        rest = r[shared:]
-        block[i, width - len(rest):] = torch.tensor(rest, device=device)
-        block_mask[i, width - len(rest):] = 1
+    block, block_mask = left_pad([r[shared:] for r in rows], 0, device)
+    block_mask = block_mask.to(attention_mask.dtype)
     mask = torch.cat([torch.ones((n, shared), dtype=attention_mask.dtype, device=device),
                       block_mask], 1)
     position = shared + (block_mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=block, attention_mask=mask, position_ids=position, logits_to_keep=1,
                 **cache_kw)
     return out, mask, position[:, -1]
+
+
+def left_pad(seqs: Sequence[Sequence[int]], pad: int, device: Any = None) -> tuple[Any, Any]:
+    """(ids, mask) of token sequences right-aligned in one batch (left padding), so their
+    last tokens, the ones scored or continued, share positions."""
+    import torch
+
+    width = max(len(x) for x in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long, device=device)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long, device=device)
+    for i, x in enumerate(seqs):
+        if len(x):
+            ids[i, width - len(x):] = torch.tensor(list(x), dtype=torch.long, device=device)
+            mask[i, width - len(x):] = 1
+    return ids, mask
 
 
 def option_logprobs(model: Any, tokenizer: Any, queries: Sequence[tuple[Conversation, str]],
@@ -365,14 +375,9 @@ def option_logprobs(model: Any, tokenizer: Any, queries: Sequence[tuple[Conversa
         for b in range(0, len(order), batch_size):
             rows = order[b:b + batch_size]
             chunk = [seqs[i] for i in rows]
-            width = max(len(ids) for ids, _ in chunk)
             # Positions whose logits are read: from the first scored token's predecessor on.
             keep = max(len(ids) - start + 1 for ids, targets in chunk for _, start, _ in targets)
-            input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for j, (ids, _) in enumerate(chunk):
-                input_ids[j, width - len(ids):] = torch.tensor(ids)
-                mask[j, width - len(ids):] = 1
+            input_ids, mask = left_pad([ids for ids, _ in chunk], pad)
             # Positions count from each sequence's first real token, as without padding.
             position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
             inputs = {"input_ids": input_ids.to(device), "attention_mask": mask.to(device),

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from alignlab import gguf
+from alignlab import gguf, runs
 from alignlab.config import normalize_lora, to_plain
 from alignlab.errors import AlignlabError
 
@@ -171,11 +171,6 @@ def adapter_folder(path: str) -> Path | None:
     return folder if (folder / "adapter_config.json").is_file() else None
 
 
-def _looks_local(path: str) -> bool:
-    """A filesystem path rather than a hub id ("org/name" or "name")."""
-    return path.startswith(("/", ".", "~")) or path.count("/") > 1 or "\\" in path
-
-
 def adapter_base(folder: Path) -> str:
     """The base model of the adapter in ``folder``: its ``base_model_name_or_path``.
 
@@ -207,7 +202,7 @@ def adapter_base(folder: Path) -> str:
                                 f"{built['name']} ({local.name}); this version builds "
                                 f"{rebuilt.name}. Retrain the adapter.")
         return str(rebuilt)
-    if _looks_local(str(base)):
+    if runs.looks_local(str(base)):
         raise AlignlabError(
             f"The LoRA adapter '{folder}' names its base model base_model_name_or_path='{base}' "
             "in adapter_config.json, and that folder does not exist on this machine. Set "

@@ -196,13 +196,13 @@ def run(cfg: Any, run_dir: Path, render: Render | None = None) -> dict[str, Any]
         out = stage_dir(run_dir, name)
         digest = fingerprint(stage_cfg)
         if _finished(name, out, digest):
-            print(f"[alignlab] stage {name}: already finished, skipping ({out})")
+            console.note(f"[alignlab] stage {name}: already finished, skipping ({out})")
             outputs[name] = out
             summary[name] = runs.read_json(out / "metrics.json") \
                 if (out / "metrics.json").exists() else {}
             continue
         stage_cfg.resume = runs.last_checkpoint(out) is not None or bool(cfg.resume)
-        print(f"[alignlab] stage {name}: {stage_cfg.method.name}"
+        console.note(f"[alignlab] stage {name}: {stage_cfg.method.name}"
               + (" (resuming)" if stage_cfg.resume and out.exists() else ""))
         summary[name] = run_stage(stage_cfg, out, fingerprint=digest, render=render)
         outputs[name] = out

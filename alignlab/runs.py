@@ -38,6 +38,21 @@ _SECRET_VALUE = re.compile(r"(?<![A-Za-z0-9])(?:hf_[A-Za-z0-9]{30,}|sk-[A-Za-z0-
                            r"|ghp_[A-Za-z0-9]{30,}|github_pat_\w{30,}|AKIA[0-9A-Z]{16})")
 
 
+# Suffixes of files that are paths whatever their slashes (data files, compressed, GGUF).
+LOCAL_SUFFIXES = {".json", ".jsonl", ".parquet", ".csv", ".tsv", ".txt", ".arrow", ".gz", ".zst",
+                  ".bz2", ".xz", ".zip", ".gguf", ".yaml", ".yml"}
+
+
+def looks_local(path: str) -> bool:
+    """A file-system path rather than a hub id (``org/name`` or ``name``) or ``builtin:``:
+    absolute, relative or home-based, two or more slashes (``runs/sft/model``), a backslash,
+    or a file suffix. Whether it exists is not looked at."""
+    if path.startswith("builtin:"):
+        return False
+    return path.startswith(("/", ".", "~")) or path.count("/") > 1 or "\\" in path \
+        or bool(set(Path(path).suffixes) & LOCAL_SUFFIXES)
+
+
 def is_main_process() -> bool:
     """True on rank 0 (or when not launched distributed)."""
     return int(os.environ.get("RANK", "0")) == 0

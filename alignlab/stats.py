@@ -78,16 +78,7 @@ def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> tuple
     """
     if n <= 0:
         return 0.0, 1.0
-    z = _z(confidence)
-    p = successes / n
-    denom = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(max(p * (1.0 - p) / n + z * z / (4 * n * n), 0.0)) / denom
-    # At p = 0 or 1 the bound is exactly 0 or 1 in theory; pin it so round-off doesn't
-    # show up as 1.4e-17 in reports.
-    lo = 0.0 if successes <= 0 else max(0.0, centre - half)
-    hi = 1.0 if successes >= n else min(1.0, centre + half)
-    return lo, hi
+    return _wilson(min(max(successes / n, 0.0), 1.0), n, _z(confidence))
 
 
 def clustered_mean_se(
@@ -143,7 +134,9 @@ def _clustered_proportion_ci(
 
 
 def _wilson(p: float, n: float, z: float) -> tuple[float, float]:
-    """Wilson score interval for proportion ``p`` at (possibly fractional) sample size ``n``."""
+    """Wilson score interval for proportion ``p`` at (possibly fractional) sample size ``n``.
+    At p = 0 or 1 the bound is exactly 0 or 1 in theory; it is pinned so that round-off does
+    not show up as 1.4e-17 in reports."""
     denom = 1.0 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(max(p * (1.0 - p) / n + z * z / (4 * n * n), 0.0)) / denom

@@ -207,7 +207,7 @@ def train(trainer: Any, cfg: Any, run_dir: Path) -> dict[str, Any]:
     """
     checkpoint = runs.last_checkpoint(run_dir) if cfg.resume else None
     if checkpoint is not None:
-        print(f"[alignlab] resuming from {checkpoint}")
+        console.note(f"[alignlab] resuming from {checkpoint}")
     for callback in _callbacks(cfg.method.name):
         trainer.add_callback(callback)
     console_progress(trainer)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import os
 import re
 from collections.abc import Collection, Iterator
 from pathlib import Path
@@ -35,11 +34,6 @@ from alignlab.data import formats, source
 from alignlab.errors import AlignlabError, did_you_mean
 from alignlab.methods import load as load_method
 from alignlab.methods import method_info
-
-
-def _looks_local(path: str) -> bool:
-    return path.startswith(("/", ".", "~")) or os.sep in path.strip("/").split("/", 2)[-1] \
-        or Path(path).suffix in {".json", ".jsonl", ".parquet", ".csv"}
 
 
 def validate(cfg: Any, pending: Collection[str] = ()) -> None:
@@ -97,7 +91,7 @@ def _validate(cfg: Any, pending: Collection[str]) -> None:
     checks.check_lora(normalized)
 
     path = c["model"]["path"]
-    if not path.startswith("builtin:") and _looks_local(path) and path not in pending \
+    if not path.startswith("builtin:") and runs.looks_local(path) and path not in pending \
             and not Path(path).expanduser().exists():
         raise AlignlabError(f"Model path '{path}' does not exist. Set model.path to a folder "
                             "with config.json and weights, or pick a preset with model=...")
@@ -108,7 +102,7 @@ def _validate(cfg: Any, pending: Collection[str]) -> None:
     pickle = bool(c["model"].get("allow_pickle"))
     for key in ("reference", "reward_model"):
         value = c["method"].get(key)
-        if value and _looks_local(value) and value not in pending \
+        if value and runs.looks_local(value) and value not in pending \
                 and not Path(value).expanduser().exists():
             raise AlignlabError(f"method.{key}='{value}' does not exist. Point it at a model "
                                 "folder, e.g. the `model/` folder of an earlier run.")

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from alignlab import runs
 from alignlab.errors import AlignlabError, did_you_mean
 
 if TYPE_CHECKING:
@@ -49,8 +50,6 @@ _ROLES = ("system", "user", "assistant")
 # Other datasets' names for the same roles (ShareGPT, Gemini, OpenAI).
 _ROLE_ALIASES = {"human": "user", "gpt": "assistant", "bot": "assistant", "model": "assistant",
                  "developer": "system"}
-_DATA_SUFFIXES = {".json", ".jsonl", ".parquet", ".csv", ".tsv", ".txt", ".arrow", ".gz", ".zst",
-                  ".bz2", ".xz", ".zip"}
 _MISSING = "???"  # Hydra's mandatory-value marker
 
 
@@ -390,11 +389,6 @@ def _get(data: Mapping[str, Any], key: str) -> Any:
             return None
         raise
     return None if value == _MISSING else value
-
-
-def _looks_local(path: str) -> bool:
-    return (path.startswith(("/", ".", "~")) or path.count("/") > 1
-            or bool(set(Path(path).suffixes) & _DATA_SUFFIXES))
 
 
 def _hub_error(path: str, err: Exception) -> AlignlabError:
@@ -765,7 +759,7 @@ def check_files(path: Any) -> None:
         return
     p = Path(str(path)).expanduser()
     if not p.exists():
-        if _looks_local(str(path)):
+        if runs.looks_local(str(path)):
             raise AlignlabError(
                 f"Dataset path '{path}' does not exist. Set data.path to a local "
                 ".json/.jsonl/.parquet file or folder, or a Hugging Face dataset id.")
@@ -871,7 +865,7 @@ def _open(path: Any, subset: str | None, data_dir: str | None) -> _Source:
         return _open_local_file(p)
     if p.is_dir():
         return _open_folder_or_hub(path, subset, data_dir, local=True)
-    if _looks_local(path):
+    if runs.looks_local(path):
         raise AlignlabError(
             f"Dataset path '{path}' does not exist. Set data.path to a local .json/.jsonl/.parquet "
             "file or folder, or a Hugging Face dataset id.")

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from alignlab import backends, data, lengths, runs
+from alignlab import backends, console, data, lengths, runs
 from alignlab import constitution as const
 from alignlab import rows as row_store
 from alignlab.args import CAIArgs
@@ -286,9 +286,9 @@ def run(cfg: Any, run_dir: Path) -> dict[str, Any]:
     rule = data.source(OmegaConf.select(cfg, "data") or {}).rule
     if rule is not None:  # metrics key "toy_judge": the toy world's rule is the only one
         metrics["toy_judge"] = _rule_scores(rule, [r for r in rows if not r.get("helpfulness")])
-    print(f"[alignlab] CAI dataset: {run_dir / 'dataset'} ({len(rows)} rows). Train on it with\n"
-          f"  python -m alignlab method=sft data.format=cai data.path={run_dir / 'dataset'} "
-          "model.path=<model>")
+    console.note(f"[alignlab] CAI dataset: {run_dir / 'dataset'} ({len(rows)} rows). Train on "
+                 f"it with\n  python -m alignlab method=sft data.format=cai "
+                 f"data.path={run_dir / 'dataset'} model.path=<model>")
     return metrics
 
 

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from alignlab import evaluation, models, runs
+from alignlab import console, evaluation, models, runs
 
 log = logging.getLogger("alignlab")
 
@@ -101,7 +101,7 @@ def _pairs(cfg: Any, args: Any, inputs: Any, run_dir: Path, cache: Path,
         runs.atomic_write(run_dir / "samples.jsonl",
                           "".join(json.dumps(r) + "\n" for r in rows))
     acc = section
-    print(f"[alignlab] pair accuracy {acc['accuracy']:.1%} [{acc['ci_low']:.1%}, "
+    console.note(f"[alignlab] pair accuracy {acc['accuracy']:.1%} [{acc['ci_low']:.1%}, "
           f"{acc['ci_high']:.1%}] (n {acc['n']}); calibration error "
           f"{acc['calibration']['ece']:.3f}")
     return {"method": "eval", "eval": result.to_dict(),

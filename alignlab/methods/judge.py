@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from alignlab import backends, data, lengths, runs, stats, verdicts
+from alignlab import backends, console, data, lengths, runs, stats, verdicts
 from alignlab import constitution as const
 from alignlab import rows as row_store
 from alignlab.args import JudgeArgs
@@ -304,11 +304,12 @@ def run(cfg: Any, run_dir: Path) -> dict[str, Any]:
     if args.source == "pairs":
         metrics["label_agreement"] = label_agreement(labels)
         agree = metrics["label_agreement"]
-        print(f"[alignlab] judge agrees with the data's own labels on {agree['agreement']:.1%} "
-              f"[{agree['ci'][0]:.1%}, {agree['ci'][1]:.1%}] of {agree['n']} pairs")
-    print(f"[alignlab] judge-labelled pairs: {run_dir / 'dataset'}. Train on them with\n"
-          f"  python -m alignlab method=dpo data.format=trl data.path={run_dir / 'dataset'} "
-          "model.path=<policy>")
+        console.note(f"[alignlab] judge agrees with the data's own labels on "
+                     f"{agree['agreement']:.1%} [{agree['ci'][0]:.1%}, {agree['ci'][1]:.1%}] "
+                     f"of {agree['n']} pairs")
+    console.note(f"[alignlab] judge-labelled pairs: {run_dir / 'dataset'}. Train on them with\n"
+                 f"  python -m alignlab method=dpo data.format=trl "
+                 f"data.path={run_dir / 'dataset'} model.path=<policy>")
     return metrics
 
 
@@ -412,8 +413,8 @@ def gate_items(cfg: Any, args: Any, rule: RuleScorer | None) -> list[dict[str, A
     except AlignlabError:
         if args.gate_data:
             raise
-        print("[alignlab] judge gate: the data has no labelled pairs to measure the judge on; "
-              "set method.args.gate_data=<labelled pairs> to gate it")
+        console.note("[alignlab] judge gate: the data has no labelled pairs to measure the judge "
+                     "on; set method.args.gate_data=<labelled pairs> to gate it")
         return []
     if not args.gate_data and any(it["split"] == "test" for it in items):
         items = [it for it in items if it["split"] == "test"]  # pairs the judge never saw
@@ -463,9 +464,10 @@ def apply_gate(gate: Gate | None, action: str) -> list[str]:
         then = {"drop": "its AI labels there are left out (method.args.gate=warn keeps them)",
                 "warn": "its AI labels there are kept (method.args.gate=drop leaves them out)",
                 "stop": "stopping (method.args.gate=drop leaves that category's labels out)"}
-        print(f"[alignlab] warning: judge gate: on {category} pairs the judge agrees with "
-              f"{gate.on} {g['agreement']:.0%} [{g['ci'][0]:.0%}, {g['ci'][1]:.0%}] "
-              f"(n {g['n']}), not better than chance; {then[action]}.")
+        log.warning("judge gate: on %s pairs the judge agrees with %s %.0f%% [%.0f%%, %.0f%%] "
+                    "(n %d), not better than chance; %s.", category, gate.on,
+                    100 * g["agreement"], 100 * g["ci"][0], 100 * g["ci"][1], g["n"],
+                    then[action])
     if bad and action == "stop":
         raise AlignlabError(
             f"The judge is not better than chance on {', '.join(bad)} pairs (judge gate, "

@@ -267,17 +267,6 @@ def encode_prompts(tokenizer: Any, prompts: list[Any], max_length: int | None) -
     return [x[-max_length:] if max_length else x for x in ids]
 
 
-def left_pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids, mask) with every sequence right-aligned."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
-        mask[i, width - len(s):] = 1
-    return ids, mask
-
-
 # ---------------------------------------------------------------------------------------------
 # Rollouts
 
@@ -333,7 +322,8 @@ def rollout(env: PPOModels, model: PolicyAndValue, prompts: list[Any], args: Any
 
     tok = env.tokenizer
     pad = tok.pad_token_id
-    query, query_mask = left_pad(encode_prompts(tok, prompts, args.max_prompt_length), pad)
+    query, query_mask = generation.left_pad(
+        encode_prompts(tok, prompts, args.max_prompt_length), pad)
     context = query.shape[1]
     eos = env.eos_ids
     from_generate = logprobs_from_generate(args)
@@ -611,12 +601,14 @@ def setup(cfg: Any, run_dir: Path) -> Session:
     ckpt = runs.last_checkpoint(run_dir) if cfg.resume else None
     if ckpt is not None:
         state, start_step = load_checkpoint(accelerator, ckpt, trainable)
-        accelerator.print(f"[alignlab] resuming PPO from {ckpt} (step {start_step})")
+        if accelerator.is_main_process:
+            console.note(f"[alignlab] resuming PPO from {ckpt} (step {start_step})")
     else:
         set_seed(args.seed, device_specific=True)  # different samples on each process
-    if args.logprobs_from_generate and not logprobs_from_generate(args):
-        accelerator.print("[alignlab] bf16: rollout log-probs come from a forward pass under the "
-                          "update's autocast, not from generate's logits")
+    if args.logprobs_from_generate and not logprobs_from_generate(args) \
+            and accelerator.is_main_process:
+        console.note("[alignlab] bf16: rollout log-probs come from a forward pass under the "
+                     "update's autocast, not from generate's logits")
     return Session(cfg=cfg, run_dir=run_dir, args=args, accelerator=accelerator, env=env,
                    model=model, inner=inner, params=params, optimizer=optimizer,
                    scheduler=scheduler, prompts=prompts, state=state, max_steps=max_steps,
