@@ -151,6 +151,9 @@ CASES: list[Case] = [
     ("data-folder-broken-file", [*DPO_LOCAL, "data.path={tmp}/dir"], "line 2", "folder-broken"),
     # --- model folders
     ("model-path-missing", ["model.path=/nonexistent/model"], "does not exist", None),
+    # a relative run folder was taken for a hub id, so nothing checked it before loading
+    ("model-path-relative-missing", ["model.path=runs/no-such-run/model"], "does not exist",
+     None),
     ("model-only-weights", ["model.path={tmp}/m"], "no config.json", "only-weights"),
     ("model-path-is-a-file", ["model.path={tmp}/m/model.safetensors"], "is a file",
      "weights-file"),
