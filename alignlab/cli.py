@@ -201,8 +201,17 @@ def _override_values(overrides: list[str]) -> dict[str, str]:
     return {key: value for key, sep, value in pairs if sep}
 
 
+def apply_threading(hardware: Any) -> None:
+    """``hardware.omp_wait_policy`` into the environment, before torch (and OpenMP) loads; the
+    launched processes inherit it. The user's own OMP_WAIT_POLICY is left as it is."""
+    policy = hardware.get("omp_wait_policy")
+    if policy and "OMP_WAIT_POLICY" not in os.environ:
+        os.environ["OMP_WAIT_POLICY"] = str(policy).upper()
+
+
 def _task(cfg: Any) -> None:
     """One Hydra job: one stage, written into Hydra's run directory."""
+    apply_threading(cfg.hardware)  # a sweep's job (main applied it for a single run)
     run_dir = Path(cfg.run_dir)
     try:  # before anything is removed on failure: the directory may be another run's
         runs.lock_run_dir(run_dir)
@@ -425,6 +434,7 @@ def main(argv: list[str] | None = None) -> None:
             fail(err)
         except OSError as err:  # a path the filesystem refuses, e.g. a name over 255 bytes
             fail(_path_error(err))
+        apply_threading(cfg.hardware)
         if _job_config_only(argv):
             # What Hydra's --cfg job prints, from the config just composed and checked (Hydra
             # would compose it a second time: half the command's time).

@@ -445,6 +445,9 @@ def _shards_weights(accelerate_config: str | None) -> bool:
 
 def _validate_hardware(c: dict[str, Any]) -> None:
     hw = c["hardware"]
+    if hw.get("omp_wait_policy") not in (None, "passive", "active"):
+        raise AlignlabError(f"hardware.omp_wait_policy={hw.get('omp_wait_policy')!r} is "
+                            "unknown. Use passive (the default), active, or null.")
     quant = c["model"].get("quantization") or hw.get("model", {}).get("quantization")
     if c["method"]["name"] == "ppo" and _shards_weights(hw.get("accelerate_config")):
         # Checked first: it is wrong on any machine. Sampling from sharded weights needs every
