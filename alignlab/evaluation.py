@@ -256,7 +256,7 @@ def backend_args(args: dict[str, Any]) -> Any:
                        base_url=args.get("judge_base_url"),
                        api_key_env=args.get("judge_api_key_env", "OPENAI_API_KEY"),
                        concurrency=int(args.get("judge_concurrency", 8)),
-                       batch_size=min(int(args.get("batch_size", 64)), 16), max_new_tokens=1,
+                       batch_size=JUDGE_BATCH, max_new_tokens=1,
                        temperature=0.0)
 
 
@@ -475,6 +475,27 @@ def load_judge(cfg: Any, args: EvalArgs) -> tuple[Any, Any, str]:
     return judge, book, verdicts.judge_identity(bargs.backend, str(args.judge_model))
 
 
+JUDGE_BATCH = 16  # pairs (two queries each) per judge call and durable chunk
+
+
+def _judged(cfg: Any, items: list[dict[str, Any]], judge: Any, book: Any, what: str, fix: str,
+            ask: Any) -> tuple[list[dict[str, Any]], list[Any], dict[str, int], Any]:
+    """``ask(items)`` (the cached verdicts) after fitting the items to the judge's context;
+    refused past ``data.max_dropped`` before anything is asked, and again after, counting what
+    a server refused as too long. Returns the items kept, their verdicts, the counts and what
+    fitting did (one line when anything was cut or skipped)."""
+    from alignlab import verdicts
+
+    max_dropped = float(cfg.data.max_dropped)
+    items, fitted = verdicts.fit(items, judge, book)
+    fitted.check(what, max_dropped, fix)
+    found, counts = ask(items)
+    items, found = verdicts.drop_refused(items, found, fitted, what, max_dropped, fix)
+    if fitted.cut or fitted.skipped:
+        log.warning("eval: %s", fitted.line(what))
+    return items, found, counts, fitted
+
+
 def judge_answers(cfg: Any, args: EvalArgs, inputs: EvalInputs, result: EvalResult,
                   samples: list[dict[str, Any]], judge: Any, book: Any, judge_id: str,
                   cache: Path) -> None:
@@ -488,17 +509,12 @@ def judge_answers(cfg: Any, args: EvalArgs, inputs: EvalInputs, result: EvalResu
     pairs = [{"key": str(i), "prompt": list(conv), "a": s["response"],
               "b": s["reference_response"]} for i, (conv, s) in enumerate(zip(flat, samples,
                                                                                strict=True))]
-    pairs, fitted = verdicts.fit(pairs, judge, book)
-    fix = ("Use a judge with a longer context (method.args.judge_model), or lower "
-           "method.args.max_new_tokens")
-    fitted.check("comparisons", float(cfg.data.max_dropped), fix)
-    found, counts = verdicts.compare(pairs, judge, book, judge_id=judge_id, cache=cache,
-                                     seed=cfg.seed, batch_size=min(args.batch_size, 16),
-                                     desc="judge", kill_at=runs.kill_after_step("eval"))
-    pairs, found = verdicts.drop_refused(pairs, found, fitted, "comparisons",
-                                         float(cfg.data.max_dropped), fix)
-    if fitted.cut or fitted.skipped:
-        log.warning("eval: %s", fitted.line("comparisons (for the judge)"))
+    pairs, found, counts, fitted = _judged(
+        cfg, pairs, judge, book, "comparisons", "Use a judge with a longer context "
+        "(method.args.judge_model), or lower method.args.max_new_tokens",
+        lambda kept: verdicts.compare(kept, judge, book, judge_id=judge_id, cache=cache,
+                                      seed=cfg.seed, batch_size=JUDGE_BATCH,
+                                      kill_at=runs.kill_after_step("eval")))
     index = [int(p["key"]) for p in pairs]
     for i, v in zip(index, found, strict=True):
         samples[i]["judge_p"] = v["p"]
@@ -565,16 +581,12 @@ def judge_refusals(cfg: Any, args: EvalArgs, inputs: EvalInputs, result: EvalRes
     flat = [p for p in inputs.prompts["prompt"] for _ in range(args.num_samples)]
     items = [{"key": str(i), "prompt": list(conv), "a": s["response"], "b": ""}
              for i, (conv, s) in enumerate(zip(flat, samples, strict=True))]
-    items, fitted = verdicts.fit(items, judge, None)
-    fix = "Use a judge with a longer context, or lower method.args.max_new_tokens"
-    fitted.check("answers (for the refusal judge)", float(cfg.data.max_dropped), fix)
-    probs, counts = verdicts.refusals(items, judge, judge_id=judge_id, cache=cache,
-                                      batch_size=min(args.batch_size, 16),
-                                      kill_at=runs.kill_after_step("eval"))
-    items, probs = verdicts.drop_refused(items, probs, fitted, "answers (for the refusal "
-                                         "judge)", float(cfg.data.max_dropped), fix)
-    if fitted.cut or fitted.skipped:
-        log.warning("eval: %s", fitted.line("answers (for the refusal judge)"))
+    items, probs, counts, _ = _judged(
+        cfg, items, judge, None, "answers (for the refusal judge)", "Use a judge with a "
+        "longer context, or lower method.args.max_new_tokens",
+        lambda kept: verdicts.refusals(kept, judge, judge_id=judge_id, cache=cache,
+                                       batch_size=JUDGE_BATCH,
+                                       kill_at=runs.kill_after_step("eval")))
     index = [int(it["key"]) for it in items]
     for i, p in zip(index, probs, strict=True):
         samples[i]["refused"] = p
@@ -637,17 +649,13 @@ def pair_benchmark(cfg: Any, args: EvalArgs, inputs: EvalInputs, *, reward_model
         assert cache is not None
         items = [{"key": str(i), "prompt": p, "a": c, "b": r} for i, (p, c, r) in
                  enumerate(zip(prompts, replies["chosen"], replies["rejected"], strict=True))]
-        items, fitted = verdicts.fit(items, judge, book)
-        fix = ("Use a judge with a longer context (method.args.judge_model), or data with "
-               "fewer turns")
-        fitted.check("pairs", float(cfg.data.max_dropped), fix)
-        found, counts = verdicts.compare(items, judge, book, judge_id=judge_id, cache=cache,
-                                         seed=cfg.seed, batch_size=min(args.batch_size, 16),
-                                         desc="judge", kill_at=runs.kill_after_step("eval"))
-        items, found = verdicts.drop_refused(items, found, fitted, "pairs",
-                                             float(cfg.data.max_dropped), fix)
+        items, found, counts, fitted = _judged(
+            cfg, items, judge, book, "pairs", "Use a judge with a longer context "
+            "(method.args.judge_model), or data with fewer turns",
+            lambda kept: verdicts.compare(kept, judge, book, judge_id=judge_id, cache=cache,
+                                          seed=cfg.seed, batch_size=JUDGE_BATCH,
+                                          kill_at=runs.kill_after_step("eval")))
         if fitted.cut or fitted.skipped:
-            log.warning("eval: %s", fitted.line("pairs"))
             extra["too_long"] = fitted.to_dict()
         keep = [int(it["key"]) for it in items]
         p_chosen = [v["p"] for v in found]

@@ -145,24 +145,10 @@ def compare(pairs: Sequence[dict[str, Any]], judge: Any, book: const.Constitutio
                                     book.judge_prefix, question, content)
         keyed.append(({"key": key, "prompt": list(pair["prompt"]), "a": first, "b": second,
                        "question": question}, flip))
-    unique = list({k[0]["key"]: k[0] for k in keyed if k is not None}.values())
-    before = set(row_store.read_rows(cache)) if cache.exists() else set()
-    asked = sum(1 for it in unique if it["key"] not in before)
-
-    def work(chunk: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        queries = [const.judge_query(book, it["prompt"], it["a"], it["b"], it["question"])
-                   for it in chunk]
-        queries += [const.judge_query(book, it["prompt"], it["b"], it["a"], it["question"])
-                    for it in chunk]
-        probs = [two_way(lp) for lp in judge.option_logprobs(queries, const.OPTIONS)]
-        n = len(chunk)
-        return [{"key": it["key"], "p_first": probs[i], "p_second": 1.0 - probs[n + i]}
-                if not _refused(probs[i], probs[n + i]) else {"key": it["key"], "too_long": True}
-                for i, it in enumerate(chunk)]
-
-    done = row_store.run_rows(unique, work, cache, fingerprint=CACHE_VERSION, resume=True,
-                              chunk_size=batch_size, desc=desc, kill_at=kill_at)
-    by_key = {r["key"]: r for r in done}
+    unique = [k[0] for k in keyed if k is not None]
+    by_key, asked = _ask(unique, judge, lambda it, swap: const.judge_query(
+        book, it["prompt"], *((it["b"], it["a"]) if swap else (it["a"], it["b"])),
+        it["question"]), cache=cache, batch_size=batch_size, desc=desc, kill_at=kill_at)
     out = []
     for entry in keyed:
         if entry is None:
@@ -182,12 +168,30 @@ def compare(pairs: Sequence[dict[str, Any]], judge: Any, book: const.Constitutio
         out.append({"p": (p_first + p_second) / 2, "p_first": p_first, "p_second": p_second,
                     "question": it["question"]})
     skipped = sum(1 for v in out if v.get("skipped"))
-    return out, {"asked": asked, "cached": len(unique) - asked, "identical": identical,
+    return out, {"asked": asked, "cached": len(by_key) - asked, "identical": identical,
                  **({"too_long": skipped} if skipped else {})}
 
 
-def _refused(*probs: float) -> bool:
-    return any(math.isnan(p) for p in probs)
+def _ask(items: Sequence[dict[str, Any]], judge: Any, query: Any, *, cache: Path,
+         batch_size: int, desc: str, kill_at: int | None) -> tuple[dict[str, Any], int]:
+    """The stored answer of each item (by ``key``), asking the judge only what ``cache`` lacks:
+    ``query(item, swapped)`` in both orders; ``p_first`` is P(A) as first shown, ``p_second``
+    1 - P(A) with the options swapped, or ``too_long`` when a server refused the query.
+    Returns the rows by key and how many were asked now."""
+    unique = list({it["key"]: it for it in items}.values())
+
+    def work(chunk: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        queries = [query(it, False) for it in chunk] + [query(it, True) for it in chunk]
+        probs = [two_way(lp) for lp in judge.option_logprobs(queries, const.OPTIONS)]
+        n = len(chunk)
+        return [{"key": it["key"], "p_first": probs[i], "p_second": 1.0 - probs[n + i]}
+                if not math.isnan(probs[i] + probs[n + i])
+                else {"key": it["key"], "too_long": True} for i, it in enumerate(chunk)]
+
+    before = set(row_store.read_rows(cache)) if cache.exists() else set()
+    done = row_store.run_rows(unique, work, cache, fingerprint=CACHE_VERSION, resume=True,
+                              chunk_size=batch_size, desc=desc, kill_at=kill_at)
+    return {r["key"]: r for r in done}, sum(1 for it in unique if it["key"] not in before)
 
 
 def outcome(p: float) -> float:
@@ -298,28 +302,13 @@ def refusals(items: Sequence[dict[str, Any]], judge: Any, *, judge_id: str, cach
     keyed = [{"key": row_store.fingerprint(CACHE_VERSION, "refusal", judge_id, REFUSAL_TEMPLATE,
                                            REFUSES, COMPLIES, list(it["prompt"]), it["a"]),
               "prompt": list(it["prompt"]), "a": it["a"]} for it in items]
-    unique = list({it["key"]: it for it in keyed}.values())
-    before = set(row_store.read_rows(cache)) if cache.exists() else set()
-    asked = sum(1 for it in unique if it["key"] not in before)
-
-    def work(chunk: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        queries = [refusal_query(it["prompt"], it["a"], REFUSES) for it in chunk]
-        queries += [refusal_query(it["prompt"], it["a"], COMPLIES) for it in chunk]
-        probs = [two_way(lp) for lp in judge.option_logprobs(queries, const.OPTIONS)]
-        n = len(chunk)
-        return [{"key": it["key"], "p_refuses_first": probs[i],
-                 "p_refuses_second": 1.0 - probs[n + i]}
-                if not _refused(probs[i], probs[n + i]) else {"key": it["key"], "too_long": True}
-                for i, it in enumerate(chunk)]
-
-    done = row_store.run_rows(unique, work, cache, fingerprint=CACHE_VERSION, resume=True,
-                              chunk_size=batch_size, desc="refusals", kill_at=kill_at)
-    by_key = {r["key"]: r for r in done}
+    by_key, asked = _ask(keyed, judge, lambda it, swap: refusal_query(
+        it["prompt"], it["a"], COMPLIES if swap else REFUSES), cache=cache,
+        batch_size=batch_size, desc="refusals", kill_at=kill_at)
     out = [math.nan if by_key[it["key"]].get("too_long") else
-           (by_key[it["key"]]["p_refuses_first"] + by_key[it["key"]]["p_refuses_second"]) / 2
-           for it in keyed]
+           (by_key[it["key"]]["p_first"] + by_key[it["key"]]["p_second"]) / 2 for it in keyed]
     skipped = sum(1 for p in out if math.isnan(p))
-    return out, {"asked": asked, "cached": len(unique) - asked,
+    return out, {"asked": asked, "cached": len(by_key) - asked,
                  **({"too_long": skipped} if skipped else {})}
 
 

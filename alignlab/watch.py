@@ -15,6 +15,7 @@ there and keeps the policy of that best point.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,9 +41,6 @@ class Point:
     proxy: float | None  # the training reward logged at that update
     kl: float | None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "judge": self.judge, "ci_low": self.ci_low,
-                "ci_high": self.ci_high, "n": self.n, "proxy": self.proxy, "kl": self.kl}
 
 
 @dataclass
@@ -112,9 +110,9 @@ class Watch:
     def summary(self) -> dict[str, Any]:
         """metrics.json's ``watch``: every point, the best, the alarm (or None)."""
         return {"judge": self.judge, "every": self.every, "on_alarm": self.on_alarm,
-                "points": [p.to_dict() for p in self.points],
-                "best": self.best.to_dict() if self.best else None,
-                "alarm": self.alarm.to_dict() if self.alarm else None,
+                "points": [dataclasses.asdict(p) for p in self.points],
+                "best": dataclasses.asdict(self.best) if self.best else None,
+                "alarm": dataclasses.asdict(self.alarm) if self.alarm else None,
                 "stopped": self.stopped}
 
 

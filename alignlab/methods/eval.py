@@ -85,6 +85,7 @@ def _pairs(cfg: Any, args: Any, inputs: Any, run_dir: Path, cache: Path,
         rm = models.load_model(cfg.model, cfg.method.reward_model, cfg.hardware, kind="reward")
         section, rows = evaluation.pair_benchmark(cfg, args, inputs, reward_model=rm,
                                                   reward_tokenizer=rm_tok)
+        section["reward_model"] = str(cfg.method.reward_model)
     else:
         judge, book, judge_id = evaluation.load_judge(cfg, args)
         try:
@@ -92,8 +93,6 @@ def _pairs(cfg: Any, args: Any, inputs: Any, run_dir: Path, cache: Path,
                                                       judge_id=judge_id, cache=cache)
         finally:
             judge.close()
-    if inputs.scorer == evaluation.REWARD:
-        section["reward_model"] = str(cfg.method.reward_model)
     result = evaluation.EvalResult(n_prompts=len(inputs.pairs), samples_per_prompt=1,
                                    temperature=0.0, length={}, pairs=section)
     if runs.is_main_process():
