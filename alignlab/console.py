@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,32 +89,23 @@ def number(value: Any) -> str:
     return f"{value:.3g}"
 
 
-# Trainer log keys worth a place on the console, with their short names, in display order.
-STEP_KEYS = (
-    ("loss", "loss"),
-    ("rewards/accuracies", "reward acc"),
-    ("rewards/margins", "margin"),
-    ("mean_token_accuracy", "token acc"),
-    ("accuracy", "acc"),
-    ("objective/scores", "score"),
-    ("objective/kl", "kl"),
-    ("reward", "reward"),
-    ("kl", "kl"),
-    ("learning_rate", "lr"),
-    ("lr", "lr"),
-)
+# Trainer log keys shown on the console when the caller names none (a method's row names its
+# own: alignlab.methods.spec.Method.step_keys), with their short names, in display order.
+STEP_KEYS = (("loss", "loss"), ("learning_rate", "lr"), ("lr", "lr"))
 _END_KEYS = (("train_loss", "train loss"), ("train_runtime", "s"))
 
 
-def step_line(step: int, max_steps: int | None, logs: Mapping[str, Any]) -> str:
-    """One short line for a trainer log: ``step 5/150: loss 6.82 · reward acc 0.54 · ...``."""
+def step_line(step: int, max_steps: int | None, logs: Mapping[str, Any],
+              keys: Sequence[tuple[str, str]] | None = None) -> str:
+    """One short line for a trainer log: ``step 5/150: loss 6.82 · reward acc 0.54 · ...``,
+    of the (log key, label) pairs ``keys`` (default :data:`STEP_KEYS`)."""
     where = f"step {step}/{max_steps}" if max_steps else f"step {step}"
     if "train_runtime" in logs:  # the trainer's closing summary
         parts = [f"train loss {number(logs['train_loss'])}"] if "train_loss" in logs else []
         parts.append(f"{number(logs['train_runtime'])} s")
         return f"[alignlab] {where}: done, " + ", ".join(parts)
     parts, seen = [], set()
-    for key, label in STEP_KEYS:
+    for key, label in keys or STEP_KEYS:
         value = logs.get(key)
         if label in seen or isinstance(value, bool) or not isinstance(value, int | float):
             continue

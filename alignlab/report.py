@@ -26,35 +26,13 @@ from typing import Any
 
 import yaml
 
-from alignlab import console
+from alignlab import console, methods
 from alignlab.errors import AlignlabError
+from alignlab.methods import spec as specs
 
 __all__ = ["detect_kind", "format_number", "load_run", "render_report"]
 
 RUN_FILES = ("config.yaml", "metrics.json", "eval.json", "samples.jsonl", ".hydra/config.yaml")
-
-# Training-curve keys worth a subplot, in display order; absent keys are skipped.
-CURVE_KEYS = (
-    "loss",
-    "eval_loss",
-    "rewards/chosen",
-    "rewards/rejected",
-    "rewards/margins",
-    "rewards/accuracies",
-    "eval_accuracy",
-    "kl",
-    "objective/scores",
-    "objective/rlhf_reward",
-    "objective/kl",
-    "objective/entropy",
-    "objective/non_score_reward",
-    "policy/entropy",
-    "policy/entropy_avg",
-    "policy/approxkl_avg",
-    "policy/clipfrac_avg",
-    "loss/policy_avg",
-    "loss/value_avg",
-)
 
 # eval.json sections: (key, label, candidate keys for the headline value).
 EVAL_SECTIONS = (
@@ -295,21 +273,28 @@ def _set_margins(fig: Any, left: float = 0.8, bottom: float = 0.6, top: float = 
     )
 
 
-def _curve_series(log_history: Iterable[Any]) -> dict[str, tuple[list[float], list[float]]]:
-    """Per known key, (x, y) points from a HF ``log_history`` (x = step, else entry index)."""
+def _curve_keys(run: Mapping[str, Any]) -> tuple[str, ...]:
+    """The run's method's curve keys; every method's for a run of no known method."""
+    spec = methods.find(_method_name(run))
+    return tuple(spec.curve_keys) if spec is not None else methods.curve_keys()
+
+
+def _curve_series(log_history: Iterable[Any],
+                  keys: tuple[str, ...]) -> dict[str, tuple[list[float], list[float]]]:
+    """Per key, (x, y) points from a HF ``log_history`` (x = step, else entry index)."""
     series: dict[str, tuple[list[float], list[float]]] = {}
     for index, entry in enumerate(log_history):
         if not isinstance(entry, Mapping):
             continue
         x = entry.get("step")
         x = x if _finite(x) else index
-        for key in CURVE_KEYS:
+        for key in keys:
             value = entry.get(key)
             if _finite(value):
                 xs, ys = series.setdefault(key, ([], []))
                 xs.append(float(x))
                 ys.append(float(value))
-    return {key: series[key] for key in CURVE_KEYS if key in series}
+    return {key: series[key] for key in keys if key in series}
 
 
 def _plot_curves(series: Mapping[str, tuple[list[float], list[float]]], out: Path) -> None:
@@ -827,7 +812,7 @@ def _render_run(root: Path) -> Path:
 
     blocks.append(("h", 2, "Training curves"))
     history = run["metrics"].get("log_history")
-    series = _curve_series(history) if isinstance(history, list) else {}
+    series = _curve_series(history, _curve_keys(run)) if isinstance(history, list) else {}
     if series:
         png = root / "training_curves.png"
         _plot_curves(series, png)
@@ -882,56 +867,33 @@ def _summary(evals: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _last_logged(history: Any, key: str) -> Any:
-    """The last finite value of ``key`` in a trainer log history (None if never logged)."""
-    values = [e[key] for e in history if isinstance(e, Mapping) and _finite(e.get(key))] \
-        if isinstance(history, list) else []
-    return values[-1] if values else None
-
-
 def stage_headline(run: Mapping[str, Any]) -> str:
-    """What a stage is judged by, from its own files: SFT's final loss, the reward model's pair
-    accuracy, DPO/KTO's reward accuracy and margin, PPO's score and KL, GRPO/RLOO's reward and
-    KL, an eval's judge score; with the toy judge at the start -> after training when known."""
-    method, metrics = _method_name(run) or "", run["metrics"]
-    history = metrics.get("log_history")
-    train = metrics.get("train") if isinstance(metrics.get("train"), Mapping) else {}
-
-    def last(*pairs: tuple[str, str]) -> list[str]:
-        found = [(label, _last_logged(history, key)) for key, label in pairs]
-        return [f"{label} {format_number(v)}" for label, v in found if v is not None]
-
-    parts: list[str] = []
-    reward = metrics.get("reward")
-    if method == "sft":
-        loss = _last_logged(history, "loss")
-        loss = loss if loss is not None else train.get("train_loss")
-        parts = [f"final loss {format_number(loss)}"] if _finite(loss) else []
-    elif method == "reward" and isinstance(reward, Mapping) and "accuracy" in reward:
-        parts = [f"pair accuracy {format_number(reward.get('accuracy_before'))} → "
-                 f"{format_number(reward['accuracy'])}"]
-    elif method in ("dpo", "kto"):
-        parts = last(("rewards/accuracies", "reward accuracy"), ("rewards/margins", "margin"),
-                     ("kl", "KL"))
-    elif method == "ppo":
-        parts = last(("objective/scores", "score"), ("objective/kl", "KL"))
-    elif method in ("grpo", "rloo"):
-        parts = last(("reward", "reward"), ("kl", "KL"))
-    if not parts:
-        parts = last(("loss", "final loss"))
-    judge = run["eval"].get("judge")
-    if not parts and isinstance(judge, Mapping) and _finite(judge.get("score")):  # an eval
-        parts = [f"judge {format_number(judge['score'])} {_ci(judge)}".strip()]
-    evals = run["eval"]
+    """What a stage is judged by, from its own files: its method's headline figures
+    (:attr:`alignlab.methods.spec.Method.headline`: SFT's final loss, the reward model's pair
+    accuracy, a preference method's reward accuracy and margin, PPO's score and KL, ...), with
+    the toy judge at the start -> after training when known."""
+    metrics, evals = run["metrics"], run["eval"]
+    spec = methods.find(_method_name(run))
+    figures = (spec.headline if spec is not None else specs.final_loss)(metrics, evals)
+    parts = [_figure_text(label, value) for label, value in figures]
     pair = console.before_after({**metrics, **{k: evals[k] for k in ("judge", "baseline")
                                                 if isinstance(evals.get(k), Mapping)}})
-    if pair is not None and method != "eval":
+    if pair is not None and (spec is None or spec.shows_change):
         what, before, after = pair
         key = ("score", "mean")
         b, a = _headline(before, key)[1], _headline(after, key)[1]
         if _finite(b) and _finite(a):
             parts.append(f"{what} {format_number(b)} → {format_number(a)}")
     return "; ".join(parts) or "-"
+
+
+def _figure_text(label: str, value: Any) -> str:
+    """``label value``: a number, a (before, after) pair, or a section with its interval."""
+    if isinstance(value, tuple):
+        return f"{label} {format_number(value[0])} → {format_number(value[1])}"
+    if isinstance(value, Mapping):
+        return f"{label} {format_number(value.get('score'))} {_ci(value)}".strip()
+    return f"{label} {format_number(value)}"
 
 
 def _render_child(path: Path, notes: list[str]) -> bool:

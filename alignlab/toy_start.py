@@ -25,8 +25,6 @@ from typing import Any
 from alignlab import config, console, data, methods, models, runs
 from alignlab.errors import AlignlabError
 
-# Methods that refine a policy (or score one) rather than teach it to answer.
-NEEDS_SFT = frozenset({"dpo", "kto", "reward", "ppo", "grpo", "rloo", "cai", "judge"})
 # Test hook (and for the impatient): cap the toy-SFT build at N optimizer steps. Part of the
 # cache key, so a short build never stands in for the real one.
 STEPS_ENV = "ALIGNLAB_TOY_SFT_MAX_STEPS"
@@ -41,7 +39,7 @@ def resolve_start(cfg: Any) -> None:
     this way (another dataset, or ``model.from_sft=false``) gets one line of warning instead.
     """
     path, method = str(cfg.model.path), cfg.method.name
-    if method not in NEEDS_SFT or not path.startswith("builtin:"):
+    if not methods.load(method).starts_from_sft or not path.startswith("builtin:"):
         return
     name = path.split(":", 1)[1]
     if not wants_toy_sft(cfg):
@@ -60,7 +58,8 @@ def resolve_start(cfg: Any) -> None:
 
 def wants_toy_sft(cfg: Any) -> bool:
     """Whether ``cfg`` (one stage) starts from the toy-SFT checkpoint."""
-    return cfg.method.name in NEEDS_SFT and str(cfg.model.path).startswith("builtin:") \
+    return methods.load(cfg.method.name).starts_from_sft \
+        and str(cfg.model.path).startswith("builtin:") \
         and bool(cfg.model.get("from_sft", True)) and data.source(cfg.data).sft_start
 
 

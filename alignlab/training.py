@@ -7,7 +7,7 @@ import importlib
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -200,17 +200,19 @@ def trainer_config(cfg: Any, args_class: str, run_dir: Path, **fixed: Any) -> An
                             "method.args (or the model/hardware preset).") from None
 
 
-def train(trainer: Any, cfg: Any, run_dir: Path) -> dict[str, Any]:
+def train(trainer: Any, cfg: Any, run_dir: Path,
+          step_keys: Sequence[tuple[str, str]] | None = None) -> dict[str, Any]:
     """Run ``trainer`` (resuming from the last checkpoint when ``resume=true``) and save it.
 
     Returns the metrics written to ``metrics.json``: final train metrics and the log history.
+    ``step_keys``: what the console line of a trainer log shows (the method's row).
     """
     checkpoint = runs.last_checkpoint(run_dir) if cfg.resume else None
     if checkpoint is not None:
         console.note(f"[alignlab] resuming from {checkpoint}")
     for callback in _callbacks(cfg.method.name):
         trainer.add_callback(callback)
-    console_progress(trainer)
+    console_progress(trainer, step_keys)
     from transformers import TrainerCallback
 
     class TrainBegun(TrainerCallback):
@@ -275,7 +277,7 @@ def _kill_in_save(trainer: Any) -> None:
     trainer.processing_class.save_pretrained = die
 
 
-def console_progress(trainer: Any) -> None:
+def console_progress(trainer: Any, step_keys: Sequence[tuple[str, str]] | None = None) -> None:
     """One progress bar and one short line per logging step on the console.
 
     The Trainer's own progress callback prints every log dict under the bar, which repeated
@@ -294,7 +296,7 @@ def console_progress(trainer: Any) -> None:
                    **kw: Any) -> None:
             if state.is_world_process_zero and self.training_bar is not None and logs:
                 self.training_bar.write(console.step_line(state.global_step, state.max_steps,
-                                                          logs))
+                                                          logs, step_keys))
 
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)

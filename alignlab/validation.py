@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from alignlab import checks, config, constitution, runs, watch
+from alignlab import checks, config, constitution, methods, runs, watch
 from alignlab.config import (
     LORA_DEFAULTS,
     REQUIRED_GROUPS,
@@ -32,8 +32,6 @@ from alignlab.config import (
 )
 from alignlab.data import formats, source
 from alignlab.errors import AlignlabError, did_you_mean
-from alignlab.methods import load as load_method
-from alignlab.methods import method_info
 
 
 def validate(cfg: Any, pending: Collection[str] = ()) -> None:
@@ -64,14 +62,13 @@ def _validate(cfg: Any, pending: Collection[str]) -> None:
     check_partial_groups(c)
     check_finite(c)
     check_recipe_names(c)
-    info = method_info(c["method"]["name"])
+    info = methods.load(c["method"]["name"])
     args = dict(c["method"].get("args") or {})
     check_args(args, info.args_class, "method.args")
     checks.check_api_key_env(args, "method.args")
     checks.check_values(args, info.name, "method.args")
-    method_check = getattr(load_method(info.name), "check_args", None)
-    if method_check is not None:  # a method's own checks of its arguments (e.g. export's)
-        method_check(args)
+    if info.check_args is not None:  # a method's own checks of its arguments (e.g. export's)
+        info.check_args(args)
     # The presets' suggestions reach the trainer too (those its config has: merged_args).
     fields = dataclass_fields(info.args_class)
     by_model = c["model"].get("train_args") or {}
@@ -111,12 +108,12 @@ def _validate(cfg: Any, pending: Collection[str]) -> None:
     # otherwise fails inside transformers, with a message about the tokenizer and the Hub.
     checks.check_model_folder(path, "model.path", allow_pickle=pickle, tokenizer=True,
                               pending=pending)
-    if info.needs_reward_model and not c["method"].get("reward_model") \
+    if info.needs_reward and not c["method"].get("reward_model") \
             and not c["method"].get("reward_funcs"):
         raise AlignlabError(f"method={info.name} needs a reward. Set method.reward_model="
                             "<reward run>/model or method.reward_funcs=[toy_judge].")
 
-    _validate_hardware(c)
+    _validate_hardware(c, info)
     watch.check(c)
     data = c["data"]
     known = formats()
@@ -136,8 +133,8 @@ def _validate(cfg: Any, pending: Collection[str]) -> None:
                                 "parse (thousands of levels of [ or {). Fix or re-export the "
                                 "file: a row is an object of strings and lists of "
                                 "messages.") from None
-    if info.name in ("cai", "judge"):  # the stages that read a constitution: check it now
-        constitution.load(c.get("constitution"), need_choice=info.name == "judge")
+    if info.reads_constitution:  # check it now, not when the stage starts
+        constitution.load(c.get("constitution"), need_choice=info.needs_choice)
     unset = next(_unset_values(c), None)
     if unset:
         raise AlignlabError(f"{unset} has no value (???). Set it on the command line "
@@ -443,20 +440,19 @@ def _shards_weights(accelerate_config: str | None) -> bool:
     return False
 
 
-def _validate_hardware(c: dict[str, Any]) -> None:
+def _validate_hardware(c: dict[str, Any], info: methods.Method) -> None:
     hw = c["hardware"]
     if hw.get("omp_wait_policy") not in (None, "passive", "active"):
         raise AlignlabError(f"hardware.omp_wait_policy={hw.get('omp_wait_policy')!r} is "
                             "unknown. Use passive (the default), active, or null.")
     quant = c["model"].get("quantization") or hw.get("model", {}).get("quantization")
-    if c["method"]["name"] == "ppo" and _shards_weights(hw.get("accelerate_config")):
-        # Checked first: it is wrong on any machine. Sampling from sharded weights needs every
-        # rank in each generate step (synced_gpus), or ranks that finish early deadlock; and the
-        # loop steps a plain optimizer, not a DeepSpeed engine.
-        raise AlignlabError(f"method=ppo does not support hardware={hw['name']}: alignlab's PPO "
-                            "runs under DDP only, its rollouts cannot generate from FSDP/ZeRO "
-                            "weights. Use hardware=multi-gpu (DDP), with model.lora=true if the "
-                            "model does not fit one GPU.")
+    if info.no_sharding and _shards_weights(hw.get("accelerate_config")):
+        # Checked first: it is wrong on any machine (PPO: sampling from sharded weights needs
+        # every rank in each generate step, or ranks that finish early deadlock; and its loop
+        # steps a plain optimizer, not a DeepSpeed engine).
+        raise AlignlabError(f"method={info.name} does not support hardware={hw['name']}: "
+                            f"{info.no_sharding} Use hardware=multi-gpu (DDP), with "
+                            "model.lora=true if the model does not fit one GPU.")
     if hw["device"] == "cuda" and not cuda_present():
         fix = " (or hardware.device=cpu to try QLoRA, slowly, on the CPU)" if quant else ""
         raise AlignlabError(f"hardware={hw['name']} needs an NVIDIA GPU with CUDA, and this "

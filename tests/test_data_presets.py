@@ -103,7 +103,7 @@ def test_every_format_serves_every_kind_a_method_trains_on() -> None:
     format: a gap would surface only when a user picks that method with that format."""
     from alignlab import methods
 
-    needed = {methods.method_info(name).data_kind for name in methods.names()} - {"none"}
+    needed = {methods.load(name).data_kind for name in methods.names()} - {"none"}
     assert needed and needed <= set(KINDS)
     for fmt, preset in FORMATS.items():
         assert needed <= set(preset.splits), fmt

@@ -280,7 +280,7 @@ def catalogue() -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     from alignlab import cli, config
-    from alignlab.methods import method_info, names
+    from alignlab.methods import load, names
 
     keys: set[str] = set()
     for base in ([], ["method=dpo"], ["method=ppo", "method.reward_funcs=[toy_judge]"],
@@ -288,7 +288,7 @@ def catalogue() -> dict[str, Any]:
         keys |= set(_leaf_keys(OmegaConf.to_container(cli.compose(base), resolve=False)))
     args: set[str] = set()
     for name in names():
-        args |= set(config.dataclass_fields(method_info(name).args_class))
+        args |= set(config.dataclass_fields(load(name).args_class))
     lora = set(config.dataclass_fields("peft.tuners.lora.config:LoraConfig"))
     _CATALOGUE.update(
         keys=sorted(k for k in keys if not k.startswith("constitution.principles")),

@@ -102,3 +102,40 @@ def test_no_import_cycle() -> None:
     modules = {m for m in graph.modules if m == "alignlab" or m.startswith("alignlab.")}
     assert {"alignlab.cli", "alignlab.config", "alignlab.errors"} <= modules
     assert _cycles(graph, modules) == []
+
+
+ASKS_THE_ROW = ("report.py", "console.py", "validation.py", "toy_start.py", "stage.py",
+                "pipeline.py", "training.py")
+
+
+def _method_branches(source: str, names: set[str]) -> list[str]:
+    """Comparisons of a method's name with a method's name (``method == "ppo"``, ``info.name in
+    ("cai", "judge")``): a module that branches on the name instead of asking the method's row.
+    (A metric key that is also a method's name, eval.json's ``reward``, is not a method.)"""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Compare):
+            continue
+        for side in (node.left, *node.comparators):
+            consts = [side] if isinstance(side, ast.Constant) else \
+                list(side.elts) if isinstance(side, ast.Tuple | ast.List | ast.Set) else []
+            hits = [c.value for c in consts if isinstance(c, ast.Constant) and c.value in names]
+            if hits and ("method" in ast.unparse(node) or "name" in ast.unparse(node)):
+                found.append(f"line {node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_report_console_validation_name_no_method() -> None:
+    """What a method is lives in its registry row (alignlab.methods.spec.Method): the modules
+    that show or check stages ask the row, and never compare a name with a method's."""
+    from alignlab import methods
+
+    names = set(methods.names())
+    for module in ASKS_THE_ROW:
+        found = _method_branches((ROOT / "alignlab" / module).read_text(), names)
+        assert not found, (module, found)
+    # The check finds what it forbids.
+    assert _method_branches('if method in ("dpo", "kto"):\n    pass\n', names)
+    assert _method_branches('x = cfg.method.name == "ppo"\n', names)

@@ -501,6 +501,8 @@ def test_step_metrics_and_log_step() -> None:
                      kl_coef=0.2, per_device_train_batch_size=2)
     sched = SimpleNamespace(get_last_lr=lambda: [0.25])
     run = _session(args, scheduler=sched, accelerator=_FakeAccelerator(num_processes=2))
+    from alignlab.methods import ppo as ppo_method
+    run.step_keys = ppo_method.SPEC.step_keys  # what methods/ppo.run passes
     lines: list[str] = []
     bar = SimpleNamespace(write=lines.append, update=lambda n: None,
                           set_postfix=lambda **kw: None)
@@ -528,7 +530,8 @@ def test_step_metrics_and_log_step() -> None:
         core.adaptive_kl_coef(0.2, 1.25, 1.0, 100, 4))
     assert run.state.kl_coef == pytest.approx(rows[2]["objective/kl_coef"] * (1 + 0.2 * 4 / 100))
     assert [r["step"] for r in run.state.log_history] == [2, 3]
-    assert lines == [console.step_line(s, 3, rows[s - 1]) for s in (2, 3)]
+    assert lines == [console.step_line(s, 3, rows[s - 1], run.step_keys) for s in (2, 3)]
+    assert "score 2" in lines[0] and "kl 1.25" in lines[0], lines  # the PPO row's keys
     assert run.accelerator.calls["reduce"] == [("mean",)] * 3
 
 

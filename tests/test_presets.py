@@ -8,8 +8,6 @@ import yaml
 
 from alignlab import config, methods, templates
 
-TRAINED = ["sft", "reward", "dpo", "kto", "grpo", "rloo", "ppo"]
-
 
 @pytest.mark.parametrize("preset", config.group_options("model"))
 def test_every_suggested_trainer_argument_exists(preset: str) -> None:
@@ -17,8 +15,8 @@ def test_every_suggested_trainer_argument_exists(preset: str) -> None:
     in transformers 5) would silently do nothing: every key must reach at least one trainer,
     and a per-method entry must reach that method's trainer."""
     data = yaml.safe_load((config.conf_dir() / "model" / f"{preset}.yaml").read_text())
-    fields = {m: set(config.dataclass_fields(methods.method_info(m).args_class))
-              for m in TRAINED}
+    fields = {m: set(config.dataclass_fields(methods.load(m).args_class))
+              for m in methods.names()}
     for section, args in (data.get("train_args") or {}).items():
         for key in args:
             if section == "default":

@@ -36,6 +36,7 @@ from alignlab.args import CAIArgs
 from alignlab.data import RuleScorer
 from alignlab.data.items import prompt_items
 from alignlab.errors import AlignlabError
+from alignlab.methods.spec import Method
 from alignlab.training import merged_args
 
 log = logging.getLogger("alignlab")
@@ -308,3 +309,7 @@ def _rule_scores(rule: RuleScorer, rows: Sequence[dict[str, Any]]) -> dict[str, 
                                  "revision": revision.per_category[c]}
                              for c in revision.per_category},
             "evasiveness": {"init": init.evasiveness, "revision": revision.evasiveness}}
+
+
+SPEC = Method(name="cai", args_class=ARGS_CLASS, data_kind=DATA_KIND, stage=run,
+              reads_constitution=True, starts_from_sft=True)

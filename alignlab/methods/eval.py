@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from alignlab import console, evaluation, models, runs
+from alignlab.methods.spec import Method
 
 log = logging.getLogger("alignlab")
 
 ARGS_CLASS = "alignlab.evaluation:EvalArgs"
 DATA_KIND = "prompts"
-check_args = evaluation.check_args  # method.args checked by config validation
 
 
 def run(cfg: Any, run_dir: Path) -> dict[str, Any]:
@@ -105,3 +105,8 @@ def _pairs(cfg: Any, args: Any, inputs: Any, run_dir: Path, cache: Path,
           f"{acc['calibration']['ece']:.3f}")
     return {"method": "eval", "eval": result.to_dict(),
             "wall_seconds": round(time.time() - started, 2)}
+
+
+# The headline is the judge's score itself (no start -> trained change: nothing trained).
+SPEC = Method(name="eval", args_class=ARGS_CLASS, data_kind=DATA_KIND, stage=run,
+              check_args=evaluation.check_args, shows_change=False)

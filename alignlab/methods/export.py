@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from alignlab import export, models, runs
+from alignlab.methods.spec import Method
 
 ARGS_CLASS = "alignlab.export:ExportArgs"
 DATA_KIND = "none"
-check_args = export.check_args  # before any stage of the recipe runs (validation)
 
 
 def run(cfg: Any, run_dir: Path) -> dict[str, Any]:
@@ -30,3 +30,7 @@ def run(cfg: Any, run_dir: Path) -> dict[str, Any]:
         info = export.run_export(source, export.ExportArgs(**cfg.method.args), out,
                                  overwrite=True)
     return {"method": "export", "export": info, "wall_seconds": round(time.time() - started, 2)}
+
+
+SPEC = Method(name="export", args_class=ARGS_CLASS, data_kind=DATA_KIND, stage=run,
+              check_args=export.check_args)

@@ -32,6 +32,7 @@ from alignlab.args import JudgeArgs
 from alignlab.data import RuleScorer
 from alignlab.data.items import prompt_items
 from alignlab.errors import AlignlabError
+from alignlab.methods.spec import Method
 from alignlab.training import merged_args
 
 log = logging.getLogger("alignlab")
@@ -475,3 +476,7 @@ def apply_gate(gate: Gate | None, action: str) -> list[str]:
             "better judge (method.args.judge_model), or method.args.gate=drop to leave those "
             "categories' AI labels out; the labels are kept for resume=true.")
     return bad
+
+
+SPEC = Method(name="judge", args_class=ARGS_CLASS, data_kind=DATA_KIND, stage=run,
+              reads_constitution=True, needs_choice=True, starts_from_sft=True)

@@ -12,9 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from alignlab.methods.spec import LR_KEYS, Method, logged
+
 ARGS_CLASS = "alignlab.ppo.config:PPOConfig"
 DATA_KIND = "prompts"
-NEEDS_REWARD = True
 
 
 def run(cfg: Any, run_dir: Path) -> dict[str, Any]:
@@ -23,4 +24,17 @@ def run(cfg: Any, run_dir: Path) -> dict[str, Any]:
     # errors, which must not import torch (the trainer does at its top).
     from alignlab.ppo import trainer
 
-    return trainer.train(cfg, run_dir)
+    return trainer.train(cfg, run_dir, step_keys=SPEC.step_keys)
+
+
+SPEC = Method(
+    name="ppo", args_class=ARGS_CLASS, data_kind=DATA_KIND, stage=run, needs_reward=True,
+    starts_from_sft=True,
+    no_sharding="alignlab's PPO runs under DDP only, its rollouts cannot generate from "
+                "FSDP/ZeRO weights.",
+    step_keys=(("objective/scores", "score"), ("objective/kl", "kl"), *LR_KEYS),
+    curve_keys=("objective/scores", "objective/rlhf_reward", "objective/kl", "objective/entropy",
+                "objective/non_score_reward", "policy/entropy", "policy/entropy_avg",
+                "policy/approxkl_avg", "policy/clipfrac_avg", "loss/policy_avg",
+                "loss/value_avg"),
+    headline=logged(("objective/scores", "score"), ("objective/kl", "KL")))

@@ -56,17 +56,19 @@ from typing import Any
 from alignlab import data, evaluation, lengths, models, rewards, runs, templates, training
 from alignlab import watch as watching
 from alignlab.errors import AlignlabError
+from alignlab.methods import spec as specs
 
 log = logging.getLogger("alignlab")
 
 
-def train_policy(trainer: Any, cfg: Any, run_dir: Path) -> dict[str, Any]:
+def train_policy(spec: TrlMethod, trainer: Any, cfg: Any, run_dir: Path) -> dict[str, Any]:
     """``training.train`` for a policy stage, then a quick evaluation on the toy world unless
     ``quick_eval=false``: the toy judge of the trained policy and of its starting point (the
     reference when that is the start, else the start reloaded), the win rate against the start,
-    the KL to the reference, written to ``eval.json`` and ``samples.jsonl``."""
-    watch = watch_rl(trainer, cfg) if cfg.method.name in ("grpo", "rloo") else None
-    metrics = training.train(trainer, cfg, run_dir)
+    the KL to the reference, written to ``eval.json`` and ``samples.jsonl``. An online row
+    (``spec.watched``) runs the over-optimisation watch along training."""
+    watch = watch_rl(trainer, cfg) if spec.watched else None
+    metrics = training.train(trainer, cfg, run_dir, step_keys=spec.step_keys)
     if watch is not None:
         metrics["watch"] = watch.summary()
     if cfg.quick_eval and data.source(cfg.data).rule is not None and runs.is_main_process():
@@ -127,12 +129,12 @@ def load_start(cfg: Any, like: Any) -> Any:
         return None
 
 
-def train_reward(trainer: Any, cfg: Any, run_dir: Path) -> dict[str, Any]:
+def train_reward(spec: TrlMethod, trainer: Any, cfg: Any, run_dir: Path) -> dict[str, Any]:
     """``training.train`` for a reward model, with its held-out pair accuracy before and after."""
     test = data.load(cfg.data, "pairs", "test")
     tok = trainer.processing_class
     before = evaluation.reward_accuracy(trainer.model, tok, test)
-    metrics = training.train(trainer, cfg, run_dir)
+    metrics = training.train(trainer, cfg, run_dir, step_keys=spec.step_keys)
     metrics["reward"] = {"accuracy_before": before,
                          "accuracy": evaluation.reward_accuracy(trainer.model, tok, test),
                          "n": len(test)}
@@ -146,19 +148,22 @@ def assistant_only_loss(cfg: Any, args: Any, tokenizer: Any) -> None:
         templates.for_assistant_only_loss(tokenizer, str(cfg.model.path))
 
 
-@dataclass(frozen=True)
-class TrlMethod:
+@dataclass(frozen=True, kw_only=True)
+class TrlMethod(specs.Method):
     """One TRL-backed stage: a row of :data:`TABLE`, run by :func:`build`."""
 
-    name: str
-    trainer: str  # the trainer class in ``trl``
-    args_class: str  # "module:Class" of the dataclass that ``method.args`` fill
-    data_kind: str  # sft | pairs | unpaired | prompts
+    trainer: str  # "module:Class" of the trainer (a class in ``trl`` or ``trl.experimental``)
     models: str  # policy | reward | policy+reference | online (see the module doc)
     lengths: str | None  # how lengths.check counts rows; None: prompts only, nothing to drop
-    finish: Callable[[Any, Any, Path], dict[str, Any]] = train_policy  # trains, then reports
+    # trains, then reports: (row, trainer, cfg, run_dir) -> metrics
+    finish: Callable[[TrlMethod, Any, Any, Path], dict[str, Any]] = train_policy
     prepare_tokenizer: Callable[[Any, Any, Any], None] | None = None  # (cfg, args, tokenizer)
-    needs_reward: bool = False  # method.reward_model or method.reward_funcs is required
+    watched: bool = False  # the over-optimisation watch runs along training (online RL)
+    starts_from_sft: bool = True  # all but sft refine a policy
+
+    @property
+    def trainer_name(self) -> str:
+        return self.trainer.rpartition(":")[2]
 
     def build(self, cfg: Any, run_dir: Path) -> Any:
         """The TRL trainer for this config (:func:`build`)."""
@@ -166,7 +171,7 @@ class TrlMethod:
 
     def run(self, cfg: Any, run_dir: Path) -> dict[str, Any]:
         """Train, save the model to ``run_dir/model``, report: the metrics for metrics.json."""
-        return self.finish(self.build(cfg, run_dir), cfg, run_dir)
+        return self.finish(self, self.build(cfg, run_dir), cfg, run_dir)
 
 
 Loaded = tuple[dict[str, Any], contextlib.AbstractContextManager[Any]]
@@ -179,11 +184,12 @@ def build(spec: TrlMethod, cfg: Any, run_dir: Path) -> Any:
     # method.args.eval_strategy=steps (TRL's convention): the data's test split is the
     # eval_dataset, so log_history holds held-out figures along training (a learning curve).
     held_out = data.load(cfg.data, spec.data_kind, "test") if evaluates(args) else None
-    trainer_cls = getattr(importlib.import_module("trl"), spec.trainer)  # heavy: after the data
+    module, _, name = spec.trainer.partition(":")
+    trainer_cls = getattr(importlib.import_module(module), name)  # heavy: after the data
     kwargs, naming = _LOADERS[spec.models](spec, cfg, args, train)
     if held_out is not None:
         kwargs["eval_dataset"] = held_out
-    with naming, training.setup_errors(spec.trainer):
+    with naming, training.setup_errors(spec.trainer_name):
         return trainer_cls(args=args, train_dataset=train, **kwargs)
 
 
@@ -202,7 +208,7 @@ def _tokenizer(spec: TrlMethod, cfg: Any, args: Any, path: str) -> Any:
 def _check_lengths(spec: TrlMethod, cfg: Any, args: Any, train: Any, tokenizer: Any) -> None:
     if spec.lengths is not None:
         lengths.check(train, tokenizer, spec.lengths, args.max_length, cfg.data.max_dropped,
-                      spec.trainer)
+                      spec.trainer_name)
 
 
 def load_one(spec: TrlMethod, cfg: Any, args: Any, train: Any) -> Loaded:
@@ -274,22 +280,47 @@ _LOADERS: dict[str, Callable[[TrlMethod, Any, Any, Any], Loaded]] = {
     "policy": load_one, "reward": load_one, "policy+reference": load_with_reference,
     "online": load_online}
 
+ONLINE_KEYS: specs.Keys = (("loss", "loss"), ("reward", "reward"), ("kl", "kl"), *specs.LR_KEYS)
+
 # The TRL-backed methods (what each does and its options: the module doc).
 TABLE: dict[str, TrlMethod] = {m.name: m for m in (
-    TrlMethod(name="sft", trainer="SFTTrainer", args_class="trl.trainer.sft_config:SFTConfig",
-              data_kind="sft", models="policy", lengths="sft",
-              prepare_tokenizer=assistant_only_loss),
-    TrlMethod(name="reward", trainer="RewardTrainer",
+    TrlMethod(name="sft", trainer="trl:SFTTrainer", args_class="trl.trainer.sft_config:SFTConfig",
+              data_kind="sft", models="policy", lengths="sft", starts_from_sft=False,
+              prepare_tokenizer=assistant_only_loss,
+              step_keys=(("loss", "loss"), ("mean_token_accuracy", "token acc"), *specs.LR_KEYS)),
+    TrlMethod(name="reward", trainer="trl:RewardTrainer",
               args_class="trl.trainer.reward_config:RewardConfig", data_kind="pairs",
-              models="reward", lengths="reward", finish=train_reward),
-    TrlMethod(name="dpo", trainer="DPOTrainer", args_class="trl.trainer.dpo_config:DPOConfig",
-              data_kind="pairs", models="policy+reference", lengths="dpo"),
-    TrlMethod(name="kto", trainer="KTOTrainer", args_class="trl.trainer.kto_config:KTOConfig",
-              data_kind="unpaired", models="policy+reference", lengths="kto"),
-    TrlMethod(name="grpo", trainer="GRPOTrainer",
+              models="reward", lengths="reward", finish=train_reward,
+              step_keys=(("loss", "loss"), ("accuracy", "acc"), *specs.LR_KEYS),
+              curve_keys=("loss", "eval_loss", "eval_accuracy"), headline=specs.pair_accuracy),
+    TrlMethod(name="dpo", trainer="trl:DPOTrainer", args_class="trl.trainer.dpo_config:DPOConfig",
+              data_kind="pairs", models="policy+reference", lengths="dpo",
+              step_keys=specs.PREFERENCE_KEYS, curve_keys=specs.PREFERENCE_CURVES,
+              headline=specs.logged(("rewards/accuracies", "reward accuracy"),
+                                    ("rewards/margins", "margin"), ("kl", "KL"))),
+    TrlMethod(name="kto", trainer="trl:KTOTrainer", args_class="trl.trainer.kto_config:KTOConfig",
+              data_kind="unpaired", models="policy+reference", lengths="kto",
+              step_keys=specs.PREFERENCE_KEYS, curve_keys=specs.PREFERENCE_CURVES,
+              headline=specs.logged(("rewards/accuracies", "reward accuracy"),
+                                    ("rewards/margins", "margin"), ("kl", "KL"))),
+    # ORPO (Hong et al. 2024): SFT and a log-odds-ratio preference term in one loss, no
+    # reference model; trl.experimental's trainer on the pinned TRL.
+    TrlMethod(name="orpo", trainer="trl.experimental.orpo:ORPOTrainer",
+              args_class="trl.experimental.orpo.orpo_config:ORPOConfig", data_kind="pairs",
+              models="policy", lengths="dpo",
+              step_keys=(*specs.PREFERENCE_KEYS[:3], ("log_odds_ratio", "log odds"),
+                         *specs.LR_KEYS),
+              curve_keys=(*specs.PREFERENCE_CURVES[:-1], "nll_loss", "log_odds_ratio"),
+              headline=specs.logged(("rewards/accuracies", "reward accuracy"),
+                                    ("rewards/margins", "margin"), ("nll_loss", "NLL"))),
+    TrlMethod(name="grpo", trainer="trl:GRPOTrainer",
               args_class="trl.trainer.grpo_config:GRPOConfig", data_kind="prompts",
-              models="online", lengths=None, needs_reward=True),
-    TrlMethod(name="rloo", trainer="RLOOTrainer",
+              models="online", lengths=None, needs_reward=True, watched=True,
+              step_keys=ONLINE_KEYS, curve_keys=("loss", "reward", "kl"),
+              headline=specs.logged(("reward", "reward"), ("kl", "KL"))),
+    TrlMethod(name="rloo", trainer="trl:RLOOTrainer",
               args_class="trl.trainer.rloo_config:RLOOConfig", data_kind="prompts",
-              models="online", lengths=None, needs_reward=True),
+              models="online", lengths=None, needs_reward=True, watched=True,
+              step_keys=ONLINE_KEYS, curve_keys=("loss", "reward", "kl"),
+              headline=specs.logged(("reward", "reward"), ("kl", "KL"))),
 )}

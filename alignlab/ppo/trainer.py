@@ -526,6 +526,7 @@ class Session:
     kill_at: int | None = None  # test hook: exit after this step
     watch: Any = None  # alignlab.watch.Watch: the held-out judge during training (or None)
     last_step: int = 0  # the last update done (max_steps, unless the watch stopped the run)
+    step_keys: Any = None  # the console line's (log key, label) pairs (the method's row)
 
     @property
     def world(self) -> int:
@@ -713,7 +714,7 @@ def log_step(run: Session, step: int, local: dict[str, torch.Tensor], t_rollout:
             log.info("step %d: %s", step, json.dumps({k: round(v, 4) for k, v in row.items()}),
                      extra={console.FILE_ONLY: True})
             if not args.disable_tqdm:
-                bar.write(console.step_line(step, run.max_steps, row))
+                bar.write(console.step_line(step, run.max_steps, row, run.step_keys))
     bar.update(1)
     bar.set_postfix(score=f"{row['objective/scores']:.3f}", kl=f"{row['objective/kl']:.3f}")
     return row
@@ -783,9 +784,11 @@ def finish(run: Session, wall: float) -> dict[str, Any]:
     return metrics
 
 
-def train(cfg: Any, run_dir: Path) -> dict[str, Any]:
-    """Run PPO for ``cfg`` into ``run_dir``; returns the metrics for metrics.json."""
+def train(cfg: Any, run_dir: Path, step_keys: Any = None) -> dict[str, Any]:
+    """Run PPO for ``cfg`` into ``run_dir``; returns the metrics for metrics.json.
+    ``step_keys``: what the console line of a logged update shows (the method's row)."""
     run = setup(cfg, run_dir)
+    run.step_keys = step_keys
     args, accelerator = run.args, run.accelerator
     started = time.time()
     bar = tqdm(total=run.max_steps, initial=run.start_step, desc="ppo",
