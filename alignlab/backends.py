@@ -29,12 +29,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any, Protocol, get_args
 
-from alignlab import generation, lengths, models
-from alignlab.args import BackendArgs
+from alignlab import config, generation, lengths, models
+from alignlab.args import Backend, BackendArgs
 from alignlab.config import cuda_present
-from alignlab.errors import AlignlabError, did_you_mean
+from alignlab.errors import AlignlabError
 
 log = logging.getLogger("alignlab")
 
@@ -42,7 +42,7 @@ Conversation = Sequence[dict[str, str]]
 # A judge query: the conversation to continue, and the start of the assistant's answer
 # (e.g. "The answer is: (") after which the options are scored.
 Query = tuple[Conversation, str]
-BACKENDS = ("transformers", "openai", "vllm")
+BACKENDS = get_args(Backend)  # declared once, on BackendArgs.backend
 # HTTP statuses worth retrying: the server is busy, restarting or timed out.
 _RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
@@ -397,19 +397,10 @@ class VLLMBackend:
 
 def check(args: BackendArgs) -> None:
     """Catch backend settings that can't work, before any data or model is loaded."""
-    if args.backend not in BACKENDS:
-        raise AlignlabError(f"method.args.backend='{args.backend}' is unknown."
-                            f"{did_you_mean(args.backend, BACKENDS)}")
+    config.check_instance(args, "method.args")  # the choices and bounds of BackendArgs
     if args.backend == "openai" and not args.base_url:
         raise AlignlabError("method.args.backend=openai needs method.args.base_url, e.g. "
                             "http://127.0.0.1:8000/v1 for a local vLLM server.")
-    if args.api not in ("chat", "completions"):
-        raise AlignlabError(f"method.args.api='{args.api}' is unknown. Use chat or completions.")
-    for name in ("batch_size", "concurrency", "max_new_tokens"):
-        if getattr(args, name) < 1:
-            raise AlignlabError(f"method.args.{name}={getattr(args, name)} must be at least 1.")
-    if args.max_retries < 0 or args.request_timeout <= 0:
-        raise AlignlabError("method.args.max_retries must be >= 0 and request_timeout > 0.")
 
 
 def create(args: BackendArgs, cfg: Any, model_path: str | None = None) -> Backend:

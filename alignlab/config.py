@@ -15,6 +15,7 @@ import functools
 import importlib.util
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -402,12 +403,25 @@ def _module_file(module: str) -> Path:
 _DEFINED_IN = {"transformers:TrainingArguments": "transformers.training_args:TrainingArguments"}
 
 
+@dataclass(frozen=True)
+class FieldRule:
+    """What a dataclass field admits, read from its source: its annotation, the values of a
+    ``Literal[...]`` (directly, or through a module-level alias such as ``Backend =
+    Literal[...]``), and bounds in its ``metadata`` (``at_least``, ``above``)."""
+
+    annotation: str
+    choices: tuple[Any, ...] | None = None
+    at_least: float | None = None
+    above: float | None = None
+
+
 @functools.cache
-def dataclass_fields(target: str) -> dict[str, str]:
-    """Field name -> annotation source of ``module:Class`` and its bases, parsed with ``ast``."""
-    target = _DEFINED_IN.get(target, target)
-    module, _, cls = target.partition(":")
-    tree = ast.parse(_module_file(module).read_text())
+def _tree(module: str) -> ast.Module:
+    return ast.parse(_module_file(module).read_text())
+
+
+def _imports(module: str, tree: ast.Module) -> dict[str, str]:
+    """Names imported by ``from x import y`` at the top of ``module``: name -> "x:y"."""
     imports: dict[str, str] = {}
     for node in tree.body:
         if isinstance(node, ast.ImportFrom) and node.module is not None:
@@ -416,7 +430,60 @@ def dataclass_fields(target: str) -> dict[str, str]:
                 base = ".".join([*module.split(".")[:-node.level], node.module])
             for alias in node.names:
                 imports[alias.asname or alias.name] = f"{base}:{alias.name}"
-    fields: dict[str, str] = {}
+    return imports
+
+
+def _literal(node: ast.AST | None, module: str, depth: int = 0) -> tuple[Any, ...] | None:
+    """The values of a ``Literal[...]`` annotation (``| None`` allowed), or of the module-level
+    alias (or imported alias) it names; None for any other annotation."""
+    if node is None or depth > 3:
+        return None
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):  # Literal[...] | None
+        sides = [side for side in (node.left, node.right)
+                 if not (isinstance(side, ast.Constant) and side.value is None)]
+        found = [_literal(side, module, depth) for side in sides]
+        return None if any(f is None for f in found) else tuple(v for f in found for v in f)
+    if isinstance(node, ast.Subscript) and ast.unparse(node.value) in ("Literal",
+                                                                        "typing.Literal"):
+        elts = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+        return tuple(ast.literal_eval(e) for e in elts)
+    if isinstance(node, ast.Name):
+        tree = _tree(module)
+        for item in tree.body:
+            value = item.value if isinstance(item, ast.Assign | ast.AnnAssign) else None
+            targets = item.targets if isinstance(item, ast.Assign) else \
+                [item.target] if isinstance(item, ast.AnnAssign) else []
+            if any(isinstance(t, ast.Name) and t.id == node.id for t in targets):
+                return _literal(value, module, depth + 1)
+        ref = _imports(module, tree).get(node.id)
+        if ref:
+            other, _, name = ref.partition(":")
+            with contextlib.suppress(AlignlabError, OSError, SyntaxError):
+                return _literal(ast.Name(id=name), other, depth + 1)
+    return None
+
+
+def _bounds(value: ast.AST | None) -> dict[str, float]:
+    """``at_least`` / ``above`` of a ``field(metadata={...})`` default, if it has them."""
+    if not isinstance(value, ast.Call):
+        return {}
+    for kw in value.keywords:
+        if kw.arg == "metadata" and isinstance(kw.value, ast.Dict):
+            return {k.value: ast.literal_eval(v) for k, v in zip(kw.value.keys, kw.value.values,
+                                                                 strict=True)
+                    if isinstance(k, ast.Constant) and k.value in ("at_least", "above")}
+    return {}
+
+
+@functools.cache
+def field_rules(target: str) -> dict[str, FieldRule]:
+    """Field name -> :class:`FieldRule` of ``module:Class`` and its bases, parsed with ``ast``
+    (nothing imported: config errors come before torch)."""
+    target = _DEFINED_IN.get(target, target)
+    module, _, cls = target.partition(":")
+    tree = _tree(module)
+    imports = _imports(module, tree)
+    fields: dict[str, FieldRule] = {}
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and node.name == cls:
             for base in node.bases:  # bases we cannot find hold no fields we validate
@@ -425,13 +492,52 @@ def dataclass_fields(target: str) -> dict[str, str]:
                     isinstance(n, ast.ClassDef) and n.name == name for n in tree.body) else None)
                 if ref:
                     with contextlib.suppress(AlignlabError, OSError):
-                        fields.update(dataclass_fields(ref))
+                        fields.update(field_rules(ref))
             for item in node.body:
                 if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
-                    fields[item.target.id] = ast.unparse(item.annotation)
+                    fields[item.target.id] = FieldRule(
+                        annotation=ast.unparse(item.annotation),
+                        choices=_literal(item.annotation, module), **_bounds(item.value))
             return fields
     raise AlignlabError(f"Could not find {cls} in {module}; the installed version may be too "
                         "old. Reinstall the project's dependencies with `make install`.")
+
+
+@functools.cache
+def dataclass_fields(target: str) -> dict[str, str]:
+    """Field name -> annotation source of ``module:Class`` and its bases, parsed with ``ast``."""
+    return {name: rule.annotation for name, rule in field_rules(target).items()}
+
+
+def check_rules(args: Mapping[str, Any], target: str, where: str) -> None:
+    """The one check of choices and bounds declared on a dataclass's fields (``Literal[...]``,
+    ``metadata={"at_least": 1}``): a value outside them is one line naming it, the closest
+    choice and the fix."""
+    rules = field_rules(target)
+    for key, value in args.items():
+        rule = rules.get(key)
+        if rule is None or value is None:
+            continue
+        if rule.choices is not None and value not in rule.choices:
+            shown = [str(c) for c in rule.choices if c is not None]
+            raise AlignlabError(f"{where}.{key}={value!r} is not one of {', '.join(shown)}."
+                                f"{did_you_mean(str(value), shown)} Fix the value in the "
+                                "override or YAML.")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if rule.at_least is not None and value < rule.at_least:
+            raise AlignlabError(f"{where}.{key}={value!r} must be at least "
+                                f"{rule.at_least:g}. Fix the value in the override or YAML.")
+        if rule.above is not None and value <= rule.above:
+            raise AlignlabError(f"{where}.{key}={value!r} must be above {rule.above:g}. "
+                                "Fix the value in the override or YAML.")
+
+
+def check_instance(obj: Any, where: str) -> None:
+    """:func:`check_rules` of a built argument dataclass (a stage checks what it was given,
+    also when it runs without the CLI's validation)."""
+    cls = type(obj)
+    check_rules(vars(obj), f"{cls.__module__}:{cls.__qualname__}", where)
 
 
 _SIMPLE = {"float": (int, float), "int": (int,), "bool": (bool,), "str": (str,)}
@@ -451,7 +557,8 @@ def _type_ok(annotation: str, value: Any) -> bool:
 
 
 def check_args(args: dict[str, Any], target: str, where: str) -> None:
-    """Every key of ``args`` must be a field of the dataclass ``target`` with a plausible type."""
+    """Every key of ``args`` must be a field of the dataclass ``target`` with a plausible type,
+    within the field's declared choices and bounds (:func:`check_rules`)."""
     fields = dataclass_fields(target)
     cls = target.rpartition(":")[2]
     for key, value in args.items():
@@ -467,6 +574,7 @@ def check_args(args: dict[str, Any], target: str, where: str) -> None:
             raise AlignlabError(f"'{where}.{key}={value!r}' has the wrong type: {cls}.{key} "
                                 f"expects {fields[key]}{hint}. Fix the value in the override "
                                 "or YAML.")
+    check_rules(args, target, where)
 
 
 def _looks_numeric(text: str) -> bool:

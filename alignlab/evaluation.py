@@ -8,11 +8,12 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
-from alignlab import data, lengths, runs, stats
+from alignlab import config, data, lengths, runs, stats
+from alignlab.args import Backend
 from alignlab.data import RuleScorer, RuleScores
-from alignlab.errors import AlignlabError, did_you_mean
+from alignlab.errors import AlignlabError
 from alignlab.generation import generate, left_pad
 
 log = logging.getLogger("alignlab")
@@ -22,21 +23,27 @@ log = logging.getLogger("alignlab")
 class EvalArgs:
     """Settings of ``method=eval`` (``method.args.<name>``)."""
 
-    num_samples: int = field(default=3, metadata={"help": "Samples per held-out prompt."})
-    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (0 = greedy)."})
-    max_new_tokens: int = field(default=48, metadata={"help": "Longest response generated."})
-    max_prompts: int | None = field(default=None, metadata={"help": "Cap on held-out prompts."})
-    batch_size: int = field(default=64, metadata={"help": "Prompts per generate call."})
-    judge: str = field(default="auto", metadata={
+    num_samples: int = field(default=3, metadata={"at_least": 1,
+        "help": "Samples per held-out prompt."})
+    temperature: float = field(default=0.7, metadata={"at_least": 0,
+        "help": "Sampling temperature (0 = greedy)."})
+    max_new_tokens: int = field(default=48, metadata={"at_least": 1,
+        "help": "Longest response generated."})
+    max_prompts: int | None = field(default=None, metadata={"at_least": 1,
+        "help": "Cap on held-out prompts."})
+    batch_size: int = field(default=64, metadata={"at_least": 1,
+        "help": "Prompts per generate call."})
+    judge: Judge = field(default="auto", metadata={
         "help": "Who decides wins: toy (the toy world's rule), reward (the reward model), llm "
                 "(an LLM judge, judge_model, in both orders), or auto (toy on the toy world, "
                 "else reward)."})
-    num_examples: int = field(default=8, metadata={"help": "Samples shown in the report."})
-    task: str = field(default="answers", metadata={
+    num_examples: int = field(default=8, metadata={"at_least": 0,
+        "help": "Samples shown in the report."})
+    task: Literal["answers", "pairs"] = field(default="answers", metadata={
         "help": "answers: sample the policy on held-out prompts; pairs: score the data's "
                 "labelled pairs with the reward model or the LLM judge (accuracy per category "
                 "and calibration, as RewardBench), no policy needed."})
-    split: str = field(default="test", metadata={
+    split: Literal["test", "train", "all"] = field(default="test", metadata={
         "help": "The data split evaluated: test, train, or all (every row of the train "
                 "split, none held out: a benchmark file)."})
     baseline_answers: str | None = field(default=None, metadata={
@@ -45,14 +52,14 @@ class EvalArgs:
     judge_model: str | None = field(default=None, metadata={
         "help": "judge=llm: the judge, a model folder, .gguf, builtin:<name> or hub id "
                 "(judge_backend=openai: the served model name)."})
-    judge_backend: str = field(default="transformers", metadata={
+    judge_backend: Backend = field(default="transformers", metadata={
         "help": "judge=llm: transformers (in this process), openai (an OpenAI-compatible "
                 "server at judge_base_url) or vllm."})
     judge_base_url: str | None = field(default=None, metadata={
         "help": "judge_backend=openai: the server's base URL, e.g. http://127.0.0.1:8000/v1."})
     judge_api_key_env: str = field(default="OPENAI_API_KEY", metadata={
         "help": "judge_backend=openai: the environment variable holding the API key."})
-    judge_concurrency: int = field(default=8, metadata={
+    judge_concurrency: int = field(default=8, metadata={"at_least": 1,
         "help": "judge_backend=openai: requests in flight at once."})
     rubric: str | None = field(default=None, metadata={
         "help": "judge=llm: a text file holding the judge's question, or a constitution YAML "
@@ -67,8 +74,9 @@ class EvalArgs:
 # world's, the only data with one), ``reward`` the reward model, ``auto`` the rule when there is
 # one. Public names (config values, and ``win_rate.judge`` in eval.json).
 RULE, REWARD, LLM = "toy", "reward", "llm"
-JUDGES = ("auto", RULE, REWARD, LLM)
-TASKS = ("answers", "pairs")
+Judge = Literal["auto", "toy", "reward", "llm"]
+JUDGES = get_args(Judge)
+ARGS = f"{__name__}:EvalArgs"
 
 
 @dataclass
@@ -149,13 +157,6 @@ def prepare(cfg: Any, args: EvalArgs, *, reward_model: bool,
     sampling first made a mistake cost the whole start-up instead of a second or two.
     """
     check_args(vars(args))
-    for name in ("num_samples", "max_new_tokens", "batch_size", "max_prompts"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise AlignlabError(f"method.args.{name}={value} must be at least 1.")
-    if args.temperature < 0:
-        raise AlignlabError(f"method.args.temperature={args.temperature} must be >= 0 "
-                            "(0 = greedy).")
     rule = data.source(cfg.data).rule
     if args.split == "all" and rule is not None:
         raise AlignlabError("method.args.split=all is for data files; the toy world's splits "
@@ -209,16 +210,8 @@ def check_args(args: dict[str, Any]) -> None:
     config validation before anything loads, and by :func:`prepare`)."""
     from alignlab import backends
 
-    judge, task = args.get("judge", "auto"), args.get("task", "answers")
-    if judge not in JUDGES:
-        raise AlignlabError(f"method.args.judge={judge!r} is not a judge."
-                            f"{did_you_mean(str(judge), JUDGES)}")
-    if task not in TASKS:
-        raise AlignlabError(f"method.args.task={task!r} is unknown."
-                            f"{did_you_mean(str(task), TASKS)}")
-    if args.get("split", "test") not in ("train", "test", "all"):
-        raise AlignlabError(f"method.args.split={args.get('split')!r} must be test, train or "
-                            "all.")
+    config.check_rules(args, ARGS, "method.args")  # the choices and bounds of EvalArgs
+    judge = args.get("judge", "auto")
     for key in ("baseline_answers", "rubric"):
         value = args.get(key)
         if value and not Path(str(value)).expanduser().exists():

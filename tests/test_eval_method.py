@@ -31,7 +31,7 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     answers.write_text(json.dumps({"prompt": "not a held-out prompt", "response": "x"}) + "\n")
     llm = ["method.args.judge=llm", "method.args.judge_model=builtin:llama-small"]
     return {
-        "unknown judge": (["method.args.judge=lmm"], "is not a judge"),
+        "unknown judge": (["method.args.judge=lmm"], "Did you mean 'llm'"),
         "llm judge without a judge model": (["method.args.judge=llm"], "judge_model"),
         "llm judge without a baseline": (llm, "compares the policy with a baseline"),
         "baseline answers that miss prompts": (

@@ -64,3 +64,42 @@ def test_unpatchable_template_is_one_clear_error(tokenizer) -> None:
                                "{% endfor %}")
     with pytest.raises(AlignlabError, match="assistant_only_loss=false"):
         templates.for_assistant_only_loss(tokenizer, "odd-model")
+
+
+def test_fields_read_from_source_are_the_real_dataclass_fields() -> None:
+    """Validation reads every method's argument fields with ``ast`` (no torch before a config
+    error); for each registry row they must be exactly the fields of the real class, TRL's
+    included, so a TRL upgrade that moves a field to a base class cannot go unnoticed."""
+    import dataclasses
+    import importlib
+
+    for name in methods.names():
+        target = methods.load(name).args_class
+        module, _, cls = target.partition(":")
+        real = {f.name for f in dataclasses.fields(getattr(importlib.import_module(module), cls))}
+        assert set(config.dataclass_fields(target)) == real, (name, target)
+
+
+def test_declared_choices_and_bounds_are_checked_with_a_suggestion() -> None:
+    """One generic check of the Literal choices and metadata bounds on argument dataclasses;
+    the choices the code uses are the declared ones (get_args), not a second list."""
+    from typing import get_args
+
+    from alignlab import args, backends, evaluation
+    from alignlab.errors import AlignlabError
+
+    rules = config.field_rules("alignlab.args:JudgeArgs")
+    assert rules["backend"].choices == get_args(args.Backend) == backends.BACKENDS
+    assert rules["gate"].choices == ("drop", "warn", "stop", "off")
+    assert rules["num_candidates"].at_least == 2 and rules["request_timeout"].above == 0
+    assert config.field_rules(evaluation.ARGS)["judge"].choices == evaluation.JUDGES
+    ok = {"gate": "warn", "num_candidates": 2, "request_timeout": 0.5, "max_prompts": None}
+    config.check_rules(ok, "alignlab.args:JudgeArgs", "method.args")
+    for bad, message in (({"gate": "wran"}, "Did you mean 'warn'"),
+                         ({"gate": "zzz"}, "is not one of drop, warn, stop, off"),
+                         ({"num_candidates": 1}, "must be at least 2"),
+                         ({"request_timeout": 0}, "must be above 0")):
+        with pytest.raises(AlignlabError, match=message):
+            config.check_rules(bad, "alignlab.args:JudgeArgs", "method.args")
+    with pytest.raises(AlignlabError, match="api='chats' is not one of chat, completions"):
+        config.check_instance(args.CAIArgs(api="chats"), "method.args")

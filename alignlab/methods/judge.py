@@ -38,35 +38,22 @@ from alignlab.training import merged_args
 log = logging.getLogger("alignlab")
 
 ARGS_CLASS = "alignlab.args:JudgeArgs"
-GATE_ACTIONS = ("drop", "warn", "stop", "off")
 DATA_KIND = "prompts"
 
 
 def stage_args(cfg: Any) -> Any:
     """``method.args`` as a checked JudgeArgs."""
     args = JudgeArgs(**merged_args(cfg, ARGS_CLASS))
-    backends.check(args)
-    if args.source not in ("policy", "pairs"):
-        raise AlignlabError(f"method.args.source='{args.source}' is unknown. Use policy (sample "
-                            "candidates from model.path) or pairs (relabel the data's pairs).")
-    if args.num_candidates < 2:
-        raise AlignlabError(f"method.args.num_candidates={args.num_candidates}: the judge "
-                            "compares responses, so it needs at least 2.")
+    backends.check(args)  # and the choices and bounds declared on JudgeArgs
     if args.clamp is not None:
         clamp = list(args.clamp)
         if len(clamp) != 2 or not 0.0 <= clamp[0] <= 0.5 <= clamp[1] <= 1.0:
             raise AlignlabError(f"method.args.clamp={clamp} must be [low, high] with "
                                 "0 <= low <= 0.5 <= high <= 1, e.g. [0.4, 0.6].")
         args.clamp = clamp
-    if args.gate not in GATE_ACTIONS:
-        raise AlignlabError(f"method.args.gate='{args.gate}' is unknown. Use one of "
-                            f"{', '.join(GATE_ACTIONS)}.")
     if args.gate_data and not Path(args.gate_data).expanduser().exists():
         raise AlignlabError(f"method.args.gate_data='{args.gate_data}' does not exist. Point it "
                             "at a file (or folder) of labelled pairs with chosen/rejected.")
-    if args.human_pairs < 0:
-        raise AlignlabError(f"method.args.human_pairs={args.human_pairs} must be 0 (AI labels "
-                            "only) or a number of human-labelled pairs per split.")
     return args
 
 
