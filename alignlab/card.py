@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from alignlab import runs, stats
+from alignlab.results import Interval
 
 TEMPLATE = Path(__file__).parent / "assets" / "card" / "model_card.md.jinja"
 # Trainer metrics worth a row, with their names and units; the rest of ``train`` is raw.
@@ -41,10 +42,9 @@ def _samples(run_dir: Path) -> list[dict[str, Any]]:
         return []
 
 
-def fmt(ci: dict[str, Any], signed: bool = False) -> str:
+def fmt(ci: Interval, signed: bool = False) -> str:
     """``0.60 [0.49, 0.69]`` (``+0.60 [...]`` when signed)."""
-    sign = "+" if signed else ""
-    return f"{ci['mean']:{sign}.2f} [{ci['ci_low']:{sign}.2f}, {ci['ci_high']:{sign}.2f}]"
+    return ci.text("+.2f" if signed else ".2f")
 
 
 def eval_rows(samples: list[dict[str, Any]]) -> list[dict[str, str]]:
@@ -59,13 +59,13 @@ def eval_rows(samples: list[dict[str, Any]]) -> list[dict[str, str]]:
     out = []
     for name, rows in groups.items():
         prompts = [r["prompt"] for r in rows]
-        trained = stats.mean_ci([float(r["score"]) for r in rows], groups=prompts)
+        trained = stats.interval([float(r["score"]) for r in rows], groups=prompts)
         paired = all(r.get("reference_score") is not None for r in rows)
-        start = stats.mean_ci([float(r["reference_score"]) for r in rows], groups=prompts) \
+        start = stats.interval([float(r["reference_score"]) for r in rows], groups=prompts) \
             if paired else None
-        diff = stats.mean_ci([float(r["score"]) - float(r["reference_score"]) for r in rows],
+        diff = stats.interval([float(r["score"]) - float(r["reference_score"]) for r in rows],
                              groups=prompts) if paired else None
-        out.append({"name": name, "n": f"{len(rows)} ({trained.get('n_prompts', '?')} prompts)",
+        out.append({"name": name, "n": f"{len(rows)} ({trained.n_prompts or '?'} prompts)",
                     "trained": fmt(trained), "start": fmt(start) if start else "—",
                     "diff": fmt(diff, signed=True) if diff else "—"})
     return out
@@ -75,8 +75,9 @@ def _extra(evaluation: dict[str, Any]) -> list[str]:
     lines = []
     win = evaluation.get("win_rate")
     if win:
-        lines.append(f"win rate vs the {win.get('versus', 'start')}: {win['win_rate']:.2f} "
-                     f"[{win['ci_low']:.2f}, {win['ci_high']:.2f}] (ties count half; "
+        figure = Interval.read(win, ("win_rate",))
+        lines.append(f"win rate vs the {win.get('versus', 'start')}: "
+                     f"{figure.text() if figure else '?'} (ties count half; "
                      f"{win.get('wins')} wins, {win.get('ties')} ties, {win.get('losses')} "
                      "losses)")
     kl = evaluation.get("kl")

@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from alignlab.results import Interval
+
 QUIET_FLAGS = ("-q", "--quiet")
 log = logging.getLogger("alignlab")
 
@@ -115,12 +117,8 @@ def step_line(step: int, max_steps: int | None, logs: Mapping[str, Any],
 
 
 def _figure(section: Mapping[str, Any], key: str = "score") -> str:
-    value = section.get(key, section.get("mean"))
-    text = f"{value:.2f}" if isinstance(value, int | float) else "?"
-    lo, hi = section.get("ci_low"), section.get("ci_high")
-    if isinstance(lo, int | float) and isinstance(hi, int | float):
-        text += f" [{lo:.2f}, {hi:.2f}]"
-    return text
+    figure = Interval.read(section, (key, "mean"))
+    return figure.text() if figure is not None else "?"
 
 
 # What a recipe's metrics keep of each stage: the toy judge, the reward model's figures, PPO's

@@ -609,11 +609,10 @@ def calibration(p_chosen: list[float], groups: list[Any]) -> dict[str, Any]:
             continue
         hits = [verdicts.outcome(p_chosen[i]) for i in idx]
         conf = sum(max(p_chosen[i], 1 - p_chosen[i]) for i in idx) / len(idx)
-        ci = stats.mean_ci(hits, groups=[groups[i] for i in idx])
+        ci = stats.interval(hits, groups=[groups[i] for i in idx])
         buckets.append({"confidence": [low, high], "mean_confidence": conf,
-                        "accuracy": ci["mean"], "ci_low": ci["ci_low"],
-                        "ci_high": ci["ci_high"], "n": len(idx)})
-        gap += len(idx) * abs(ci["mean"] - conf)
+                        **ci.to_json("accuracy")})
+        gap += len(idx) * abs(ci.mean - conf)
     return {"buckets": buckets, "ece": gap / max(1, len(p_chosen))}
 
 
@@ -667,9 +666,8 @@ def pair_benchmark(cfg: Any, args: EvalArgs, inputs: EvalInputs, *, reward_model
         per: dict[str, Any] = {}
         for cat in sorted({str(cats[i]) for i in keep}):
             idx = [j for j, i in enumerate(keep) if str(cats[i]) == cat]
-            c = stats.mean_ci([hits[j] for j in idx], groups=[groups[j] for j in idx])
-            per[cat] = {"accuracy": c["mean"], "ci_low": c["ci_low"], "ci_high": c["ci_high"],
-                        "n": c["n"]}
+            per[cat] = stats.interval([hits[j] for j in idx],
+                                      groups=[groups[j] for j in idx]).to_json("accuracy")
         section["per_category"] = per
     section["calibration"] = calibration(p_chosen, groups)
     section.update(extra)

@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from alignlab import config, console, runs, validation
 from alignlab.errors import AlignlabError, did_you_mean, nearest
+from alignlab.results import Interval
 from alignlab.stage import Render, run_stage
 
 log = logging.getLogger("alignlab")
@@ -216,12 +217,11 @@ def run(cfg: Any, run_dir: Path, render: Render | None = None) -> dict[str, Any]
 
 
 def _fmt(section: dict[str, Any] | None, key: str, ci: bool = True) -> str:
-    if not section or section.get(key) is None:
+    figure = Interval.read(section, (key,))
+    if figure is None:
         return "–"
-    text = f"{section[key]:.3f}"
-    if ci and section.get("ci_low") is not None:
-        text += f" [{section['ci_low']:.2f}, {section['ci_high']:.2f}]"
-    return text
+    bounds = figure.bounds_text() if ci else ""
+    return f"{figure.mean:.3f} {bounds}".strip()
 
 
 def results_table(run_dir: Path, stages: list[str]) -> str:

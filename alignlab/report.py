@@ -29,6 +29,7 @@ import yaml
 from alignlab import console, methods
 from alignlab.errors import AlignlabError
 from alignlab.methods import spec as specs
+from alignlab.results import Interval, bounds
 
 __all__ = ["detect_kind", "format_number", "load_run", "render_report"]
 
@@ -90,18 +91,15 @@ def _finite(value: Any) -> bool:
 
 
 def _ci(section: Mapping[str, Any]) -> str:
-    lo, hi = section.get("ci_low"), section.get("ci_high")
-    if _is_number(lo) and _is_number(hi):
-        return f"[{format_number(lo)}, {format_number(hi)}]"
-    return ""
+    """``[low, high]`` of an eval.json object with bounds (in the tables' number format)."""
+    found = bounds(section)
+    return f"[{format_number(found[0])}, {format_number(found[1])}]" if found else ""
 
 
 def _interval(section: Any) -> tuple[float, float] | None:
-    """(ci_low, ci_high) of an eval.json section when both are finite, else None."""
-    if not isinstance(section, Mapping):
-        return None
-    lo, hi = section.get("ci_low"), section.get("ci_high")
-    return (float(lo), float(hi)) if _finite(lo) and _finite(hi) else None
+    """(low, high) of an eval.json object when both are finite, else None."""
+    found = bounds(section)
+    return found if found and all(math.isfinite(b) for b in found) else None
 
 
 def _clip(text: Any, limit: int = MAX_TEXT) -> str:
@@ -551,7 +549,10 @@ EVAL_SETTINGS = ("n_prompts", "samples_per_prompt", "temperature")
 
 def _qualified(section: Mapping[str, Any], key: str) -> dict[str, Any]:
     """The interval and n of figure ``key`` in ``section``: its ``key_ci_low``... siblings."""
-    return {q[1:]: section[key + q] for q in _QUALIFIERS if key + q in section}
+    figure = Interval.sibling(section, key)
+    own = figure.to_json() if figure is not None else {}
+    return {k: v for k, v in own.items() if k != "mean" and v is not None
+            and (k == "ci_low" or k == "ci_high" or f"{key}_{k}" in section)}
 
 
 def _is_qualifier(section: Mapping[str, Any], key: str) -> bool:
@@ -654,8 +655,9 @@ def _drawn_out(out: dict[str, Any]) -> dict[str, Any]:
     win = out.get("win_rate")
     if isinstance(win, Mapping) and isinstance(win.get("length_controlled"), Mapping):
         win = dict(win)
-        out["lc_win_rate"] = {k: v for k, v in win.pop("length_controlled").items()
-                              if k in ("lc_win_rate", "ci_low", "ci_high", "n", "n_prompts")}
+        lc = Interval.read(win.pop("length_controlled"), ("lc_win_rate",))
+        if lc is not None:
+            out["lc_win_rate"] = lc.to_json("lc_win_rate")
         asked = win.pop("judgements", None)
         if isinstance(asked, Mapping):
             win["verdicts"] = ", ".join(f"{v} {k}" for k, v in asked.items())
@@ -669,13 +671,15 @@ def _drawn_out(out: dict[str, Any]) -> dict[str, Any]:
             main["calibration_error"] = calibration["ece"]
         out["pair_accuracy"] = main
         for cat, c in (pairs.get("per_category") or {}).items():
-            out[f"Pair accuracy: {cat}"] = {"mean": c["accuracy"], **{
-                k: c[k] for k in ("ci_low", "ci_high", "n") if k in c}}
+            figure = Interval.read(c, ("accuracy",))
+            if figure is not None:
+                out[f"Pair accuracy: {cat}"] = figure.to_json()
         for b in calibration.get("buckets") or []:
             low, high = b["confidence"]
-            out[f"Pair accuracy at confidence {low:g}-{high:g}"] = {
-                "mean": b["accuracy"], "ci_low": b["ci_low"], "ci_high": b["ci_high"],
-                "n": b["n"], "mean confidence": f"{b['mean_confidence']:.3f}"}
+            figure = Interval.read(b, ("accuracy",))
+            if figure is not None:
+                out[f"Pair accuracy at confidence {low:g}-{high:g}"] = {
+                    **figure.to_json(), "mean confidence": f"{b['mean_confidence']:.3f}"}
     safety = out.pop("safety", None)
     if isinstance(safety, Mapping):
         for key in ("over_refusal", "unsafe_compliance"):

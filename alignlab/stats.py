@@ -21,11 +21,14 @@ from collections.abc import Sequence
 from statistics import NormalDist
 from typing import TYPE_CHECKING
 
+from alignlab.results import Interval
+
 if TYPE_CHECKING:
     import numpy as np
 
 __all__ = [
     "clustered_mean_se",
+    "interval",
     "mean_ci",
     "outcomes_from_scores",
     "sequence_kl",
@@ -200,13 +203,10 @@ def win_rate(
         )
     else:
         lo, hi = wilson_interval(successes, n, confidence)
+    # n == 0: report the uninformative 0.5 rather than NaN so tables and plots still work.
+    figure = Interval(successes / n if n else 0.5, lo, hi, n, clustered.get("n_prompts"))
     return {
-        # n == 0: report the uninformative 0.5 rather than NaN so tables and plots still work.
-        "win_rate": successes / n if n else 0.5,
-        "ci_low": lo,
-        "ci_high": hi,
-        "n": n,
-        **clustered,
+        **figure.to_json("win_rate"),
         "wins": wins,
         "ties": ties,
         "losses": losses,
@@ -218,6 +218,16 @@ def mean_ci(
     confidence: float = 0.95,
     groups: Sequence[object] | None = None,
 ) -> dict[str, float | int]:
+    """:func:`interval` as eval.json writes it (``mean``, ``ci_low``, ``ci_high``, ``n``[,
+    ``n_prompts``])."""
+    return interval(values, confidence, groups).to_json()
+
+
+def interval(
+    values: Sequence[float],
+    confidence: float = 0.95,
+    groups: Sequence[object] | None = None,
+) -> Interval:
     """Mean of judge scores with a confidence interval.
 
     0/1 data (pass/fail judges) get a Wilson interval, which behaves at 0 % and 100 %;
@@ -234,7 +244,7 @@ def mean_ci(
     arr = np.asarray(list(values), dtype=float)
     n = int(arr.size)
     if n == 0:
-        return {"mean": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n": 0}
+        return Interval(math.nan, math.nan, math.nan, 0)
     mean = float(arr.mean())
     binary = bool(np.all((arr == 0.0) | (arr == 1.0)))
     if groups is not None:
@@ -247,15 +257,15 @@ def mean_ci(
             else:
                 half = t_quantile(0.5 + confidence / 2.0, n_groups - 1) * se
                 lo, hi = mean - half, mean + half
-        return {"mean": mean, "ci_low": lo, "ci_high": hi, "n": n, "n_prompts": n_groups}
+        return Interval(mean, lo, hi, n, n_groups)
     if binary:
         lo, hi = wilson_interval(float(arr.sum()), n, confidence)
-        return {"mean": mean, "ci_low": lo, "ci_high": hi, "n": n}
+        return Interval(mean, lo, hi, n)
     if n == 1:
-        return {"mean": mean, "ci_low": -math.inf, "ci_high": math.inf, "n": 1}
+        return Interval(mean, -math.inf, math.inf, 1)
     sem = float(arr.std(ddof=1)) / math.sqrt(n)
     half = t_quantile(0.5 + confidence / 2.0, n - 1) * sem
-    return {"mean": mean, "ci_low": mean - half, "ci_high": mean + half, "n": n}
+    return Interval(mean, mean - half, mean + half, n)
 
 
 def sequence_kl(

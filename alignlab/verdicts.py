@@ -25,6 +25,7 @@ from alignlab import constitution as const
 from alignlab import lengths, stats
 from alignlab import rows as row_store
 from alignlab.errors import AlignlabError
+from alignlab.results import Interval
 
 CACHE_VERSION = "verdicts-v1"  # bump when a cached row's meaning changes
 # The question asked when the config names no rubric and no constitution.
@@ -264,9 +265,8 @@ def length_controlled(outcomes: Sequence[float], length_diffs: Sequence[float],
         draws.append(1.0 / (1.0 + math.exp(-c0)))
     low, high = (float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975))) \
         if draws else (0.0, 1.0)
-    return {"lc_win_rate": 1.0 / (1.0 + math.exp(-b0)), "ci_low": low, "ci_high": high,
-            "length_coef": b1, "length_scale_chars": scale, "n": int(y.size),
-            "n_prompts": len(members),
+    lc = Interval(1.0 / (1.0 + math.exp(-b0)), low, high, int(y.size), len(members))
+    return {**lc.to_json("lc_win_rate"), "length_coef": b1, "length_scale_chars": scale,
             "method": "logistic regression of the outcome on tanh(length difference / its "
                       "std), in characters; LC = the fit at equal length (AlpacaEval 2 LC "
                       "without its instruction term); 95 % CI: bootstrap over prompts"}

@@ -22,6 +22,7 @@ from typing import Any
 
 from alignlab import data, evaluation, rewards
 from alignlab.errors import AlignlabError
+from alignlab.results import Interval
 
 log = logging.getLogger("alignlab")
 
@@ -77,8 +78,10 @@ class Watch:
         model.train(was_training)
         figure = result.rule if self.judge == "toy" else result.reward
         assert figure is not None
-        point = Point(step=step, judge=float(figure["mean"]), ci_low=float(figure["ci_low"]),
-                      ci_high=float(figure["ci_high"]), n=int(figure["n"]), proxy=proxy, kl=kl)
+        ci = Interval.read(figure)
+        assert ci is not None and ci.low is not None and ci.high is not None
+        point = Point(step=step, judge=ci.mean, ci_low=ci.low, ci_high=ci.high, n=ci.n or 0,
+                      proxy=proxy, kl=kl)
         self.points.append(point)
         if main:
             log.info("watch: step %d: held-out %s %.3f [%.3f, %.3f] (n %d), training reward %s, "

@@ -466,3 +466,29 @@ def test_recipe_table_gives_each_stage_its_headline(tmp_path: Path) -> None:
     assert rows["dpo"][-2] == "reward accuracy 0.75; margin 1; toy judge 0.6 → 0.9"
     assert rows["ppo"][-2] == "score 0.5; KL 0.05"
     assert rows["eval"][-2] == "judge 0.8333 [0.61, 0.94]"
+
+
+OLD_RUNS = Path(__file__).parent / "fixtures" / "old_runs"
+
+
+@pytest.mark.parametrize("name", ["sft", "ppo", "eval-llm", "eval-pairs"])
+def test_run_dirs_written_before_the_results_schema_render_the_same(tmp_path: Path,
+                                                                    name: str) -> None:
+    """Old run dirs still open: the page rendered today equals the one the earlier version
+    rendered from the same files, and every interval reads back as a typed Interval."""
+    import shutil
+
+    from alignlab.results import Interval
+
+    run = tmp_path / name
+    shutil.copytree(OLD_RUNS / name, run)
+    render_report(run)
+    assert (run / "report.md").read_text() == (run / "expected-report.md").read_text()
+    evals = json.loads((run / "eval.json").read_text())
+    sections = [v for v in evals.values() if isinstance(v, dict) and "ci_low" in v]
+    assert sections, evals.keys()
+    for section in sections:
+        figure = Interval.read(section)
+        assert figure is not None and (figure.low, figure.high) == (section["ci_low"],
+                                                                    section["ci_high"])
+        assert Interval.read(figure.to_json()) == figure

@@ -21,6 +21,7 @@ from typing import Any
 
 from alignlab import console, evaluation, models, runs
 from alignlab.methods.spec import Method
+from alignlab.results import Interval
 
 log = logging.getLogger("alignlab")
 
@@ -99,10 +100,10 @@ def _pairs(cfg: Any, args: Any, inputs: Any, run_dir: Path, cache: Path,
         runs.write_json(run_dir / "eval.json", result.to_dict())
         runs.atomic_write(run_dir / "samples.jsonl",
                           "".join(json.dumps(r) + "\n" for r in rows))
-    acc = section
-    console.note(f"[alignlab] pair accuracy {acc['accuracy']:.1%} [{acc['ci_low']:.1%}, "
-          f"{acc['ci_high']:.1%}] (n {acc['n']}); calibration error "
-          f"{acc['calibration']['ece']:.3f}")
+    acc = Interval.read(section, ("accuracy",))
+    assert acc is not None
+    console.note(f"[alignlab] pair accuracy {acc.text('.1%')} (n {acc.n}); calibration error "
+                 f"{section['calibration']['ece']:.3f}")
     return {"method": "eval", "eval": result.to_dict(),
             "wall_seconds": round(time.time() - started, 2)}
 
