@@ -32,7 +32,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, get_args
 
 from alignlab import config, generation, lengths, models
-from alignlab.args import Backend, BackendArgs
+from alignlab.args import Backend as BackendName
+from alignlab.args import BackendArgs
 from alignlab.config import cuda_present
 from alignlab.errors import AlignlabError
 
@@ -42,7 +43,7 @@ Conversation = Sequence[dict[str, str]]
 # A judge query: the conversation to continue, and the start of the assistant's answer
 # (e.g. "The answer is: (") after which the options are scored.
 Query = tuple[Conversation, str]
-BACKENDS = get_args(Backend)  # declared once, on BackendArgs.backend
+BACKENDS = get_args(BackendName)  # declared once, on BackendArgs.backend
 # HTTP statuses worth retrying: the server is busy, restarting or timed out.
 _RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 

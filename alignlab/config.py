@@ -446,7 +446,10 @@ def _literal(node: ast.AST | None, module: str, depth: int = 0) -> tuple[Any, ..
     if isinstance(node, ast.Subscript) and ast.unparse(node.value) in ("Literal",
                                                                         "typing.Literal"):
         elts = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
-        return tuple(ast.literal_eval(e) for e in elts)
+        try:
+            return tuple(ast.literal_eval(e) for e in elts)
+        except ValueError:  # e.g. Literal[SomeEnum.X]: not a value read from source
+            return None
     if isinstance(node, ast.Name):
         tree = _tree(module)
         for item in tree.body:

@@ -4,9 +4,10 @@ Every figure with an interval in alignlab's outputs is a JSON object of its valu
 ``ci_high``, ``n`` and (clustered by prompt) ``n_prompts``. The value's key depends on the
 figure (``mean``, the toy judge's ``score``, ``accuracy``, ``win_rate``, ``lc_win_rate``), and a
 figure inside a section may carry its interval as siblings (``over_refusal``,
-``over_refusal_ci_low``, ...). Those layouts are the public format, unchanged since the first
-run dirs; this module is the one place that writes and reads them, so the rest of alignlab
-handles typed intervals, and a run dir written before this module still reads the same.
+``over_refusal_ci_low``, ...). Those layouts are the public format of the first run dirs (the
+pair benchmark's per-category figures and calibration buckets gained ``n_prompts`` here); this
+module writes them and reads them where alignlab reads an interval, so a run dir written
+before it still reads the same.
 """
 
 from __future__ import annotations
@@ -88,8 +89,8 @@ class Interval:
         return out
 
     def bounds_text(self, spec: str = ".2f") -> str:
-        """``[0.49, 0.69]``, or "" without finite bounds."""
-        if not self.has_bounds:
+        """``[0.49, 0.69]`` (``[-inf, inf]`` from one sample), or "" without bounds."""
+        if self.low is None or self.high is None:
             return ""
         return f"[{self.low:{spec}}, {self.high:{spec}}]"
 

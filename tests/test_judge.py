@@ -130,6 +130,24 @@ def test_bad_arguments(tmp_path: Path, override: str, message: str) -> None:
         judge.stage_args(cli.compose(["method=judge", override, f"run_dir={tmp_path}"]))
 
 
+@pytest.mark.parametrize("key, value, message", [
+    ("gate", "wran", "Did you mean 'warn'"), ("num_candidates", 1, "must be at least 2"),
+    ("source", "humans", "is not one of policy, pairs")])
+def test_the_stage_checks_its_arguments_without_the_cli(tmp_path: Path, key: str, value: object,
+                                                        message: str) -> None:
+    """A config changed after validation (a program driving the stage) is still refused by
+    the stage itself, with the same line, from the choices and bounds declared on JudgeArgs."""
+    from omegaconf import OmegaConf
+
+    from alignlab import cli, config
+
+    config.register()
+    cfg = cli.compose(["method=judge", f"run_dir={tmp_path}"])
+    OmegaConf.update(cfg, f"method.args.{key}", value, force_add=True)
+    with pytest.raises(AlignlabError, match=message):
+        judge.stage_args(cfg)
+
+
 def test_relabel_pairs_over_http_and_load_them_for_dpo(tmp_path: Path) -> None:
     """source=pairs with the judge behind an OpenAI-compatible server (real HTTP, logprobs)."""
     from datasets import load_from_disk

@@ -217,3 +217,21 @@ def test_clustered_ci_details() -> None:
     assert kl["n_prompts"] == 2 and math.isfinite(kl["stderr"])
     res = win_rate([1, 1, 0.5, 0], groups=[0, 0, 1, 1])
     assert res["n_prompts"] == 2 and res["win_rate"] == 0.625
+
+
+def test_interval_reads_writes_and_prints_every_layout() -> None:
+    """results.Interval: the value under any of its keys, sibling bounds, JSON round trip,
+    and one sample's infinite bounds printed as such (not as an exact value)."""
+    from alignlab.results import Interval
+
+    section = {"score": 0.6, "ci_low": 0.49, "ci_high": 0.69, "n": 126, "n_prompts": 42}
+    figure = Interval.read(section)
+    assert figure == Interval(0.6, 0.49, 0.69, 126, 42)
+    assert figure.text() == "0.60 [0.49, 0.69]" and figure.text("+.2f") == "+0.60 [+0.49, +0.69]"
+    assert Interval.read(figure.to_json("score")) == figure
+    assert Interval.sibling({"over_refusal": 0.1, "over_refusal_ci_low": 0.0,
+                             "over_refusal_ci_high": 0.3, "over_refusal_n": 9},
+                            "over_refusal") == Interval(0.1, 0.0, 0.3, 9)
+    one = Interval.read(mean_ci([0.4]))
+    assert one is not None and not one.has_bounds and one.text() == "0.40 [-inf, inf]"
+    assert Interval.read({"n": 3}) is None and Interval.read("x") is None

@@ -51,14 +51,10 @@ SPLITS = ("train_sft", "train_prefs", "test_sft", "test_prefs")
 def stage_args(cfg: Any) -> Any:
     """``method.args`` (over model/hardware suggestions) as a checked CAIArgs."""
     args = CAIArgs(**merged_args(cfg, ARGS_CLASS))
-    backends.check(args)
-    if args.rounds < 1:
-        raise AlignlabError(f"method.args.rounds={args.rounds} must be at least 1.")
+    backends.check(args)  # and the bounds declared on CAIArgs (rounds, batch_size, ...)
     if not 0.0 < args.sft_fraction < 1.0:
         raise AlignlabError(f"method.args.sft_fraction={args.sft_fraction} must be between 0 and "
                             "1 (the share of rows in *_sft; the rest go to *_prefs).")
-    if args.batch_size < 1:
-        raise AlignlabError(f"method.args.batch_size={args.batch_size} must be at least 1.")
     return args
 
 

@@ -13,6 +13,8 @@ The methods (``method=<name>``; ``method.args`` are the fields of the TRL config
   list).
 - ``kto``: Kahneman-Tversky Optimization on unpaired good/bad examples with TRL's KTOTrainer.
   Needs only a thumbs-up or thumbs-down per response (``label``), not pairs.
+- ``orpo``: ORPO (trl.experimental's ORPOTrainer) on pairs: SFT plus an odds-ratio preference
+  term in one loss, no reference model.
 - ``grpo`` and ``rloo``: online RL with TRL's GRPOTrainer / RLOOTrainer, rewarded by
   ``method.reward_model=<reward run>/model`` and/or ``method.reward_funcs=[toy_judge]`` (scores
   add up). The reference for the KL term (``method.args.beta``) is the starting policy, or
