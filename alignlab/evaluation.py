@@ -489,6 +489,19 @@ def _judged(cfg: Any, items: list[dict[str, Any]], judge: Any, book: Any, what: 
     return items, found, counts, fitted
 
 
+def _compared(cfg: Any, items: list[dict[str, Any]], judge: Any, book: Any, judge_id: str,
+              cache: Path, what: str, fix: str) -> tuple[list[dict[str, Any]], list[Any],
+                                                         dict[str, int], Any]:
+    """:func:`_judged` with the judge comparing each pair's ``a`` and ``b`` in both orders."""
+    from alignlab import verdicts
+
+    return _judged(cfg, items, judge, book, what, fix,
+                   lambda kept: verdicts.compare(kept, judge, book, judge_id=judge_id,
+                                                 cache=cache, seed=cfg.seed,
+                                                 batch_size=JUDGE_BATCH,
+                                                 kill_at=runs.kill_after_step("eval")))
+
+
 def judge_answers(cfg: Any, args: EvalArgs, inputs: EvalInputs, result: EvalResult,
                   samples: list[dict[str, Any]], judge: Any, book: Any, judge_id: str,
                   cache: Path) -> None:
@@ -502,12 +515,10 @@ def judge_answers(cfg: Any, args: EvalArgs, inputs: EvalInputs, result: EvalResu
     pairs = [{"key": str(i), "prompt": list(conv), "a": s["response"],
               "b": s["reference_response"]} for i, (conv, s) in enumerate(zip(flat, samples,
                                                                                strict=True))]
-    pairs, found, counts, fitted = _judged(
-        cfg, pairs, judge, book, "comparisons", "Use a judge with a longer context "
-        "(method.args.judge_model), or lower method.args.max_new_tokens",
-        lambda kept: verdicts.compare(kept, judge, book, judge_id=judge_id, cache=cache,
-                                      seed=cfg.seed, batch_size=JUDGE_BATCH,
-                                      kill_at=runs.kill_after_step("eval")))
+    pairs, found, counts, fitted = _compared(
+        cfg, pairs, judge, book, judge_id, cache, "comparisons",
+        "Use a judge with a longer context (method.args.judge_model), or lower "
+        "method.args.max_new_tokens")
     index = [int(p["key"]) for p in pairs]
     for i, v in zip(index, found, strict=True):
         samples[i]["judge_p"] = v["p"]
@@ -641,12 +652,10 @@ def pair_benchmark(cfg: Any, args: EvalArgs, inputs: EvalInputs, *, reward_model
         assert cache is not None
         items = [{"key": str(i), "prompt": p, "a": c, "b": r} for i, (p, c, r) in
                  enumerate(zip(prompts, replies["chosen"], replies["rejected"], strict=True))]
-        items, found, counts, fitted = _judged(
-            cfg, items, judge, book, "pairs", "Use a judge with a longer context "
-            "(method.args.judge_model), or data with fewer turns",
-            lambda kept: verdicts.compare(kept, judge, book, judge_id=judge_id, cache=cache,
-                                          seed=cfg.seed, batch_size=JUDGE_BATCH,
-                                          kill_at=runs.kill_after_step("eval")))
+        items, found, counts, fitted = _compared(
+            cfg, items, judge, book, judge_id, cache, "pairs",
+            "Use a judge with a longer context (method.args.judge_model), or data with fewer "
+            "turns")
         if fitted.cut or fitted.skipped:
             extra["too_long"] = fitted.to_dict()
         keep = [int(it["key"]) for it in items]
