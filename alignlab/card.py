@@ -11,6 +11,7 @@ model, and again by ``python -m alignlab export`` into the exported folder.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,14 @@ from alignlab import runs, stats
 from alignlab.results import Interval
 
 TEMPLATE = Path(__file__).parent / "assets" / "card" / "model_card.md.jinja"
-# Trainer metrics worth a row, with their names and units; the rest of ``train`` is raw.
-_TRAINING = {"train_loss": ("final training loss", "{:.4g}"), "epoch": ("epochs", "{:.3g}"),
-             "train_runtime": ("training time", "{:.1f} s"),
-             "train_samples_per_second": ("throughput", "{:.1f} samples/s")}
+# Trainer metrics worth a row, with their names and units (the card's and the report's).
+TRAINING = {"train_loss": ("mean training loss over the run", "{:.4g}"),
+            "epoch": ("epochs", "{:.3g}"),
+            "train_runtime": ("training time", "{:.1f} s"),
+            "train_samples_per_second": ("throughput", "{:.1f} samples/s"),
+            "train_steps_per_second": ("optimizer steps per second", "{:.2f} steps/s"),
+            "total_flos": ("floating-point operations (trainer's estimate)", "{:.3g}")}
+_CARD_TRAINING = ("train_loss", "epoch", "train_runtime", "train_samples_per_second")
 _RUN = {"wall_seconds": ("wall time (stage)", "{:.1f} s"),
         "peak_rss_mib": ("peak memory (CPU)", "{:.0f} MiB"),
         "peak_gpu_mib": ("peak memory (GPU)", "{:.0f} MiB"), "world_size": ("processes", "{}")}
@@ -47,8 +52,22 @@ def fmt(ci: Interval, signed: bool = False) -> str:
     return ci.text("+.2f" if signed else ".2f")
 
 
-def eval_rows(samples: list[dict[str, Any]]) -> list[dict[str, str]]:
-    """Overall and per-category rows: start, trained and their paired difference."""
+@dataclass(frozen=True)
+class Comparison:
+    """One row of the start-vs-trained table: a group of samples (``overall`` or a category)
+    scored for the trained model and, on the same prompts, for the start; the paired
+    difference; intervals clustered by prompt."""
+
+    name: str
+    n: int
+    trained: Interval
+    start: Interval | None
+    diff: Interval | None
+
+
+def comparisons(samples: list[dict[str, Any]]) -> list[Comparison]:
+    """Overall, then per category (in the samples' order): start, trained and their paired
+    difference, from samples.jsonl's rows (``score``, ``reference_score``, ``prompt``)."""
     samples = [r for r in samples if r.get("score") is not None]  # unscored: no judge, no RM
     if not samples:
         return []
@@ -64,11 +83,16 @@ def eval_rows(samples: list[dict[str, Any]]) -> list[dict[str, str]]:
         start = stats.interval([float(r["reference_score"]) for r in rows], groups=prompts) \
             if paired else None
         diff = stats.interval([float(r["score"]) - float(r["reference_score"]) for r in rows],
-                             groups=prompts) if paired else None
-        out.append({"name": name, "n": f"{len(rows)} ({trained.n_prompts or '?'} prompts)",
-                    "trained": fmt(trained), "start": fmt(start) if start else "—",
-                    "diff": fmt(diff, signed=True) if diff else "—"})
+                              groups=prompts) if paired else None
+        out.append(Comparison(name, len(rows), trained, start, diff))
     return out
+
+
+def eval_rows(samples: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """:func:`comparisons` as the card's table rows (text)."""
+    return [{"name": c.name, "n": f"{c.n} ({c.trained.n_prompts or '?'} prompts)",
+             "trained": fmt(c.trained), "start": fmt(c.start) if c.start else "—",
+             "diff": fmt(c.diff, signed=True) if c.diff else "—"} for c in comparisons(samples)]
 
 
 def _extra(evaluation: dict[str, Any]) -> list[str]:
@@ -92,9 +116,11 @@ def _extra(evaluation: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _training(metrics: dict[str, Any]) -> list[tuple[str, str]]:
+def training_rows(metrics: dict[str, Any], keys: tuple[str, ...] = tuple(TRAINING)
+                  ) -> list[tuple[str, str]]:
+    """(name, value with its unit) of a run's training and resource figures."""
     train = metrics.get("train") or {}
-    rows = [(name, form.format(train[key])) for key, (name, form) in _TRAINING.items()
+    rows = [(TRAINING[key][0], TRAINING[key][1].format(train[key])) for key in keys
             if isinstance(train.get(key), (int, float))]
     rows += [(name, form.format(metrics[key])) for key, (name, form) in _RUN.items()
              if isinstance(metrics.get(key), (int, float))]
@@ -160,7 +186,8 @@ def render(run_dir: Path, *, adapter: bool, export: list[str] | None = None) -> 
         "per_prompt": evaluation.get("samples_per_prompt"),
         "temperature": evaluation.get("temperature"),
         "scorer": "the data's rule (toy judge)" if scored else "the reward model",
-        "training": _training(metrics), "command": command(run_dir), "export": export or []}
+        "training": training_rows(metrics, _CARD_TRAINING), "command": command(run_dir),
+        "export": export or []}
     if context["rows"]:
         overall = context["rows"][0]
         context["headline"] = (f"Score: start {overall['start']} → trained "

@@ -48,7 +48,9 @@ def test_wheel_install_runs_from_another_folder(tmp_path: Path) -> None:
     installed = site / "alignlab"
     for path in ("conf/config.yaml", "conf/recipe/dpo.yaml", "conf/hardware/cpu-ddp.yaml",
                  "conf/hydra/launcher/alignlab_slurm.yaml", "accelerate/ddp.yaml",
-                 "assets/llama-small/tokenizer.json"):
+                 "assets/llama-small/tokenizer.json", "assets/card/model_card.md.jinja",
+                 "report/templates/page.md.j2", "report/templates/page.html.j2",
+                 "report/templates/style.css"):
         assert (installed / path).is_file(), path
 
     cfg = _run([sys.executable, "-m", "alignlab", "--cfg", "job", "recipe=dpo",
@@ -60,4 +62,5 @@ def test_wheel_install_runs_from_another_folder(tmp_path: Path) -> None:
           "method.args.max_steps=2", "quick_eval=false", "report_to=none", "data.toy.n_sft=64"],
          cwd=elsewhere, env=env)
     assert (run_dir / "DONE").exists() and (run_dir / "model" / "model.safetensors").exists()
+    assert "## Training" in (run_dir / "report.md").read_text()  # the templates came along
     assert not (elsewhere / "runs").exists()

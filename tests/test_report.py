@@ -155,8 +155,11 @@ def test_run_report(tmp_path: Path) -> None:
     win = rows["Win rate"]
     assert win[0] == "0.625" and win[1] == "[0.42, 0.79]"
     assert "W/T/L 13/4/7" in win[3] and "vs sft" in win[3]
-    assert rows["KL to reference"][0] == "0.1234"
-    assert rows["KL to reference: kl_k3"][0] == "0.118"
+    # The KL's standard error and k3 estimate are its own row's interval and notes.
+    kl = rows["KL to reference"]
+    assert kl[0] == "0.1234" and kl[1] == "[0.08420, 0.1626]".replace("0.08420", "0.0842")
+    assert "± 0.02 s.e." in kl[3] and "k3 estimator 0.118" in kl[3]
+    assert not any(name.startswith("KL to reference:") for name in rows)
     assert rows["Reward"][0] == "1.75" and rows["Reward: accuracy"][0] == "0.68"
     assert rows["Length"][0] == "41.5"
 
@@ -292,16 +295,16 @@ def test_recipe_bar_plot_has_error_bars(tmp_path: Path, monkeypatch: pytest.Monk
     """The judge score per stage is drawn with its 95 % interval, clustered by prompt."""
     from matplotlib.container import ErrorbarContainer
 
-    from alignlab import report
+    from alignlab.report import plots
 
     figures = []
-    new_figure = report._new_figure
+    new_figure = plots.new_figure
 
     def recording(width: float, height: float) -> Any:
         figures.append(new_figure(width, height))
         return figures[-1]
 
-    monkeypatch.setattr(report, "_new_figure", recording)
+    monkeypatch.setattr(plots, "new_figure", recording)
     root = tmp_path / "recipe"
     clustered = {**EVAL, "judge": {**EVAL["judge"], "n": 120, "n_prompts": 40}}
     make_run(root / "ppo", method="ppo", history=_ppo_history(), evals={"judge": {"score": 0.7}})
@@ -341,7 +344,7 @@ def test_every_eval_row_has_its_n(tmp_path: Path) -> None:
     assert all(cells[2] for cells in rows.values()), rows
     assert rows["Reward: accuracy"][1:3] == ["[0.6, 0.75]", "200 (200 prompts)"]
     assert rows["Judge score: borderline_answered"][2] == "6"
-    assert rows["KL to reference: kl_k3"][2] == "24 (8 prompts)"
+    assert rows["KL to reference"][2] == "24 (8 prompts)"
     assert "Judge score: mean" not in rows and "n_prompts" not in rows
     assert "Settings: n_prompts 8, samples_per_prompt 3, temperature 0.7." in md
     assert "clustered by prompt" in md
@@ -397,50 +400,102 @@ def test_samples_cover_every_category_differences_first(tmp_path: Path) -> None:
     assert '<td class="nw">borderline</td>' in (run / "report.html").read_text()
 
 
+def _parse_html(text: str) -> Any:
+    """The page as an element tree, by html5lib (the WHATWG parsing algorithm browsers use) in
+    strict mode: any parse error (an unclosed or stray tag, a bad attribute) fails the test."""
+    import html5lib
+
+    return html5lib.HTMLParser(strict=True, namespaceHTMLElements=False).parse(text)
+
+
 def test_html_parses_and_every_image_exists(tmp_path: Path) -> None:
-    """report.html is well-formed HTML whose images are embedded PNGs; report.md links only
-    images that exist beside it (run and recipe)."""
-    from html.parser import HTMLParser
-
-    class Page(HTMLParser):
-        def __init__(self) -> None:
-            super().__init__()
-            self.stack: list[str] = []
-            self.images: list[str] = []
-
-        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-            if tag == "img":
-                self.images.append(dict(attrs)["src"] or "")
-            elif tag not in ("meta", "br"):
-                self.stack.append(tag)
-
-        def handle_endtag(self, tag: str) -> None:
-            assert self.stack and self.stack.pop() == tag, f"unbalanced </{tag}>"
-
+    """report.html parses without one error and holds the same headings and tables as
+    report.md (one source, two formats); its images are embedded PNGs, and report.md links
+    only images that exist beside it (run and recipe)."""
     import base64
     import re
 
     root = tmp_path / "recipe"
-    evals = {**EVAL, "baseline": {"role": "start", "judge": {"score": 0.3, "ci_low": 0.2,
-                                                             "ci_high": 0.4}}}
+    evals = {**EVAL, "judge": {**EVAL["judge"], "n": 12},
+             "baseline": {"role": "start", "judge": {"score": 0.3, "ci_low": 0.2,
+                                                     "ci_high": 0.4}}}
     make_run(root / "sft", method="sft", history=[{"loss": 2.0, "step": 1}])
-    make_run(root / "dpo", evals=evals)
+    dpo = make_run(root / "dpo", evals=evals, samples=False)
+    (dpo / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in _toy_samples()))
     (root / "recipe.yaml").write_text(yaml.safe_dump({"stages": ["sft", "dpo"]}))
     render_report(root)
     for folder in (root, root / "dpo", root / "sft"):
-        page = Page()
-        page.feed((folder / "report.html").read_text())
-        page.close()
-        assert page.stack == []
-        for src in page.images:
+        tree = _parse_html((folder / "report.html").read_text())
+        md = (folder / "report.md").read_text()
+        headings = ["".join(h.itertext()) for h in tree.iter() if h.tag in ("h1", "h2", "h3")]
+        assert headings == [line.lstrip("#").strip() for line in md.splitlines()
+                            if line.startswith("#")]
+        tables = list(tree.iter("table"))
+        assert len(tables) == md.count("\n|---")
+        for t in tables:  # every row has as many cells as its header
+            widths = {len(list(r)) for r in t.iter("tr")}
+            assert len(widths) == 1, widths
+        images = [img.get("src") or "" for img in tree.iter("img")]
+        for src in images:
             assert src.startswith("data:image/png;base64,")
             assert base64.b64decode(src.split(",", 1)[1])[:8] == PNG_SIGNATURE
-        md = (folder / "report.md").read_text()
         links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", md)
-        assert len(links) == len(page.images) > 0
+        assert len(links) == len(images) > 0
         for link in links:
             assert_png(folder / link)
-    assert len(Page().images) == 0  # (sanity: a fresh parser holds nothing)
+    with pytest.raises(Exception, match=r"\w"):  # (sanity: the parser does reject bad HTML)
+        _parse_html("<!DOCTYPE html><html><body><table><tr><td>x</div></table></body></html>")
+
+
+def test_run_page_leads_with_the_change_then_each_category(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run page opens with start -> trained and the paired difference with its interval,
+    then start-vs-trained bars and a table per category with intervals, then the detail,
+    where the per-category rows and the KL's standard errors are no longer rows of their
+    own; the training figures carry their units."""
+    from matplotlib.container import ErrorbarContainer
+
+    from alignlab import stats
+    from alignlab.report import plots
+
+    drawn = []
+    new_figure = plots.new_figure
+    monkeypatch.setattr(plots, "new_figure",
+                        lambda w, h: drawn.append(new_figure(w, h)) or drawn[-1])
+    samples = _toy_samples()
+    evals = {**EVAL, "judge": {**EVAL["judge"], "n": 12, "refusals": {"harmful": 0.75}},
+             "baseline": {"role": "start", "judge": {"score": 0.5, "n": 12,
+                                                     "refusals": {"harmful": 0.0}}}}
+    run = make_run(tmp_path / "run", evals=evals, samples=False)
+    (run / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    md = render_report(run).read_text()
+
+    order = [md.index(mark) for mark in ("**Toy judge: ", "## By category: start vs trained",
+                                         "## Evaluation", "## Training", "## Configuration")]
+    assert order == sorted(order)
+    prompts = [s["prompt"] for s in samples]
+    diff = stats.interval([s["score"] - s["reference_score"] for s in samples], groups=prompts)
+    assert f"; difference {diff.text('+.2f')}**" in md
+    cats = _section(md, "By category: start vs trained")
+    assert set(cats) == {"overall", "helpful", "harmful", "borderline"}
+    harmful = [s for s in samples if s["category"] == "harmful"]
+    trained = stats.interval([s["score"] for s in harmful], groups=[s["prompt"] for s in harmful])
+    assert cats["harmful"][0] == "4 (4 prompts)"
+    assert cats["harmful"][2] == trained.text(".2f") and cats["harmful"][4] == "0.00 → 0.75"
+    assert all("[" in c[1] and "[" in c[2] and "[" in c[3] for c in cats.values())
+
+    detail = _section(md, "Evaluation")
+    assert "Judge score" in detail and not any(k.startswith("Judge score: helpful")
+                                               for k in detail)
+    training = _section(md, "Training")
+    assert training["training time"] == ["12.0 s"]
+    assert training["mean training loss over the run"] == ["0.55"]
+
+    (chart,) = [f for f in drawn if f.axes and f.axes[0].get_title() == "toy judge: start vs "
+                "trained"]
+    bars = [c for c in chart.axes[0].containers if isinstance(c, ErrorbarContainer)]
+    assert [len(b.lines[2][0].get_segments()) for b in bars] == [4, 4]  # start, trained
+    assert_png(run / "by_category.png")
 
 
 def test_recipe_table_gives_each_stage_its_headline(tmp_path: Path) -> None:
@@ -471,19 +526,46 @@ def test_recipe_table_gives_each_stage_its_headline(tmp_path: Path) -> None:
 OLD_RUNS = Path(__file__).parent / "fixtures" / "old_runs"
 
 
+# Rows of the evaluation table that today's run page shows elsewhere: the KL's standard errors
+# and k3 in the KL's own row, the per-category scores and refusals in the start-vs-trained table.
+FOLDED = ("KL to reference: ", "Judge score: helpful", "Judge score: harmful",
+          "Judge score: borderline", "Judge score: refusals ", "Baseline judge score: helpful",
+          "Baseline judge score: harmful", "Baseline judge score: borderline",
+          "Baseline judge score: refusals ", "Refused: ")
+
+
+def _section(md: str, heading: str) -> dict[str, list[str]]:
+    rows = table_rows(md.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0])
+    rows.pop(next(iter(rows)))  # the header
+    return rows
+
+
 @pytest.mark.parametrize("name", ["sft", "ppo", "eval-llm", "eval-pairs"])
-def test_run_dirs_written_before_the_results_schema_render_the_same(tmp_path: Path,
-                                                                    name: str) -> None:
-    """Old run dirs still open: the page rendered today equals the one the earlier version
-    rendered from the same files, and every interval reads back as a typed Interval."""
+def test_run_dirs_written_before_the_results_schema_still_render(tmp_path: Path,
+                                                                 name: str) -> None:
+    """Old run dirs still open: every figure of the evaluation table the earlier version
+    rendered from the same files (expected-report.md) is on today's page with the same value,
+    interval and n, or (FOLDED) in the row or table that now holds it; every interval reads
+    back as a typed Interval."""
     import shutil
 
     from alignlab.results import Interval
 
     run = tmp_path / name
     shutil.copytree(OLD_RUNS / name, run)
-    render_report(run)
-    assert (run / "report.md").read_text() == (run / "expected-report.md").read_text()
+    md = render_report(run).read_text()
+    assert "## Notes" not in md  # nothing unreadable
+    old = _section((run / "expected-report.md").read_text(), "Evaluation")
+    new = _section(md, "Evaluation")
+    assert len(new) <= len(old)
+    for metric, cells in old.items():
+        if metric.startswith(FOLDED) and metric not in new:
+            continue
+        assert metric in new, f"{metric} is missing from today's page"
+        if metric == "KL to reference":  # it gained the interval of its standard error
+            assert [new[metric][0], new[metric][2]] == [cells[0], cells[2]]
+        else:
+            assert new[metric][:3] == cells[:3], metric
     evals = json.loads((run / "eval.json").read_text())
     sections = [v for v in evals.values() if isinstance(v, dict) and "ci_low" in v]
     assert sections, evals.keys()
