@@ -159,10 +159,10 @@ def test_folder_names_the_csv_it_skips(tmp_path: Path, caplog: pytest.LogCapture
 def test_file_parsed_by_datasets_is_located(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                             capfd: pytest.CaptureFixture[str],
                                             caplog: pytest.LogCaptureFixture) -> None:
-    from alignlab.data import presets
+    from alignlab.data import files, presets
     from alignlab.errors import AlignlabError
 
-    monkeypatch.setattr(presets, "PARSE_UP_FRONT_BYTES", 0)  # as if the file were huge
+    monkeypatch.setattr(files, "PARSE_UP_FRONT_BYTES", 0)  # as if the file were huge
     path = tmp_path / "d.jsonl"
     path.write_text(f"{ROW}\n{ROW}\n\"a string\"\n")
     with pytest.raises(AlignlabError, match=r"d\.jsonl': line 3 is a JSON string"):
