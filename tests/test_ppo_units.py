@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from alignlab.ppo import core, trainer
+from alignlab.ppo import checkpoints, core, networks, trainer
 from alignlab.ppo.config import PPOConfig
 
 
@@ -30,21 +30,21 @@ def test_eval_before_is_the_starting_policy(lora: bool, monkeypatch: pytest.Monk
 
     monkeypatch.setattr(evaluation, "evaluate", fake_evaluate)
     policy, reference = nn.Linear(2, 2), nn.Linear(2, 2)
-    model = trainer.PolicyAndValue(policy, None if lora else nn.Linear(2, 2), nn.Linear(2, 1),
+    model = networks.PolicyAndValue(policy, None if lora else nn.Linear(2, 2), nn.Linear(2, 1),
                                    lora)
-    env = trainer.PPOModels(model=model, reference=None if lora else reference, tokenizer=None)
-    trainer.evaluate(SimpleNamespace(), env, model, PPOConfig(), before=True)
+    nets = networks.PPOModels(model=model, reference=None if lora else reference, tokenizer=None)
+    trainer.evaluate(SimpleNamespace(), nets, model, PPOConfig(), before=True)
     assert seen["policy"] is policy and seen["reference"] is None
-    trainer.evaluate(SimpleNamespace(), env, model, PPOConfig(), before=False)
+    trainer.evaluate(SimpleNamespace(), nets, model, PPOConfig(), before=False)
     assert seen["policy"] is policy
     if lora:  # the reference is the base with the adapters off
-        assert isinstance(seen["reference"], trainer.AdaptersOff)
+        assert isinstance(seen["reference"], networks.AdaptersOff)
     else:
         assert seen["reference"] is reference
     assert model.training  # back in training mode after either
 
 
-def _lora_policy_and_value(seed: int = 0) -> trainer.PolicyAndValue:
+def _lora_policy_and_value(seed: int = 0) -> networks.PolicyAndValue:
     """llama-small with the two PPO adapters, their B weights random (not 0) so that the
     adapters differ, and a random value head."""
     from peft import LoraConfig, get_peft_model
@@ -56,15 +56,15 @@ def _lora_policy_and_value(seed: int = 0) -> trainer.PolicyAndValue:
     torch.manual_seed(seed)  # after the load: building the built-in model draws from the RNG
     cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, task_type="CAUSAL_LM",
                      target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
-    policy = get_peft_model(base, cfg, adapter_name=trainer.POLICY)
-    policy.add_adapter(trainer.CRITIC, cfg)
+    policy = get_peft_model(base, cfg, adapter_name=networks.POLICY)
+    policy.add_adapter(networks.CRITIC, cfg)
     for name, p in policy.named_parameters():
         p.requires_grad_("lora_" in name)
     head = nn.Linear(base.config.hidden_size, 1)
-    return trainer.PolicyAndValue(policy, None, head, lora=True).train()
+    return networks.PolicyAndValue(policy, None, head, lora=True).train()
 
 
-def _ppo_like_grads(model: trainer.PolicyAndValue) -> dict[str, torch.Tensor]:
+def _ppo_like_grads(model: networks.PolicyAndValue) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(1)
     ids = torch.randint(2, 700, (2, 9), generator=gen)
     mask = torch.ones_like(ids)
@@ -83,11 +83,11 @@ def test_lora_gradient_checkpointing_keeps_each_adapters_gradients() -> None:
     wrong gradients. With and without checkpointing, every gradient must be the same."""
     plain = _ppo_like_grads(_lora_policy_and_value())
     model = _lora_policy_and_value()
-    trainer.enable_gradient_checkpointing(model.policy)
+    networks.enable_gradient_checkpointing(model.policy)
     assert any(getattr(m, "gradient_checkpointing", False) for m in model.policy.modules())
     checkpointed = _ppo_like_grads(model)
     assert plain.keys() == checkpointed.keys()
-    for adapter in (trainer.POLICY, trainer.CRITIC):
+    for adapter in (networks.POLICY, networks.CRITIC):
         names = [n for n in plain if f".{adapter}." in n]
         assert names and all(plain[n].abs().sum() > 0 for n in names), adapter
     assert any(n.startswith("value_head") for n in plain)
@@ -95,7 +95,7 @@ def test_lora_gradient_checkpointing_keeps_each_adapters_gradients() -> None:
         torch.testing.assert_close(checkpointed[name], plain[name], msg=name)
 
 
-def _full_ppo_env(seed: int = 0) -> tuple[trainer.PolicyAndValue, trainer.PPOModels]:
+def _full_ppo_nets(seed: int = 0) -> tuple[networks.PolicyAndValue, networks.PPOModels]:
     """Full fine-tuning setup on llama-small: policy, critic (+ its score head), reference
     (a copy of the policy) and no reward (scores 0)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
@@ -107,10 +107,11 @@ def _full_ppo_env(seed: int = 0) -> tuple[trainer.PolicyAndValue, trainer.PPOMod
     policy = AutoModelForCausalLM.from_pretrained(path)
     torch.manual_seed(seed)
     critic = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
-    model = trainer.PolicyAndValue(policy, critic, trainer.value_head_of(critic), False).train()
-    env = trainer.PPOModels(model=model, tokenizer=tok, eos_ids=trainer.eos_token_ids(tok, policy),
-                            reference=AutoModelForCausalLM.from_pretrained(path).eval())
-    return model, env
+    model = networks.PolicyAndValue(policy, critic, networks.value_head_of(critic), False).train()
+    nets = networks.PPOModels(model=model, tokenizer=tok,
+                              eos_ids=networks.eos_token_ids(tok, policy),
+                              reference=AutoModelForCausalLM.from_pretrained(path).eval())
+    return model, nets
 
 
 @pytest.mark.parametrize("from_generate", [False, True])
@@ -122,7 +123,7 @@ def test_bf16_rollout_matches_the_update(from_generate: bool) -> None:
     import functools
 
     bf16 = functools.partial(torch.autocast, "cpu", dtype=torch.bfloat16)
-    model, env = _full_ppo_env()
+    model, nets = _full_ppo_nets()
     # one prompt, so no padding columns: the update trims those, and in bf16 a different width
     # rounds differently (~1e-3), which no choice of precision could remove
     prompts = [[{"role": "user", "content": "what is 2+3?"}]] * 4
@@ -130,7 +131,7 @@ def test_bf16_rollout_matches_the_update(from_generate: bool) -> None:
                      bf16=True)
     assert not trainer.logprobs_from_generate(args)  # cached steps round differently in bf16
     torch.manual_seed(0)
-    batch = trainer.rollout(env, model, prompts, args, torch.device("cpu"), autocast=bf16)
+    batch = trainer.rollout(nets, model, prompts, args, torch.device("cpu"), autocast=bf16)
     context, mask = batch.context, batch.response_mask
     assert batch.attention_mask[:, :context].all()
     # The update's forward as in train(): one micro batch of all rows, trimmed to real columns.
@@ -139,7 +140,7 @@ def test_bf16_rollout_matches_the_update(from_generate: bool) -> None:
     with torch.no_grad(), bf16():
         logits, values = model(ids, batch.attention_mask[:, :end], context)
         new = trainer.logprobs_of(logits, ids[:, context:], args.temperature)
-        ref = env.reference(input_ids=ids, attention_mask=batch.attention_mask[:, :end],
+        ref = nets.reference(input_ids=ids, attention_mask=batch.attention_mask[:, :end],
                             use_cache=False).logits[:, context - 1:-1]
         ref = trainer.logprobs_of(ref, ids[:, context:], args.temperature)
     real = mask[:, :width].bool()
@@ -181,10 +182,10 @@ def test_ppo_starts_from_a_lora_sft_adapter(lora: bool, tmp_path: Path) -> None:
     cfg = cli.compose(["method=ppo", f"model.path={folder}", "method.reward_funcs=[toy_judge]",
                        f"model.lora={str(lora).lower()}", f"run_dir={tmp_path / 'ppo'}"])
     args = PPOConfig(response_length=5, logprobs_from_generate=False)
-    env = trainer.build_models(cfg, args)
-    env.eos_ids, env.reward_funcs = trainer.eos_token_ids(env.tokenizer, sft), []
+    nets = networks.build_models(cfg, args)
+    nets.eos_ids, nets.reward_funcs = networks.eos_token_ids(nets.tokenizer, sft), []
     prompts = [[{"role": "user", "content": "hi"}], [{"role": "user", "content": "what is 2+2?"}]]
-    batch = trainer.rollout(env, env.model, prompts, args, torch.device("cpu"))
+    batch = trainer.rollout(nets, nets.model, prompts, args, torch.device("cpu"))
 
     ids, mask, context = batch.query_responses, batch.attention_mask, batch.context
     real = batch.response_mask.bool()
@@ -192,7 +193,7 @@ def test_ppo_starts_from_a_lora_sft_adapter(lora: bool, tmp_path: Path) -> None:
     def logprobs(model: nn.Module) -> torch.Tensor:
         with torch.no_grad():
             logits = model(input_ids=ids, attention_mask=mask,
-                           position_ids=trainer.position_ids(mask)).logits[:, context - 1:-1]
+                           position_ids=networks.position_ids(mask)).logits[:, context - 1:-1]
         return trainer.logprobs_of(logits, ids[:, context:], args.temperature)[real]
 
     sft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path),
@@ -238,15 +239,15 @@ def test_rollout_record_shapes_and_padding() -> None:
     """rollout() on llama-small: the record's shapes, left-padded prompts, responses cut at
     their first EOS with pad tokens and INVALID_LOGPROB after it, and (the reference being a
     copy of the policy) reference log-probs equal to the policy's on real tokens."""
-    model, env = _full_ppo_env()
+    model, nets = _full_ppo_nets()
     # every even id ends a response: rows stop at different lengths, so there is padding
     vocab = model.policy.config.vocab_size
-    env.eos_ids = sorted({*range(2, vocab, 2), *env.eos_ids})
+    nets.eos_ids = sorted({*range(2, vocab, 2), *nets.eos_ids})
     prompts = [[{"role": "user", "content": "hi"}],
                [{"role": "user", "content": "what is 12 + 30 and then 7?"}]] * 3
     args = PPOConfig(response_length=8, temperature=1.0)
     torch.manual_seed(0)
-    batch = trainer.rollout(env, model, prompts, args, torch.device("cpu"))
+    batch = trainer.rollout(nets, model, prompts, args, torch.device("cpu"))
     b, p, r = batch.size, batch.context, batch.responses.shape[1]
     assert b == 6 and 1 <= r <= 8
     assert batch.query_responses.shape == batch.attention_mask.shape == (b, p + r)
@@ -258,16 +259,16 @@ def test_rollout_record_shapes_and_padding() -> None:
     prompt_mask = batch.attention_mask[:, :p]
     assert not prompt_mask[0].all() and prompt_mask[1].all()  # the short prompt is left-padded
     assert (prompt_mask.diff(dim=1) >= 0).all()  # padding only on the left
-    assert (batch.query_responses[:, :p][prompt_mask == 0] == env.tokenizer.pad_token_id).all()
+    assert (batch.query_responses[:, :p][prompt_mask == 0] == nets.tokenizer.pad_token_id).all()
     real, pad = batch.response_mask.bool(), ~batch.response_mask.bool()
     assert pad.any() and batch.has_eos.any()
-    assert (batch.responses[pad] == env.tokenizer.pad_token_id).all()
+    assert (batch.responses[pad] == nets.tokenizer.pad_token_id).all()
     assert (batch.logprobs[pad] == core.INVALID_LOGPROB).all()
     assert (batch.ref_logprobs[pad] == core.INVALID_LOGPROB).all()
     assert (batch.logprobs[real] < 0).all()
     torch.testing.assert_close(batch.ref_logprobs[real], batch.logprobs[real], atol=1e-4, rtol=0)
     last = core.last_token_index(batch.response_mask)
-    ended = torch.isin(batch.responses[torch.arange(b), last], torch.tensor(env.eos_ids))
+    ended = torch.isin(batch.responses[torch.arange(b), last], torch.tensor(nets.eos_ids))
     assert torch.equal(ended, batch.has_eos)
     assert model.training  # back in training mode for the update
 
@@ -285,16 +286,16 @@ def test_score_sums_rewards_on_real_tokens_with_the_eos_trick() -> None:
 
     tok = SimpleNamespace(batch_decode=lambda lists, skip_special_tokens: [
         "-".join(map(str, ids)) for ids in lists])
-    env = trainer.PPOModels(model=None, reference=None, tokenizer=tok,
+    nets = networks.PPOModels(model=None, reference=None, tokenizer=tok,
                             reward_funcs=[length, sparse])
     batch = _hand_rollout([2, 2, 2], [[5, 6, EOS, 9], [5, 6, 7, 8], [EOS, 4, 4, 4]])
     prompts = ["p0", "p1", "p2"]
-    scores = trainer.score(env, prompts, batch, PPOConfig(missing_eos_penalty=0.5))
+    scores = trainer.score(nets, prompts, batch, PPOConfig(missing_eos_penalty=0.5))
     assert scores.tolist() == pytest.approx([3.0, 4.0 + 1.0 - 0.5, 1.0 + 2.0])
     assert seen["ids"] == [[5, 6, EOS], [5, 6, 7, 8], [EOS]]  # no padding, EOS kept
     assert seen["prompts"] == prompts
     assert seen["completions"][0] == [{"role": "assistant", "content": "5-6-1"}]
-    no_penalty = trainer.score(env, prompts, batch, PPOConfig(missing_eos_penalty=None))
+    no_penalty = trainer.score(nets, prompts, batch, PPOConfig(missing_eos_penalty=None))
     assert no_penalty.tolist() == pytest.approx([3.0, 5.0, 3.0])
 
 
@@ -418,9 +419,9 @@ class _FakeAccelerator:
 def _session(args: PPOConfig, tmp: Path | None = None, **kw: Any) -> trainer.Session:
     fields: dict[str, Any] = {
         "cfg": None, "run_dir": tmp, "args": args, "accelerator": _FakeAccelerator(),
-        "env": None, "model": None, "inner": None, "params": [], "optimizer": None,
+        "nets": None, "model": None, "inner": None, "params": [], "optimizer": None,
         "scheduler": None, "prompts": [], "max_steps": 3,
-        "state": trainer.TrainState(kl_coef=args.kl_coef, log_history=[], max_steps=3,
+        "state": checkpoints.TrainState(kl_coef=args.kl_coef, log_history=[], max_steps=3,
                                     trainable=["w"])}
     return trainer.Session(**{**fields, **kw})
 
@@ -555,12 +556,12 @@ def test_checkpoint_phase_keeps_the_last_and_resumes(tmp_path: Path,
                      "max_steps": 3, "trainable": ["w"], "global_step": 6}
 
     accelerator = _FakeAccelerator()
-    state, step = trainer.load_checkpoint(accelerator, ckpts / "checkpoint-4", {"w"})
-    assert step == 4 and state == trainer.TrainState(args.kl_coef, [{"step": s} for s in
+    state, step = checkpoints.load_checkpoint(accelerator, ckpts / "checkpoint-4", {"w"})
+    assert step == 4 and state == checkpoints.TrainState(args.kl_coef, [{"step": s} for s in
                                                                     range(1, 5)], 3, ["w"])
     assert accelerator.calls["load"] == [(str(ckpts / "checkpoint-4"), False)]
     with pytest.raises(AlignlabError, match="different model setup"):
-        trainer.load_checkpoint(accelerator, ckpts / "checkpoint-4", {"w", "lora_A"})
+        checkpoints.load_checkpoint(accelerator, ckpts / "checkpoint-4", {"w", "lora_A"})
 
     class Killed(Exception):
         pass
@@ -608,15 +609,15 @@ def test_setup_builds_a_run_and_resumes_its_checkpoint(tmp_path: Path) -> None:
                        f"run_dir={tmp_path}"])
     run = trainer.setup(cfg, tmp_path)
     assert run.start_step == 0 and run.max_steps == math.ceil(2 * len(run.prompts) / 4)
-    assert run.state == trainer.TrainState(run.args.kl_coef, [], run.max_steps,
+    assert run.state == checkpoints.TrainState(run.args.kl_coef, [], run.max_steps,
                                            sorted(n for n, p in run.inner.named_parameters()
                                                   if p.requires_grad))
     assert run.params and all(p.requires_grad for p in run.params)
     assert {id(p) for g in run.optimizer.param_groups for p in g["params"]} == {
         id(p) for p in run.params}
     assert run.scheduler.get_last_lr() == [1e-4]
-    assert not any(p.requires_grad for p in run.env.reference.parameters())
-    assert run.env.tokenizer.eos_token_id in run.env.eos_ids
+    assert not any(p.requires_grad for p in run.nets.reference.parameters())
+    assert run.nets.tokenizer.eos_token_id in run.nets.eos_ids
     assert not run.do_eval and run.eval_before is None
 
     with torch.no_grad():

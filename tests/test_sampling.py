@@ -95,7 +95,7 @@ def test_ppo_rollout_samples_plainly(model_and_tok: tuple, monkeypatch) -> None:
     from transformers import AutoModelForSequenceClassification
 
     from alignlab.models import build_builtin
-    from alignlab.ppo import trainer
+    from alignlab.ppo import networks, trainer
     from alignlab.ppo.config import PPOConfig
 
     model, tok = model_and_tok
@@ -110,13 +110,13 @@ def test_ppo_rollout_samples_plainly(model_and_tok: tuple, monkeypatch) -> None:
     monkeypatch.setattr(type(model), "generate", spy)
     critic = AutoModelForSequenceClassification.from_pretrained(build_builtin("llama-small", 3),
                                                                 num_labels=1)
-    policy = trainer.PolicyAndValue(model, critic, trainer.value_head_of(critic), lora=False)
-    env = trainer.PPOModels(model=policy, reference=model, tokenizer=tok,
-                            eos_ids=trainer.eos_token_ids(tok, model))
+    policy = networks.PolicyAndValue(model, critic, networks.value_head_of(critic), lora=False)
+    nets = networks.PPOModels(model=policy, reference=model, tokenizer=tok,
+                              eos_ids=networks.eos_token_ids(tok, model))
     prompts = [[{"role": "user", "content": "hi"}], [{"role": "user", "content": "what is 2+2?"}]]
     args = PPOConfig(response_length=6, temperature=0.7, logprobs_from_generate=True)
     torch.manual_seed(0)
-    batch = trainer.rollout(env, policy, prompts, args, torch.device("cpu"))
+    batch = trainer.rollout(nets, policy, prompts, args, torch.device("cpu"))
     assert model.generation_config.repetition_penalty == 1.8  # restored afterwards
     assert model.generation_config.top_k == 3
     (scores, logits), = seen
@@ -125,7 +125,7 @@ def test_ppo_rollout_samples_plainly(model_and_tok: tuple, monkeypatch) -> None:
         torch.testing.assert_close(s, raw / 0.7)
     ids, mask, context = batch.query_responses, batch.attention_mask, batch.context
     with torch.no_grad():
-        fresh = model(input_ids=ids, attention_mask=mask, position_ids=trainer.position_ids(mask),
+        fresh = model(input_ids=ids, attention_mask=mask, position_ids=networks.position_ids(mask),
                       use_cache=False).logits[:, context - 1:-1]
     expected = torch.log_softmax(fresh / 0.7, -1).gather(-1, ids[:, context:, None])[..., 0]
     real_tokens = batch.response_mask.bool()

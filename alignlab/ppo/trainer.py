@@ -17,10 +17,10 @@
 What the phases share is a :class:`Session`; what is saved with a checkpoint, a
 :class:`TrainState`.
 
-Models. Full fine-tuning: policy, frozen reference, critic (initialised from the reward model:
-its backbone plus its score head applied to every token) and the frozen reward model. With LoRA:
-one frozen base carries two adapters, ``default`` (policy) and ``critic`` (+ a value head); the
-reference is the base with adapters disabled. Sources are cited in :mod:`alignlab.ppo.core`.
+The models a run holds (policy with critic, reference, reward model: a
+:class:`~alignlab.ppo.networks.PPOModels`, ``nets`` here) are built in
+:mod:`alignlab.ppo.networks`; checkpoints are written and read in :mod:`alignlab.ppo.checkpoints`.
+Sources are cited in :mod:`alignlab.ppo.core`.
 """
 
 from __future__ import annotations
@@ -31,10 +31,9 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,199 +41,29 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from alignlab import console, data, evaluation, generation, models, rewards, runs, training
+from alignlab import console, data, evaluation, generation, runs, training
 from alignlab import watch as watching
 from alignlab.errors import AlignlabError
 from alignlab.ppo import core
+from alignlab.ppo.checkpoints import (
+    TrainState,
+    load_checkpoint,
+    save_checkpoint,
+    save_only_trainable,
+)
+from alignlab.ppo.networks import (
+    POLICY,
+    AdaptersOff,
+    PolicyAndValue,
+    PPOModels,
+    build_models,
+    lora_adapter,
+    position_ids,
+    save_policy,
+)
 
 log = logging.getLogger("alignlab")
 ARGS_CLASS = "alignlab.ppo.config:PPOConfig"
-POLICY, CRITIC = "default", "critic"  # LoRA adapter names
-
-
-# ---------------------------------------------------------------------------------------------
-# Models
-
-
-@contextlib.contextmanager
-def lora_adapter(model: nn.Module, name: str | None) -> Iterator[None]:
-    """Run ``model`` with LoRA adapter ``name`` active (None: adapters off = the reference).
-
-    Switches the tuner layers directly: peft's ``set_adapter``/``disable_adapter`` also flip
-    ``requires_grad``, which would freeze the other adapter halfway through a training step.
-    """
-    layers = tuner_layers(model)
-    state = [(name if name is not None else m._active_adapter, name is None) for m in layers]
-    with adapter_state(layers, state):
-        yield
-
-
-def tuner_layers(model: nn.Module) -> list[nn.Module]:
-    """The LoRA (peft tuner) layers of ``model``."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    return [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
-
-
-@contextlib.contextmanager
-def adapter_state(layers: list[nn.Module], state: list[tuple[Any, bool]]) -> Iterator[None]:
-    """Set each tuner layer's (active adapter, adapters disabled), restore them on exit."""
-    saved = [(m._active_adapter, m._disable_adapters) for m in layers]
-    for m, (active, disabled) in zip(layers, state, strict=True):
-        m._active_adapter, m._disable_adapters = active, disabled
-    try:
-        yield
-    finally:
-        for m, (active, disabled) in zip(layers, saved, strict=True):
-            m._active_adapter, m._disable_adapters = active, disabled
-
-
-def enable_gradient_checkpointing(model: nn.Module) -> None:
-    """Non-reentrant gradient checkpointing whose recomputation sees the adapters of its forward.
-
-    The backward pass recomputes each checkpointed layer after :func:`lora_adapter` has been
-    left: without help, the critic's layers (``critic`` adapter) would be recomputed with
-    whatever adapter is set then (the policy's) and the critic would get the policy's
-    gradients. ``context_fn`` runs at each checkpointed forward: it records the tuner layers'
-    state then and sets it again around that layer's recomputation.
-    """
-    layers = tuner_layers(model)
-
-    def context_fn() -> tuple[Any, Any]:
-        state = [(m._active_adapter, m._disable_adapters) for m in layers]
-        return contextlib.nullcontext(), adapter_state(layers, state)
-
-    kwargs: dict[str, Any] = {"use_reentrant": False}
-    if layers:
-        kwargs["context_fn"] = context_fn
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-
-
-def position_ids(mask: torch.Tensor) -> torch.Tensor:
-    """Positions counted from each row's first real token, as ``generate`` does for left
-    padding; a plain forward would count the padding and shift every position."""
-    return (mask.cumsum(-1) - 1).clamp(min=0)
-
-
-class PolicyAndValue(nn.Module):
-    """The trainable part: the policy and the critic, in one module so DDP sees one forward.
-
-    ``critic`` is None with LoRA: the critic is then the policy's base run with the ``critic``
-    adapter. ``value_head`` maps the critic's last hidden state to a scalar per token.
-    """
-
-    def __init__(self, policy: nn.Module, critic: nn.Module | None, value_head: nn.Module,
-                 lora: bool) -> None:
-        super().__init__()
-        self.policy, self.critic, self.value_head, self.lora = policy, critic, value_head, lora
-
-    def policy_logits(self, ids: torch.Tensor, mask: torch.Tensor, context: int,
-                      adapter: str | None = POLICY) -> torch.Tensor:
-        """Logits predicting the response tokens ``ids[:, context:]`` (with LoRA,
-        ``adapter=None`` gives the reference: the base with adapters off)."""
-        width = ids.shape[1] - context
-        ctx = lora_adapter(self.policy, adapter) if self.lora else contextlib.nullcontext()
-        with ctx:
-            # logits_to_keep: only the positions that predict response tokens (large vocabs)
-            out = self.policy(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
-                              use_cache=False, logits_to_keep=width + 1)
-        return out.logits[:, :-1]
-
-    def values(self, ids: torch.Tensor, mask: torch.Tensor, context: int) -> torch.Tensor:
-        """V(s_t) for every response position t (the state before response token t)."""
-        if self.lora:
-            base = self.policy.get_base_model()
-            backbone = getattr(base, base.base_model_prefix)
-            with lora_adapter(self.policy, CRITIC):
-                hidden = backbone(input_ids=ids, attention_mask=mask,
-                                  position_ids=position_ids(mask), use_cache=False)[0]
-        else:
-            backbone = getattr(self.critic, self.critic.base_model_prefix)
-            hidden = backbone(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
-                              use_cache=False)[0]
-        hidden = hidden[:, context - 1:-1]
-        return self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()
-
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor,
-                context: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.policy_logits(ids, mask, context), self.values(ids, mask, context)
-
-
-def value_head_of(model: nn.Module) -> nn.Module:
-    """The one-logit head of a sequence-classification model (``score`` for most LMs)."""
-    for name in ("score", "classifier", "v_head"):
-        head = getattr(model, name, None)
-        if isinstance(head, nn.Linear):
-            return head
-    raise AlignlabError(f"Cannot find the score head of {type(model).__name__} to initialise the "
-                        "critic. Use a Llama/Qwen/Mistral-style reward model, or model.lora=true.")
-
-
-@dataclass
-class PPOModels:
-    """The models of a PPO run (see :func:`build_models`) and how responses end."""
-
-    model: PolicyAndValue  # the trainable policy + critic
-    reference: nn.Module | None  # frozen; None with LoRA: the base with adapters off
-    tokenizer: Any
-    reward_model: nn.Module | None = None  # frozen sequence classifier, or None
-    reward_tokenizer: Any = None
-    reward_funcs: list[Callable[..., list[float | None]]] = field(default_factory=list)
-    eos_ids: list[int] = field(default_factory=list)  # every id that ends a response
-
-
-def build_models(cfg: Any, args: Any) -> PPOModels:
-    """Policy+critic (trainable), reference, reward models/functions and the tokenizer."""
-    lora_cfg = models.lora_config(cfg.model)
-    path = models.resolve_path(cfg.model, cfg.seed)
-    if lora_cfg is not None and cfg.method.reference \
-            and Path(cfg.method.reference).expanduser().resolve() != Path(path).resolve():
-        raise AlignlabError("With model.lora=true the PPO reference is the base model with the "
-                            "adapters off, so method.reference cannot be used. Remove "
-                            "method.reference, or train without LoRA.")
-    if lora_cfg is None:
-        policy, tokenizer, reference = models.load_policy(cfg)
-    else:  # the reference is the base with adapters off: no second copy
-        tokenizer = models.load_tokenizer(cfg.model, path)
-        policy, reference = models.load_model(cfg.model, path, cfg.hardware), None
-    reward_model = reward_tok = None
-    if cfg.method.reward_model:
-        reward_model, reward_tok = rewards.load_reward_model(
-            cfg, str(cfg.method.reward_model), args.reward_model_dtype)
-    if lora_cfg is not None:
-        from peft import get_peft_model
-
-        policy = get_peft_model(policy, lora_cfg, adapter_name=POLICY)
-        policy.add_adapter(CRITIC, lora_cfg)
-        for name, p in policy.named_parameters():  # both adapters train; the base stays frozen
-            p.requires_grad_(any(f".{a}." in name for a in (POLICY, CRITIC)) and "lora_" in name)
-        critic = None
-        hidden = policy.get_base_model().config.get_text_config().hidden_size
-        value_head = nn.Linear(hidden, 1)
-        nn.init.zeros_(value_head.weight)  # V = 0 at first: the base's features mean nothing yet
-        nn.init.zeros_(value_head.bias)
-    else:
-        # The critic starts as the reward model (Ouyang et al. 2022 App. C): it already reads
-        # responses for quality, so its values are informative from the first update.
-        critic_path = str(cfg.method.reward_model) if cfg.method.reward_model else path
-        critic = models.load_model(cfg.model, critic_path, cfg.hardware, kind="reward")
-        value_head = value_head_of(critic)
-        critic.requires_grad_(True)
-    if args.disable_dropout:  # rollout and update log-probs must come from the same function
-        for m in (policy, critic, reference):
-            for module in m.modules() if m is not None else ():
-                if isinstance(module, nn.Dropout):
-                    module.p = 0.0
-    if args.gradient_checkpointing:
-        for m in (policy, critic):
-            if m is not None:
-                enable_gradient_checkpointing(m)
-    return PPOModels(model=PolicyAndValue(policy, critic, value_head, lora_cfg is not None),
-                     reference=reference, tokenizer=tokenizer, reward_model=reward_model,
-                     reward_tokenizer=reward_tok,
-                     reward_funcs=rewards.functions(list(cfg.method.reward_funcs or [])),
-                     eos_ids=eos_token_ids(tokenizer, policy))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,28 +100,21 @@ def encode_prompts(tokenizer: Any, prompts: list[Any], max_length: int | None) -
 # Rollouts
 
 
-def eos_token_ids(tokenizer: Any, model: nn.Module) -> list[int]:
-    """Every id that ends a response: the tokenizer's EOS and the model's declared EOS ids."""
-    declared = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids = [declared] if isinstance(declared, int) else list(declared or [])
-    return sorted({tokenizer.eos_token_id, *ids} - {None})
-
-
 def logprobs_of(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
     """Per-token log-probs of ``tokens`` under ``logits / temperature`` (the distribution the
     tokens were sampled from; Huang et al. 2024 detail "temperature in the log-probs")."""
     return core.token_logprobs(logits, tokens, temperature)
 
 
-def scores_for(env: PPOModels, prompts: list[Any], texts: list[str],
+def scores_for(nets: PPOModels, prompts: list[Any], texts: list[str],
                response_ids: list[list[int]]) -> torch.Tensor:
     """Sum of the reward model's score and every reward function's, per response."""
     total = torch.zeros(len(texts))
-    if env.reward_model is not None:  # the RM reads the chat template, as in its training
-        total += torch.tensor(evaluation.reward_scores(env.reward_model, env.reward_tokenizer,
+    if nets.reward_model is not None:  # the RM reads the chat template, as in its training
+        total += torch.tensor(evaluation.reward_scores(nets.reward_model, nets.reward_tokenizer,
                                                        prompts, texts))
     completions = [[{"role": "assistant", "content": t}] for t in texts]
-    for fn in env.reward_funcs:
+    for fn in nets.reward_funcs:
         out = fn(prompts=prompts, completions=completions, completion_ids=response_ids)
         total += torch.tensor([0.0 if v is None else float(v) for v in out])
     return total
@@ -309,7 +131,7 @@ def logprobs_from_generate(args: Any) -> bool:
 
 
 @torch.no_grad()
-def rollout(env: PPOModels, model: PolicyAndValue, prompts: list[Any], args: Any,
+def rollout(nets: PPOModels, model: PolicyAndValue, prompts: list[Any], args: Any,
             device: torch.device, autocast: Callable[[], Any] = contextlib.nullcontext,
             ) -> core.Rollout:
     """Sample responses to ``prompts`` and the log-probs and values PPO needs (no gradients).
@@ -320,12 +142,12 @@ def rollout(env: PPOModels, model: PolicyAndValue, prompts: list[Any], args: Any
     """
     from transformers import GenerationConfig
 
-    tok = env.tokenizer
+    tok = nets.tokenizer
     pad = tok.pad_token_id
     query, query_mask = generation.left_pad(
         encode_prompts(tok, prompts, args.max_prompt_length), pad)
     context = query.shape[1]
-    eos = env.eos_ids
+    eos = nets.eos_ids
     from_generate = logprobs_from_generate(args)
     # top_k=0/top_p=1: sample from exactly softmax(logits / T), the distribution PPO scores.
     gen_cfg = GenerationConfig(**generation.NEUTRAL_SAMPLING, max_new_tokens=args.response_length,
@@ -370,7 +192,7 @@ def rollout(env: PPOModels, model: PolicyAndValue, prompts: list[Any], args: Any
             if model.lora:
                 ref_logits = model.policy_logits(b_ids, b_mask, context, adapter=None)
             else:
-                ref_logits = env.reference(input_ids=b_ids, attention_mask=b_mask,
+                ref_logits = nets.reference(input_ids=b_ids, attention_mask=b_mask,
                                            position_ids=position_ids(b_mask), use_cache=False,
                                            logits_to_keep=b_resp.shape[1] + 1).logits[:, :-1]
             ref_logprobs.append(logprobs_of(ref_logits, b_resp, args.temperature).cpu())
@@ -384,13 +206,13 @@ def rollout(env: PPOModels, model: PolicyAndValue, prompts: list[Any], args: Any
         values=torch.cat(values))
 
 
-def score(env: PPOModels, prompts: list[Any], batch: core.Rollout, args: Any) -> torch.Tensor:
+def score(nets: PPOModels, prompts: list[Any], batch: core.Rollout, args: Any) -> torch.Tensor:
     """Scores [B] of the rollout's responses to ``prompts``: :func:`scores_for` on their real
     tokens, less ``missing_eos_penalty`` for those that did not end with EOS."""
     lists = [r[m.bool()].tolist()
              for r, m in zip(batch.responses, batch.response_mask, strict=True)]
-    texts = env.tokenizer.batch_decode(lists, skip_special_tokens=True)
-    scores = scores_for(env, prompts, texts, lists)
+    texts = nets.tokenizer.batch_decode(lists, skip_special_tokens=True)
+    scores = scores_for(nets, prompts, texts, lists)
     if args.missing_eos_penalty is not None:
         # EOS trick (Huang et al. 2024): a truncated response scores less than any finished one
         # the RM could rate, so the policy learns to stop instead of rambling to the limit.
@@ -404,96 +226,25 @@ def score(env: PPOModels, prompts: list[Any], batch: core.Rollout, args: Any) ->
 # incomplete and runs.last_checkpoint ignores it.
 
 
-@dataclass
-class TrainState:
-    """What a checkpoint's ``trainer_state.json`` holds besides the step."""
-
-    kl_coef: float  # beta now (it moves with adaptive_kl)
-    log_history: list[dict[str, float]]  # the logged rows so far
-    max_steps: int
-    trainable: list[str] | None  # names of the trainable weights: a resume must find the same
-
-    def to_json(self, step: int) -> dict[str, Any]:
-        return {**asdict(self), "global_step": step}
-
-    @classmethod
-    def from_json(cls, saved: dict[str, Any]) -> TrainState:
-        return cls(kl_coef=saved["kl_coef"], log_history=saved["log_history"],
-                   max_steps=saved["max_steps"], trainable=saved.get("trainable"))
-
-
-def save_checkpoint(accelerator: Any, run_dir: Path, step: int, state: TrainState,
-                    limit: int | None) -> None:
-    """Write ``checkpoints/checkpoint-<step>`` and drop the oldest beyond ``limit``."""
-    ckpt = run_dir / "checkpoints" / f"checkpoint-{step}"
-    accelerator.save_state(str(ckpt))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        runs.write_json(ckpt / "trainer_state.json", state.to_json(step))
-        done = sorted((p for p in ckpt.parent.glob("checkpoint-*")
-                       if (p / "trainer_state.json").exists()),
-                      key=lambda p: int(p.name.split("-")[-1]))
-        for old in done[:-limit] if limit else []:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-
-
-def load_checkpoint(accelerator: Any, ckpt: Path, trainable: set[str]) -> tuple[TrainState, int]:
-    """Restore the trainable weights, optimizer, scheduler and every process's RNG states from
-    ``ckpt``; returns its TrainState and step."""
-    accelerator.load_state(str(ckpt), strict=False)
-    saved = runs.read_json(ckpt / "trainer_state.json")
-    state = TrainState.from_json(saved)
-    if sorted(trainable) != state.trainable:
-        raise AlignlabError(f"{ckpt} was written by a different model setup (LoRA or "
-                            "model changed). Resume with the same config, or start a new "
-                            "run directory.")
-    return state, saved["global_step"]
-
-
-def save_only_trainable(accelerator: Any, model: nn.Module) -> set[str]:
-    """Make ``save_state`` keep only trainable weights (LoRA: adapters + value head, not the
-    frozen base, which is reloaded from ``model.path``). Returns their names."""
-    names = {n for n, p in model.named_parameters() if p.requires_grad}
-
-    def keep(models: list[Any], weights: list[dict[str, Any]], output_dir: str) -> None:
-        weights[:] = [{k: v for k, v in w.items() if k in names} for w in weights]
-
-    accelerator.register_save_state_pre_hook(keep)
-    return names
-
-
 # ---------------------------------------------------------------------------------------------
 # Evaluation on held-out prompts, before and after: the stage evaluation every method shares
 # (toy judge, RM score, KL to the reference), on the starting policy and on the trained one.
 
 
-class AdaptersOff(nn.Module):
-    """The LoRA policy with its adapters off, i.e. the reference, as a model to call."""
-
-    def __init__(self, policy: nn.Module) -> None:
-        super().__init__()
-        self.policy = policy
-
-    def forward(self, **kwargs: Any) -> Any:
-        with lora_adapter(self.policy, None):
-            return self.policy(**kwargs)
-
-
-def evaluate(cfg: Any, env: PPOModels, model: PolicyAndValue, args: Any, *,
+def evaluate(cfg: Any, nets: PPOModels, model: PolicyAndValue, args: Any, *,
              before: bool) -> tuple[evaluation.EvalResult, list[dict[str, Any]]]:
     """``evaluation.evaluate`` of the starting policy (``before``) or of the trained one."""
     eval_args = evaluation.EvalArgs(num_samples=args.eval_samples,
                                     max_prompts=args.eval_max_prompts,
                                     max_new_tokens=args.response_length)
-    kw = {"reward_model": env.reward_model, "reward_tokenizer": env.reward_tokenizer}
+    kw = {"reward_model": nets.reward_model, "reward_tokenizer": nets.reward_tokenizer}
     try:
         if before:  # the policy itself: method.reference may be a different model
             with lora_adapter(model.policy, POLICY) if model.lora else contextlib.nullcontext():
-                return evaluation.evaluate(cfg, model.policy, env.tokenizer, eval_args, **kw)
-        reference = AdaptersOff(model.policy) if model.lora else env.reference
+                return evaluation.evaluate(cfg, model.policy, nets.tokenizer, eval_args, **kw)
+        reference = AdaptersOff(model.policy) if model.lora else nets.reference
         with lora_adapter(model.policy, POLICY) if model.lora else contextlib.nullcontext():
-            return evaluation.evaluate(cfg, model.policy, env.tokenizer, eval_args,
+            return evaluation.evaluate(cfg, model.policy, nets.tokenizer, eval_args,
                                        reference=reference, **kw)
     finally:
         model.train()
@@ -511,8 +262,8 @@ class Session:
     run_dir: Path
     args: Any  # the PPOConfig
     accelerator: Any
-    env: PPOModels
-    model: nn.Module  # env.model as accelerate prepared it (DDP-wrapped on several processes)
+    nets: PPOModels
+    model: nn.Module  # nets.model as accelerate prepared it (DDP-wrapped on several processes)
     inner: PolicyAndValue  # the unwrapped model: rollouts, evaluation and saving use it
     params: list[nn.Parameter]  # the trainable ones
     optimizer: torch.optim.Optimizer
@@ -582,22 +333,22 @@ def setup(cfg: Any, run_dir: Path) -> Session:
     set_seed(args.seed)  # same init on every process (DDP also broadcasts rank 0's weights)
 
     prompts = list(data.load(cfg.data, "prompts", "train")["prompt"])
-    env = build_models(cfg, args)
-    for frozen in (env.reference, env.reward_model):
+    nets = build_models(cfg, args)
+    for frozen in (nets.reference, nets.reward_model):
         if frozen is not None:
             frozen.to(accelerator.device)
     max_steps = plan_steps(args, len(prompts), accelerator.num_processes)
-    params = [p for p in env.model.parameters() if p.requires_grad]
+    params = [p for p in nets.model.parameters() if p.requires_grad]
     optimizer, scheduler = make_optimizer(
         params, args, max_steps * args.num_ppo_epochs * args.num_mini_batches)
-    model, optimizer, scheduler = accelerator.prepare(env.model, optimizer, scheduler)
+    model, optimizer, scheduler = accelerator.prepare(nets.model, optimizer, scheduler)
     inner: PolicyAndValue = accelerator.unwrap_model(model)
     trainable = save_only_trainable(accelerator, inner)
 
     # Evaluate on the main process only (the other ranks wait): toy world, or any data with an RM.
     do_eval = cfg.quick_eval and accelerator.is_main_process and (
-        data.source(cfg.data).rule is not None or env.reward_model is not None)
-    eval_before = evaluate(cfg, env, inner, args, before=True)[0].to_dict() if do_eval else None
+        data.source(cfg.data).rule is not None or nets.reward_model is not None)
+    eval_before = evaluate(cfg, nets, inner, args, before=True)[0].to_dict() if do_eval else None
     state, start_step = TrainState(args.kl_coef, [], max_steps, sorted(trainable)), 0
     ckpt = runs.last_checkpoint(run_dir) if cfg.resume else None
     if ckpt is not None:
@@ -610,7 +361,7 @@ def setup(cfg: Any, run_dir: Path) -> Session:
             and accelerator.is_main_process:
         console.note("[alignlab] bf16: rollout log-probs come from a forward pass under the "
                      "update's autocast, not from generate's logits")
-    return Session(cfg=cfg, run_dir=run_dir, args=args, accelerator=accelerator, env=env,
+    return Session(cfg=cfg, run_dir=run_dir, args=args, accelerator=accelerator, nets=nets,
                    model=model, inner=inner, params=params, optimizer=optimizer,
                    scheduler=scheduler, prompts=prompts, state=state, max_steps=max_steps,
                    start_step=start_step, do_eval=do_eval, eval_before=eval_before,
@@ -752,7 +503,7 @@ def watched(run: Session, step: int, row: dict[str, float]) -> bool:
         return False
     model = run.inner
     with lora_adapter(model.policy, POLICY) if model.lora else contextlib.nullcontext():
-        return run.watch.check(step, model.policy, run.env.tokenizer,
+        return run.watch.check(step, model.policy, run.nets.tokenizer,
                                proxy=row.get("objective/scores"), kl=row.get("objective/kl"),
                                main=run.accelerator.is_main_process)
 
@@ -773,10 +524,10 @@ def finish(run: Session, wall: float) -> dict[str, Any]:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         # Saved under a temporary name, then renamed: a kill mid-save leaves no half model.
-        save_policy(run.inner, run.env.tokenizer, runs.fresh_partial_dir(out))
+        save_policy(run.inner, run.nets.tokenizer, runs.fresh_partial_dir(out))
         runs.commit_dir(runs.partial_dir(out), out)
         if run.do_eval:
-            result, samples = evaluate(cfg, run.env, run.inner, run.args, before=False)
+            result, samples = evaluate(cfg, run.nets, run.inner, run.args, before=False)
             evaluation.write(run_dir, result, samples)
             metrics["eval"] = {"before": run.eval_before, "after": result.to_dict()}
             metrics.update(result.pick("judge", "kl"))
@@ -799,9 +550,9 @@ def train(cfg: Any, run_dir: Path, step_keys: Any = None) -> dict[str, Any]:
             t0 = time.time()
             prompts = prompt_batch(run.prompts, args.seed, step - 1, args.local_batch_size,
                                    run.world, accelerator.process_index)
-            batch = rollout(run.env, run.inner, prompts, args, accelerator.device,
+            batch = rollout(run.nets, run.inner, prompts, args, accelerator.device,
                             autocast=accelerator.autocast)
-            adv = core.advantages(batch, score(run.env, prompts, batch, args), run.state.kl_coef,
+            adv = core.advantages(batch, score(run.nets, prompts, batch, args), run.state.kl_coef,
                                   args.kl_estimator, whiten_rewards=args.whiten_rewards,
                                   gamma=args.gamma, lam=args.lam)
             t_rollout = time.time() - t0
@@ -817,12 +568,3 @@ def train(cfg: Any, run_dir: Path, step_keys: Any = None) -> dict[str, Any]:
     bar.close()
     training.check_finite_weights(run.inner, run.last_step)
     return finish(run, time.time() - started)
-
-
-def save_policy(model: PolicyAndValue, tokenizer: Any, out: Path) -> None:
-    """The trained policy as a normal HF folder (only the policy adapter when LoRA)."""
-    if model.lora:
-        model.policy.save_pretrained(str(out), selected_adapters=[POLICY])
-    else:
-        model.policy.save_pretrained(str(out))
-    tokenizer.save_pretrained(str(out))
