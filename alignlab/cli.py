@@ -248,9 +248,8 @@ def _task(cfg: Any) -> None:
         _report_crash(err, run_dir)
     name = f"recipe {cfg.recipe.name}" if cfg.recipe.name else cfg.method.name
     summary = console.summarise(metrics).line()
-    log.info("finished %s: %s", name, summary, extra={console.FILE_ONLY: True})
-    print(f"[alignlab] {name} finished: {summary}\n"
-          f"[alignlab] run directory: {run_dir}")
+    console.note(f"[alignlab] {name} finished: {summary}")
+    console.note(f"[alignlab] run directory: {run_dir}")
 
 
 def run_stage(cfg: Any, run_dir: Path, fingerprint: str | None = None) -> dict[str, Any]:
@@ -280,7 +279,7 @@ def _hydra_verbose() -> bool:
 def write_report(run_dir: Path) -> None:
     """Render report.md/html; a report that fails never fails the finished run."""
     try:
-        print(f"[alignlab] report: {render_report(run_dir)}")
+        console.note(f"[alignlab] report: {render_report(run_dir)}")
     except Exception as err:
         log.warning("could not render the report for %s: %s", run_dir, err)
 

@@ -80,6 +80,13 @@ def note(text: str) -> None:
     log.info(text, extra={FILE_ONLY: True})
 
 
+def bar_note(bar: Any, text: str) -> None:
+    """:func:`note` above a progress bar: written by the bar (tqdm's ``write``), so the bar
+    stays whole below it, and kept in the log file."""
+    bar.write(text)
+    log.info(text, extra={FILE_ONLY: True})
+
+
 def number(value: Any) -> str:
     """A figure rounded for the console: 3 significant digits."""
     if isinstance(value, bool) or not isinstance(value, int | float):

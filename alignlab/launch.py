@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from alignlab import config
+from alignlab import config, console
 
 ACCELERATE_CONFIGS = Path(__file__).resolve().parent / "accelerate"
 
@@ -78,6 +78,6 @@ def launch_env(hw: Any) -> dict[str, str]:
 def relaunch(hw: Any, argv: list[str]) -> int:
     """Run this command again on every rank; returns the launcher's exit code."""
     cmd = launch_command(hw, argv)
-    print(f"[alignlab] launching {processes_per_machine(hw) * hw.num_machines} processes: "
-          + " ".join(cmd[1:]), flush=True)
+    console.note(f"[alignlab] launching {processes_per_machine(hw) * hw.num_machines} "
+                 "processes: " + " ".join(cmd[1:]))
     return subprocess.call(cmd, env=launch_env(hw))

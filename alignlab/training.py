@@ -295,8 +295,8 @@ def console_progress(trainer: Any, step_keys: Sequence[tuple[str, str]] | None =
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None,
                    **kw: Any) -> None:
             if state.is_world_process_zero and self.training_bar is not None and logs:
-                self.training_bar.write(console.step_line(state.global_step, state.max_steps,
-                                                          logs, step_keys))
+                console.bar_note(self.training_bar, console.step_line(
+                    state.global_step, state.max_steps, logs, step_keys))
 
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)

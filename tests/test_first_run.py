@@ -57,6 +57,10 @@ def test_headline_command_starts_from_cached_toy_sft(tmp_path: Path) -> None:
     log = (tmp_path / "one" / "cli.log").read_text()
     assert "'grad_norm'" in log and "training the toy SFT" in log
     assert "`gradient_checkpointing` is deprecated" not in log  # alignlab's own arguments
+    # Every line alignlab printed goes through the console module, so cli.log has it too (the
+    # report's path and the run directory were printed past it).
+    missing = [ln for ln in out.splitlines() if ln.startswith("[alignlab] ") and ln not in log]
+    assert not missing, missing
 
     second = alignlab("-q", f"hydra.run.dir={tmp_path / 'two'}", *SHORT_DPO, env=env)
     assert "training the toy SFT" not in second.stdout

@@ -465,7 +465,7 @@ def log_step(run: Session, step: int, local: dict[str, torch.Tensor], t_rollout:
             log.info("step %d: %s", step, json.dumps({k: round(v, 4) for k, v in row.items()}),
                      extra={console.FILE_ONLY: True})
             if not args.disable_tqdm:
-                bar.write(console.step_line(step, run.max_steps, row, run.step_keys))
+                console.bar_note(bar, console.step_line(step, run.max_steps, row, run.step_keys))
     bar.update(1)
     bar.set_postfix(score=f"{row['objective/scores']:.3f}", kl=f"{row['objective/kl']:.3f}")
     return row
