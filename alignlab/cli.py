@@ -7,12 +7,13 @@ trl are imported, so ``--help``, ``--cfg job`` and mistakes answer in well under
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
-import re
 import shutil
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,21 +52,56 @@ def _overrides(argv: list[str]) -> list[str]:
     return out
 
 
+@functools.cache
+def _parser() -> Any:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create()
+
+
+def parsed(arg: str) -> Any:
+    """Hydra's own reading of a command-line override (its key, ``+``/``++``/``~`` type and
+    value), or None for a flag, a flag's value, or text Hydra's grammar rejects (Hydra says
+    why when it composes)."""
+    if arg.startswith("-") or ("=" not in arg and not arg.startswith("~")):
+        return None
+    try:
+        return _parser().parse_override(arg)
+    except Exception:  # OverrideParseException and the grammar's own
+        return None
+
+
 # Free-form mappings: their keys are validated by alignlab (against TRL's dataclasses, peft's
 # LoraConfig...), so a new key needs no Hydra ``+`` prefix, as users of TRL's CLI expect.
-_OPEN_MAPPINGS = re.compile(r"^(method\.args|hardware\.args|model\.train_args|model\.lora|"
-                            r"constitution|inputs|stages\.[^.=]+\.(args|data|model))\.[^=]+=|"
-                            r"^data\.columns(\.[^=]+)?=")  # a whole {read name: file column} too
+_OPEN_MAPPINGS = ("method.args", "hardware.args", "model.train_args", "model.lora",
+                  "constitution", "inputs")
+_STAGE_MAPPINGS = ("args", "data", "model")  # stages.<name>.<these>.<key>
+
+
+def _in_open_mapping(key: str) -> bool:
+    parts = key.split(".")
+    return key.startswith(tuple(f"{m}." for m in _OPEN_MAPPINGS)) \
+        or (len(parts) > 3 and parts[0] == "stages" and parts[2] in _STAGE_MAPPINGS) \
+        or parts[:2] == ["data", "columns"]  # a whole {read name: file column} too
 
 
 def open_mapping_overrides(argv: list[str]) -> list[str]:
     """``method.args.beta=0.05`` -> ``++method.args.beta=0.05`` (add or override)."""
-    return lora_overrides([f"++{a}" if _OPEN_MAPPINGS.match(a) else a for a in argv])
+    out = []
+    for arg in argv:
+        o = parsed(arg)
+        plain = o is not None and o.type.name == "CHANGE" and o.package is None
+        out.append(f"++{arg}" if plain and _in_open_mapping(o.key_or_group) else arg)
+    return lora_overrides(out)
 
 
-_LORA_SWITCH = re.compile(r"^\+{0,2}model\.lora(\.enabled)?=(.*)$")
-_LORA_KEY = re.compile(r"^\+{0,2}model\.lora\.(?!enabled=)[^=]+=")
-_SWITCH_VALUES = {"true": "true", "false": "false", "null": "false", "none": "false"}
+# model.lora's switch values, as Hydra reads them, to model.lora.enabled's.
+_SWITCH_VALUES = {True: "true", False: "false", None: "false", "none": "false"}
+
+
+def _switch(value: Any) -> str | None:
+    key = value.lower() if isinstance(value, str) else value
+    return _SWITCH_VALUES.get(key) if isinstance(key, bool | str | type(None)) else None
 
 
 def lora_overrides(argv: list[str]) -> list[str]:
@@ -78,15 +114,22 @@ def lora_overrides(argv: list[str]) -> list[str]:
     """
     out, explicit, keys = [], False, False
     for arg in argv:
-        switch = _LORA_SWITCH.match(arg)
-        values = switch and [v.strip().lower() for v in switch.group(2).split(",")]
-        if switch and values and all(v in _SWITCH_VALUES for v in values):
-            explicit = True
-            arg = "++model.lora.enabled=" + ",".join(_SWITCH_VALUES[v] for v in values)
-        elif switch and switch.group(1):
-            explicit = True
-        elif (switch and switch.group(2).lstrip().startswith("{")) or _LORA_KEY.match(arg):
-            keys = True  # a key, or a whole mapping ``model.lora={r:8}``
+        o = parsed(arg)
+        key = o.key_or_group if o is not None and not o.is_delete() and o.package is None \
+            else None
+        if key in ("model.lora", "model.lora.enabled"):
+            value = o.value()
+            values = value.list if o.is_sweep_override() and hasattr(value, "list") else [value]
+            switch = [_switch(v) for v in values]
+            if all(v is not None for v in switch):
+                explicit = True
+                arg = "++model.lora.enabled=" + ",".join(switch)  # type: ignore[arg-type]
+            elif key == "model.lora.enabled":
+                explicit = True
+            elif isinstance(value, dict):
+                keys = True  # a whole mapping ``model.lora={r:8}``
+        elif key is not None and key.startswith("model.lora."):
+            keys = True
         out.append(arg)
     if keys and not explicit:
         out.append("++model.lora.enabled=true")
@@ -96,33 +139,38 @@ def lora_overrides(argv: list[str]) -> list[str]:
 def _check_group_choices(overrides: list[str]) -> None:
     """``method=dpoo`` -> a message naming the nearest real option."""
     for item in overrides:
-        key, sep, value = item.lstrip("+~").partition("=")
-        if sep and key in config.GROUPS:
-            options = config.group_options(key)
-            if value not in options:
-                raise AlignlabError(f"'{key}={value}' is not a {key} preset."
-                                    f"{did_you_mean(value, options)}")
+        o = parsed(item)
+        if o is None or o.is_delete() or o.key_or_group not in config.GROUPS \
+                or o.is_sweep_override():
+            continue
+        value, options = o.value(), config.group_options(o.key_or_group)
+        if str(value) not in options:
+            raise AlignlabError(f"'{o.key_or_group}={value}' is not a {o.key_or_group} preset."
+                                f"{did_you_mean(str(value), options)}")
 
 
-_KEY_ERR = re.compile(r"Key '([^']+)' (?:is )?not in (?:struct|'(\w+)')")
-_OVERRIDE = re.compile(r"Could not override '([^']+)'")
+def _missing_key(err: BaseException) -> str | None:
+    """The full key of the OmegaConf key error behind a Hydra composition error, if any."""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, ConfigAttributeError | ConfigKeyError) and seen.full_key:
+            return str(seen.full_key)
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _explain(err: Exception) -> AlignlabError:
     """Turn a Hydra/OmegaConf composition error into one clear sentence plus a fix."""
     text = runs.redact(str(err))  # Hydra's messages may quote resolved environment values
-    key = _OVERRIDE.search(text)
-    missing = _KEY_ERR.search(text)
-    if key:
-        full = key.group(1)
+    full = _missing_key(err)
+    if full:
         parent, _, leaf = full.rpartition(".")
         valid = config.schema_keys(parent)
         hint = did_you_mean(leaf, valid) if valid else ""
         return AlignlabError(f"'{full}' is not a config key.{hint} "
                              "Run `python -m alignlab --cfg job` to see every key.")
-    if missing:
-        return AlignlabError(f"'{missing.group(1)}' is not a config key. Run `python -m alignlab "
-                             "--cfg job` to see every key.")
     first = text.strip().splitlines()[0] if text.strip() else repr(err)
     cause = err.__cause__
     if text.startswith("Error merging override") and cause is not None and str(cause).strip():
@@ -131,15 +179,47 @@ def _explain(err: Exception) -> AlignlabError:
                          "value, or run `python -m alignlab --cfg job`.")
 
 
+# The configs this process has validated (their YAML, unresolved): a job runs the checks only
+# when main did not already run them on the same config (a sweep's member, composed again by
+# Hydra's sweeper, is the same config).
+_VALIDATED: set[str] = set()
+
+
+def _key(cfg: Any) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(cfg)
+
+
+def _checked(cfg: Any) -> Any:
+    """Refuse secrets in ``cfg`` and validate it (the recipe's links too); returns it."""
+    from omegaconf import OmegaConf
+
+    runs.refuse_secrets(OmegaConf.to_container(cfg, resolve=False))
+    try:
+        validation.validate(cfg)
+        if cfg.recipe.name:
+            pipeline.check(cfg)
+    except OSError as err:  # e.g. a path longer than the filesystem allows
+        raise _path_error(err) from None
+    _VALIDATED.add(_key(cfg))
+    return cfg
+
+
+def _prepared(overrides: list[str]) -> list[str]:
+    config.register()
+    overrides = open_mapping_overrides(overrides)
+    _check_group_choices(overrides)
+    return overrides
+
+
 def compose(overrides: list[str]) -> Any:
     """Compose and validate the config for ``overrides``; raise AlignlabError on a mistake."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    config.register()
-    overrides = open_mapping_overrides(overrides)
-    _check_group_choices(overrides)
+    overrides = _prepared(overrides)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(config.conf_dir()), version_base=None):
@@ -150,16 +230,78 @@ def compose(overrides: list[str]) -> Any:
         raise _explain(err) from None
     finally:
         GlobalHydra.instance().clear()
-    from omegaconf import OmegaConf
+    return _checked(cfg)
 
-    runs.refuse_secrets(OmegaConf.to_container(cfg, resolve=False))
+
+@dataclass
+class Composed:
+    """A plain run's config, composed once as ``hydra.main`` would (``full``: with its
+    ``hydra`` node, which names the run directory), and validated (``job``: without it)."""
+
+    app: Any  # Hydra's application object, whose config loader composed it
+    full: Any
+    job: Any
+
+    @property
+    def run_dir(self) -> Path | None:
+        """``hydra.run.dir`` resolved (the resolvers cache: the job gets the same); None when
+        it resolves only inside Hydra's job (e.g. ``${hydra:job.name}`` in it)."""
+        from omegaconf import OmegaConf
+
+        try:
+            return Path(OmegaConf.select(self.full, "hydra.run.dir"))
+        except Exception:  # OmegaConf's interpolation errors; _task locks the dir then
+            return None
+
+
+def compose_run(overrides: list[str]) -> Composed:
+    """:func:`compose` for a plain run (no Hydra flag): the one composition the run uses."""
+    import copy
+
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+    from omegaconf import open_dict, read_write
+
+    overrides = _prepared(overrides)
+    GlobalHydra.instance().clear()
     try:
-        validation.validate(cfg)
-        if cfg.recipe.name:
-            pipeline.check(cfg)
-    except OSError as err:  # e.g. a path longer than the filesystem allows
-        raise _path_error(err) from None
-    return cfg
+        app = Hydra.create_main_hydra2(
+            task_name="cli", config_search_path=create_config_search_path(str(config.conf_dir())))
+        full = app.compose_config("config", [*overrides, "hydra.mode=RUN"], RunMode.RUN)
+    except AlignlabError:
+        raise
+    except Exception as err:  # Hydra and OmegaConf raise many types; all mean a bad config
+        GlobalHydra.instance().clear()
+        raise _explain(err) from None
+    job = copy.deepcopy(full)
+    with read_write(job), open_dict(job):
+        del job["hydra"]  # what run_job hands the task
+    return Composed(app, full, _checked(job))
+
+
+def run_composed(composed: Composed) -> None:
+    """Run :func:`_task` on the config composed by :func:`compose_run`, as ``hydra.main``'s
+    run would (run directory, ``.hydra/``, logging, callbacks), without composing it again."""
+    from hydra._internal.callbacks import Callbacks
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.utils import configure_log, run_job
+    from hydra.types import HydraContext
+
+    full = composed.full
+    try:
+        configure_log(full.hydra.hydra_logging, full.hydra.verbose)
+        callbacks = Callbacks(full)
+        callbacks.on_run_start(config=full, config_name="config")
+        done = run_job(hydra_context=HydraContext(config_loader=composed.app.config_loader,
+                                                  callbacks=callbacks),
+                       task_function=_task, config=full, job_dir_key="hydra.run.dir",
+                       job_subdir_key=None, configure_logging=True)
+        callbacks.on_run_end(config=full, config_name="config", job_return=done)
+        _ = done.return_value  # raises what the job raised
+    finally:
+        GlobalHydra.instance().clear()
 
 
 def _path_error(err: OSError) -> AlignlabError:
@@ -223,7 +365,8 @@ def _task(cfg: Any) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):  # SLURM preemption, Ctrl-C
         signal.signal(sig, runs.on_signal)
     try:
-        validation.validate(cfg)
+        if _key(cfg) not in _VALIDATED:  # main validated a plain run's config already
+            validation.validate(cfg)
         config.apply_hardware(cfg)
         if cfg.overwrite and not cfg.recipe.name and runs.is_main_process():
             with contextlib.suppress(FileNotFoundError):  # the old run is no longer done
@@ -424,9 +567,15 @@ def main(argv: list[str] | None = None) -> None:
         validation.check_env_credentials(_override_values(_overrides(argv)))  # hydra.* too
     except AlignlabError as err:
         fail(err)
+    # A plain run (no Hydra flag) is composed and validated once, here, and run on that config.
+    composed = None
     if not flags & (_FLAGS_WITHOUT_RUN | _MULTIRUN):
         try:
-            cfg = compose(_overrides(argv))
+            if any(a.startswith("-") for a in argv):
+                cfg = compose(_overrides(argv))
+            else:
+                composed = compose_run(argv)
+                cfg = composed.job
             if os.environ.get("ALIGNLAB_CACHE"):  # built-in models and conversions go there
                 checks.check_run_dir(os.environ["ALIGNLAB_CACHE"], key="ALIGNLAB_CACHE")
         except AlignlabError as err:
@@ -448,7 +597,7 @@ def main(argv: list[str] | None = None) -> None:
             # Refused and locked before Hydra writes .hydra/ and the log: a refused run changes
             # nothing on disk, and a second run on this directory stops here. Launched ranks
             # other than 0 share the directory (no lock).
-            planned = planned_run_dir(_overrides(argv))
+            planned = composed.run_dir if composed else planned_run_dir(_overrides(argv))
             try:
                 if planned is not None:
                     checks.check_run_dir(str(planned))
@@ -464,6 +613,9 @@ def main(argv: list[str] | None = None) -> None:
             sweep_dir = check_sweep(_overrides(argv))
         except AlignlabError as err:
             fail(err)
+    if composed is not None:
+        run_composed(composed)
+        return
     sys.argv = [sys.argv[0], *argv]
     app = hydra.main(config_path=str(config.conf_dir()), config_name="config",
                      version_base=None)(_task)

@@ -74,6 +74,40 @@ def test_cfg_job_composes_once_and_prints_what_hydra_prints(monkeypatch, capsys)
     assert "beta: 0.05" in fast and "name: smollm2-135m" in fast
 
 
+def test_a_plain_run_composes_and_validates_its_config_once(tmp_path) -> None:
+    """A run with no Hydra flag composes its config once (it composed four times: checked,
+    its run directory planned, Hydra's mode read, then run) and validates it once (twice);
+    the run directory, .hydra/ and cli.log are what hydra.main made."""
+    run = tmp_path / "run"
+    code = textwrap.dedent(f"""
+        import atexit, sys
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl
+        from alignlab import validation
+        calls = {{"compose": 0, "validate": 0}}
+        def counted(name, fn):
+            def wrapper(*a, **k):
+                calls[name] += 1
+                return fn(*a, **k)
+            return wrapper
+        ConfigLoaderImpl.load_configuration = counted("compose",
+                                                      ConfigLoaderImpl.load_configuration)
+        validation.validate = counted("validate", validation.validate)
+        atexit.register(lambda: sys.stderr.write(f"CALLS={{calls}}\\n"))
+        from alignlab.cli import main
+        main(["method=sft", "model=llama-small", "method.args.max_steps=1", "quick_eval=false",
+              "report_to=none", "data.toy.n_sft=32", "hydra.run.dir={run}"])
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "CALLS={'compose': 1, 'validate': 1}" in proc.stderr, proc.stderr[-2000:]
+    assert (run / "DONE").exists() and (run / "cli.log").exists()
+    assert "++method.args.max_steps=1" in (run / ".hydra" / "overrides.yaml").read_text()
+    hydra_cfg = (run / ".hydra" / "hydra.yaml").read_text()
+    assert "name: cli" in hydra_cfg and "mode: RUN" in hydra_cfg
+    assert "[alignlab] run directory:" in (run / "cli.log").read_text()
+
+
 def test_cfg_job_imports_no_numpy() -> None:
     code, _, _, _ = run_and_list_modules("--cfg", "job")
     probe = subprocess.run([sys.executable, "-c", "import sys; sys.argv = ['alignlab', '--cfg', "
