@@ -5,9 +5,12 @@ Three ways to get text (and judge log-probs) out of a model, behind one small in
 - ``transformers``: the model loaded in this process; batched, left-padded, length-sorted
   generation (:func:`alignlab.generation.generate`) and option log-probs from one forward pass.
 - ``openai``: any OpenAI-compatible HTTP server (vLLM, TGI, llama.cpp, SGLang, OpenAI itself).
-  Requests run on a thread pool (``concurrency``), failed ones are retried with exponential
-  back-off, and the API key is read from the environment variable named by ``api_key_env``: it is
-  never written to a config, a log or an error message. Standard library only (urllib).
+  Requests run on a thread pool (``concurrency``) through the ``openai`` client (the optional
+  extra ``alignlab[openai]``), which retries what a retry can fix (408/409/429/5xx, timeouts,
+  dropped connections) with exponential back-off from ``retry_backoff`` and the server's
+  Retry-After; its errors become alignlab's one-line messages. The API key is read from the
+  environment variable named by ``api_key_env``: it is never written to a config, a log or an
+  error message, and no Authorization header is sent without one.
 - ``vllm``: vLLM in this process, on a GPU; a clear error where vLLM is not installed.
 
 Importing this module is cheap; torch/transformers/vllm are imported by the backends that need
@@ -17,16 +20,11 @@ them. Their settings (``BackendArgs``, shared by ``method.args`` of cai and judg
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-import random
 import re
 import threading
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, get_args
@@ -44,8 +42,17 @@ Conversation = Sequence[dict[str, str]]
 # (e.g. "The answer is: (") after which the options are scored.
 Query = tuple[Conversation, str]
 BACKENDS = get_args(BackendName)  # declared once, on BackendArgs.backend
-# HTTP statuses worth retrying: the server is busy, restarting or timed out.
-_RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+# HTTP statuses the openai client retries: the server is busy, restarting or timed out.
+_RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+_NO_OPENAI = AlignlabError(
+    "method.args.backend=openai talks to the server with the openai client, which is not "
+    "installed. Install it with `pip install 'alignlab[openai]'` (or `pip install openai`).")
+_OPENAI_FIRST_DELAY = 0.5  # the openai client's first back-off (openai._constants)
+# The request fields the openai client takes by name; the rest (vLLM's continue_final_message
+# and add_generation_prompt) go in the request body as they are.
+_CHAT_KEYS = {"model", "messages", "max_tokens", "temperature", "seed", "logprobs",
+              "top_logprobs"}
+_COMPLETION_KEYS = {"model", "prompt", "max_tokens", "temperature", "seed", "logprobs"}
 
 
 class TooLong(AlignlabError):
@@ -146,58 +153,83 @@ class OpenAIBackend:
         self.retries = 0  # how many retries this backend needed (reported in metrics)
         self.too_long = 0  # judge queries the server refused as longer than its context
         self._lock = threading.Lock()
+        self._openai: Any = None
 
     # -- transport ------------------------------------------------------------------------------
 
-    def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """POST JSON and return the JSON answer, retrying what a retry can fix."""
-        url = f"{self.base_url}/{path}"
-        body = json.dumps(payload).encode()
-        headers = {"Content-Type": "application/json"}
-        if self._key:
-            headers["Authorization"] = f"Bearer {self._key}"
-        last = ""
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                with self._lock:
-                    self.retries += 1
-                # Exponential back-off with jitter so that many threads don't retry in lockstep.
-                delay = min(60.0, self.retry_backoff * 2 ** (attempt - 1))
-                time.sleep(delay * (0.5 + random.random() / 2))
-            request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    def _connect(self) -> Any:
+        """The ``openai`` client, made once (it is thread-safe), retrying with this backend's
+        back-off and counting its retries."""
+        with self._lock:
+            if self._openai is not None:
+                return self._openai
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    return json.loads(response.read())
-            except urllib.error.HTTPError as err:
-                detail = _error_text(err)
-                if err.code in (400, 413, 422) and _CONTEXT_ERROR.search(detail):
-                    raise TooLong(
-                        f"The model served at {self.base_url} ('{self.model}') refused a "
-                        f"request longer than its context (HTTP {err.code}: {detail}). Serve "
-                        "it with a longer context (vLLM: --max-model-len), shorten the rows "
-                        "(fewer turns, method.args.max_new_tokens), or use a judge with a "
-                        "longer context.") from None
-                if err.code not in _RETRY_STATUS:
-                    hint = (" If the server does not support continue_final_message, set "
-                            "method.args.prefill=false." if "continue_final_message" in payload
-                            else "")
-                    raise AlignlabError(
-                        f"The server at {self.base_url} rejected the request to /{path} with "
-                        f"HTTP {err.code}: {detail}. Check method.args.base_url, api_model "
-                        f"('{self.model}') and the API key (in the variable named by "
-                        f"method.args.api_key_env).{hint}") from None
-                last = f"HTTP {err.code}: {detail}"
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
-                reason = getattr(err, "reason", err)
-                last = f"{type(reason).__name__}: {reason}"
-            except json.JSONDecodeError:
-                last = "the answer was not JSON"
-            log.warning("request to %s failed (%s); retry %d of %d", url, last, attempt + 1,
-                        self.max_retries)
-        raise AlignlabError(f"The server at {self.base_url} did not answer /{path} after "
-                            f"{self.max_retries + 1} tries (last error: {last}). Check that it "
-                            "is running and reachable, or raise method.args.max_retries / "
-                            "request_timeout.")
+                import openai
+            except ImportError:
+                raise _NO_OPENAI from None
+            backend = self
+
+            class Client(openai.OpenAI):
+                def _calculate_retry_timeout(self, remaining_retries: int, options: Any,
+                                             response_headers: Any = None) -> float:
+                    with backend._lock:
+                        backend.retries += 1
+                    log.warning("a request to %s failed; retry %d of %d", backend.base_url,
+                                backend.max_retries - remaining_retries + 1, backend.max_retries)
+                    delay = super()._calculate_retry_timeout(remaining_retries, options,
+                                                             response_headers)
+                    if self._parse_retry_after_header(response_headers) is not None:
+                        return delay  # the server said when
+                    return delay * backend.retry_backoff / _OPENAI_FIRST_DELAY
+
+            # A placeholder key when there is none: the header is then omitted per request.
+            self._openai = Client(base_url=self.base_url, api_key=self._key or "unused",
+                                  max_retries=self.max_retries, timeout=self.timeout)
+            return self._openai
+
+    def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """One request (``chat/completions`` or ``completions``) and its JSON answer; what the
+        client could not fix by retrying is one clear error."""
+        client = self._connect()
+        import openai
+        endpoint = client.completions if path == "completions" else client.chat.completions
+        known = _COMPLETION_KEYS if path == "completions" else _CHAT_KEYS
+        extra = {k: v for k, v in payload.items() if k not in known}  # vLLM's own fields
+        headers = {} if self._key else {"Authorization": openai.omit}
+        try:
+            answer = endpoint.create(**{k: v for k, v in payload.items() if k in known},
+                                     extra_body=extra or None, extra_headers=headers)
+        except openai.APIStatusError as err:
+            raise self._rejected(path, payload, err.status_code, _error_text(err)) from None
+        except openai.APIConnectionError as err:  # timeouts too, after the retries
+            cause = err.__cause__ or err
+            raise self._no_answer(path, f"{type(cause).__name__}: {cause}") from None
+        except openai.APIResponseValidationError:
+            raise self._no_answer(path, "the answer was not JSON") from None
+        return answer.model_dump()
+
+    def _rejected(self, path: str, payload: dict[str, Any], status: int,
+                  detail: str) -> AlignlabError:
+        if status in (400, 413, 422) and _CONTEXT_ERROR.search(detail):
+            return TooLong(
+                f"The model served at {self.base_url} ('{self.model}') refused a request "
+                f"longer than its context (HTTP {status}: {detail}). Serve it with a longer "
+                "context (vLLM: --max-model-len), shorten the rows (fewer turns, "
+                "method.args.max_new_tokens), or use a judge with a longer context.")
+        if status in _RETRY_STATUS:  # the client retried it max_retries times
+            return self._no_answer(path, f"HTTP {status}: {detail}")
+        hint = (" If the server does not support continue_final_message, set "
+                "method.args.prefill=false." if "continue_final_message" in payload else "")
+        return AlignlabError(
+            f"The server at {self.base_url} rejected the request to /{path} with HTTP {status}: "
+            f"{detail}. Check method.args.base_url, api_model ('{self.model}') and the API key "
+            f"(in the variable named by method.args.api_key_env).{hint}")
+
+    def _no_answer(self, path: str, last: str) -> AlignlabError:
+        return AlignlabError(f"The server at {self.base_url} did not answer /{path} after "
+                             f"{self.max_retries + 1} tries (last error: {last}). Check that it "
+                             "is running and reachable, or raise method.args.max_retries / "
+                             "request_timeout.")
 
     def _map(self, fn: Callable[[int], Any], n: int) -> list[Any]:
         if n == 0:
@@ -266,6 +298,9 @@ class OpenAIBackend:
 
     def close(self) -> None:
         self._key = None
+        if self._openai is not None:
+            self._openai.close()
+            self._openai = None
 
 
 # How servers say a request is longer than the context (vLLM, OpenAI, llama.cpp, TGI).
@@ -275,15 +310,18 @@ _CONTEXT_ERROR = re.compile(
     re.IGNORECASE)
 
 
-def _error_text(err: urllib.error.HTTPError) -> str:
+def _error_text(err: Any) -> str:
+    """The server's own message of an ``openai.APIStatusError`` (its JSON ``error.message``, or
+    the body), cut to 200 characters."""
     try:
-        text = err.read().decode(errors="replace")
-        message = json.loads(text).get("error", text)
+        body = err.response.json()
+        message = body.get("error", body) if isinstance(body, dict) else body
         if isinstance(message, dict):
             message = message.get("message", message)
         return str(message)[:200]
     except Exception:  # the body is only decoration for the message
-        return err.reason if isinstance(err.reason, str) else "no details"
+        text = getattr(err.response, "text", "") or ""
+        return text[:200] or getattr(err.response, "reason_phrase", "") or "no details"
 
 
 def _choice(answer: dict[str, Any], where: str) -> dict[str, Any]:
@@ -402,6 +440,17 @@ def check(args: BackendArgs) -> None:
     if args.backend == "openai" and not args.base_url:
         raise AlignlabError("method.args.backend=openai needs method.args.base_url, e.g. "
                             "http://127.0.0.1:8000/v1 for a local vLLM server.")
+    if args.backend == "openai" and not _has_openai():
+        raise _NO_OPENAI
+
+
+def _has_openai() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("openai") is not None
+    except ValueError:  # a module set to None (a test hiding it)
+        return False
 
 
 def create(args: BackendArgs, cfg: Any, model_path: str | None = None) -> Backend:

@@ -121,6 +121,23 @@ def test_unreachable_server_is_a_clear_error() -> None:
         client.chat(CONVS[:1], temperature=0.0, max_new_tokens=4, seed=0)
 
 
+def test_without_the_openai_client_the_backend_says_how_to_install_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """backend=openai needs the optional extra; without it the config check (before any
+    model loads) and the backend itself say how to install it."""
+    import sys
+
+    from alignlab.args import BackendArgs
+
+    monkeypatch.setitem(sys.modules, "openai", None)  # as if not installed
+    args = BackendArgs(backend="openai", base_url="http://127.0.0.1:9/v1")
+    with pytest.raises(AlignlabError, match=r"pip install 'alignlab\[openai\]'"):
+        backends.check(args)
+    with pytest.raises(AlignlabError, match=r"alignlab\[openai\]"):
+        backends.OpenAIBackend(args.base_url, "m").chat(CONVS[:1], temperature=0.0,
+                                                        max_new_tokens=4, seed=0)
+
+
 def test_api_key_comes_from_the_named_variable(lm: tuple[Any, Any],
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ALIGNLAB_TEST_KEY", "sk-test-123")
