@@ -72,7 +72,7 @@ class CAIArgs(BackendArgs):
                 "on helpfulness prompts to SL-CAI's data so the policy stays helpful."})
     max_helpful_prompts: int | None = field(default=None, metadata={"at_least": 1,
         "help": "Cap on those helpfulness prompts per split, after a seeded shuffle."})
-    sft_fraction: float = field(default=0.5, metadata={
+    sft_fraction: float = field(default=0.5, metadata={"at_least": 0, "at_most": 1,
         "help": "Share of rows in train_sft/test_sft; the rest go to *_prefs (disjoint, as in "
                 "HuggingFaceH4/cai-conversation-harmless)."})
 
@@ -95,7 +95,7 @@ class JudgeArgs(BackendArgs):
         "help": "Let the judge reason before answering (then clamp, e.g. clamp=[0.4,0.6])."})
     clamp: list[float] | None = field(default=None, metadata={
         "help": "[low, high] bounds on the soft label, e.g. [0.4, 0.6] with chain_of_thought."})
-    min_margin: float = field(default=0.0, metadata={"at_least": 0,
+    min_margin: float = field(default=0.0, metadata={"at_least": 0, "below": 0.5,
         "help": "Drop pairs whose label is within this of 0.5 (ties are always dropped)."})
     max_prompts: int | None = field(default=None, metadata={"at_least": 1,
         "help": "Cap on prompts (or pairs) per split, after a seeded shuffle."})

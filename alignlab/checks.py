@@ -56,11 +56,6 @@ _RANGES: dict[str, Rule] = {
     "gamma": _FRACTION,
     "lam": _FRACTION,
     "temperature": _NON_NEGATIVE,
-    "max_retries": _NON_NEGATIVE,
-    "retry_backoff": _NON_NEGATIVE,
-    "request_timeout": _POSITIVE,
-    "sft_fraction": _FRACTION,
-    "min_margin": (lambda v: 0 <= v < 0.5, "a number >= 0 and < 0.5"),
     "num_generations": (lambda v: v >= 2 and v == int(v),
                         "a whole number >= 2 (the group's rewards are compared)"),
 }
@@ -69,26 +64,23 @@ for _name in ("per_device_train_batch_size", "per_device_eval_batch_size",
               "max_length", "max_prompt_length", "max_completion_length", "max_new_tokens",
               "response_length", "generation_batch_size", "steps_per_generation",
               "num_iterations", "num_mini_batches", "num_ppo_epochs", "total_episodes",
-              "local_rollout_forward_batch_size", "batch_size", "num_samples", "concurrency",
-              "rounds", "num_candidates", "max_prompts", "top_logprobs"):
+              "local_rollout_forward_batch_size", "batch_size"):
     _RANGES[_name] = _AT_LEAST_1
 
-# Where a method gives a field a stricter meaning than the generic rule.
-_METHOD_RANGES: dict[tuple[str, str], Rule] = {
-    # beta scales the implicit reward; at 0 the DPO/KTO loss has no gradient (IPO divides by it).
-    ("dpo", "beta"): (lambda v: v > 0, "a number > 0 (0.1 is TRL's default)"),
-    ("kto", "beta"): (lambda v: v > 0, "a number > 0 (0.1 is TRL's default)"),
-    # RL samples from softmax(logits / T): T = 0 divides by zero (greedy needs no RL).
-    ("grpo", "temperature"): (lambda v: v > 0, "a number > 0 (1.0 samples the model as is)"),
-    ("rloo", "temperature"): (lambda v: v > 0, "a number > 0 (1.0 samples the model as is)"),
-    ("ppo", "temperature"): (lambda v: v > 0, "a number > 0 (1.0 samples the model as is)"),
-}
+# Where a method gives a field a stricter meaning than the generic rule: on its registry row
+# (alignlab.methods.spec.Method.arg_rules).
+# beta scales the implicit reward; at 0 the DPO/KTO loss has no gradient (IPO divides by it).
+POSITIVE_BETA: Rule = (lambda v: v > 0, "a number > 0 (0.1 is TRL's default)")
+# RL samples from softmax(logits / T): T = 0 divides by zero (greedy needs no RL).
+SAMPLING_TEMPERATURE: Rule = (lambda v: v > 0, "a number > 0 (1.0 samples the model as is)")
 
 
-def check_values(args: Mapping[str, Any], method: str, where: str) -> None:
-    """Refuse trainer arguments outside their meaningful range (``method.args.max_steps=-2``)."""
+def check_values(args: Mapping[str, Any], method: str, where: str,
+                 rules: Mapping[str, Rule] | None = None) -> None:
+    """Refuse trainer arguments outside their meaningful range (``method.args.max_steps=-2``);
+    ``rules``: the method's own, stricter ones (its registry row's ``arg_rules``)."""
     for key, value in args.items():
-        rule = _METHOD_RANGES.get((method, key)) or _RANGES.get(key)
+        rule = (rules or {}).get(key) or _RANGES.get(key)
         if rule is None or isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
         ok, expected = rule

@@ -407,12 +407,15 @@ _DEFINED_IN = {"transformers:TrainingArguments": "transformers.training_args:Tra
 class FieldRule:
     """What a dataclass field admits, read from its source: its annotation, the values of a
     ``Literal[...]`` (directly, or through a module-level alias such as ``Backend =
-    Literal[...]``), and bounds in its ``metadata`` (``at_least``, ``above``)."""
+    Literal[...]``), and bounds in its ``metadata`` (``at_least``, ``above``, ``at_most``,
+    ``below``)."""
 
     annotation: str
     choices: tuple[Any, ...] | None = None
     at_least: float | None = None
     above: float | None = None
+    at_most: float | None = None
+    below: float | None = None
 
 
 @functools.cache
@@ -466,15 +469,18 @@ def _literal(node: ast.AST | None, module: str, depth: int = 0) -> tuple[Any, ..
     return None
 
 
+BOUNDS = ("at_least", "above", "at_most", "below")
+
+
 def _bounds(value: ast.AST | None) -> dict[str, float]:
-    """``at_least`` / ``above`` of a ``field(metadata={...})`` default, if it has them."""
+    """The bounds (:data:`BOUNDS`) of a ``field(metadata={...})`` default, if it has them."""
     if not isinstance(value, ast.Call):
         return {}
     for kw in value.keywords:
         if kw.arg == "metadata" and isinstance(kw.value, ast.Dict):
             return {k.value: ast.literal_eval(v) for k, v in zip(kw.value.keys, kw.value.values,
                                                                  strict=True)
-                    if isinstance(k, ast.Constant) and k.value in ("at_least", "above")}
+                    if isinstance(k, ast.Constant) and k.value in BOUNDS}
     return {}
 
 
@@ -533,6 +539,12 @@ def check_rules(args: Mapping[str, Any], target: str, where: str) -> None:
                                 f"{rule.at_least:g}. Fix the value in the override or YAML.")
         if rule.above is not None and value <= rule.above:
             raise AlignlabError(f"{where}.{key}={value!r} must be above {rule.above:g}. "
+                                "Fix the value in the override or YAML.")
+        if rule.at_most is not None and value > rule.at_most:
+            raise AlignlabError(f"{where}.{key}={value!r} must be at most {rule.at_most:g}. "
+                                "Fix the value in the override or YAML.")
+        if rule.below is not None and value >= rule.below:
+            raise AlignlabError(f"{where}.{key}={value!r} must be below {rule.below:g}. "
                                 "Fix the value in the override or YAML.")
 
 

@@ -3,7 +3,8 @@
 TRL 1.16 handles long rows differently per trainer, and says nothing:
 - ``RewardTrainer`` drops every pair whose chosen or rejected conversation is over ``max_length``;
 - ``DPOTrainer`` drops rows whose prompt alone fills ``max_length`` and cuts the end off the rest;
-- ``SFTTrainer`` and ``KTOTrainer`` truncate.
+- ``SFTTrainer`` and ``KTOTrainer`` truncate, and so does trl.experimental's ``ORPOTrainer``
+  (the reply; a prompt that fills ``max_length`` leaves it empty, and the row stays).
 Real multi-turn data is long: with ``max_length=128`` only ~13 % of HH-RLHF's pairs fit, so a
 reward model could train on a handful of the pairs it was given. :func:`check` counts, prints one
 line, and refuses when more than ``data.max_dropped`` of the rows would be dropped.

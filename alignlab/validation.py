@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import re
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -63,10 +63,11 @@ def _validate(cfg: Any, pending: Collection[str]) -> None:
     check_finite(c)
     check_recipe_names(c)
     info = methods.load(c["method"]["name"])
+    check_reference(c, info)
     args = dict(c["method"].get("args") or {})
     check_args(args, info.args_class, "method.args")
     checks.check_api_key_env(args, "method.args")
-    checks.check_values(args, info.name, "method.args")
+    checks.check_values(args, info.name, "method.args", info.arg_rules)
     if info.check_args is not None:  # a method's own checks of its arguments (e.g. export's)
         info.check_args(args)
     # The presets' suggestions reach the trainer too (those its config has: merged_args).
@@ -76,7 +77,8 @@ def _validate(cfg: Any, pending: Collection[str]) -> None:
                          (f"model.train_args.{info.name}", by_model.get(info.name)),
                          ("hardware.args", c["hardware"].get("args"))):
         if isinstance(extra, dict):
-            checks.check_values({k: v for k, v in extra.items() if k in fields}, info.name, where)
+            checks.check_values({k: v for k, v in extra.items() if k in fields}, info.name, where,
+                                info.arg_rules)
 
     lora = c["model"].get("lora")
     normalized = normalize_lora(lora)
@@ -438,6 +440,17 @@ def _shards_weights(accelerate_config: str | None) -> bool:
         kind = str(OmegaConf.load(path).get("distributed_type", "")).upper()
         return kind in ("FSDP", "DEEPSPEED")
     return False
+
+
+def check_reference(c: Mapping[str, Any], info: Any) -> None:
+    """``method.reference`` names a model only methods that load one read; elsewhere it would
+    be silently ignored (ORPO and SFT have no reference model)."""
+    value = c["method"].get("reference")
+    if value and not info.reads_reference:
+        readers = ", ".join(s.name for s in methods.REGISTRY.values() if s.reads_reference)
+        raise AlignlabError(f"method={info.name} loads no reference model, so "
+                            f"method.reference='{value}' would be ignored. Remove "
+                            f"method.reference, or use a method that has one ({readers}).")
 
 
 def _validate_hardware(c: dict[str, Any], info: methods.Method) -> None:

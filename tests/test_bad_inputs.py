@@ -100,6 +100,13 @@ CASES: list[Case] = [
     ("grpo-temperature-zero", [*GRPO, "method.args.temperature=0"], "temperature", None),
     # --- choices and bounds declared on alignlab's argument dataclasses (Literal, metadata)
     ("judge-gate-typo", ["method=judge", "method.args.gate=wran"], "Did you mean 'warn'", None),
+    ("orpo-reference-ignored", ["method=orpo", "method.reference=builtin:llama-small"],
+     "loads no reference model", None),
+    ("judge-min-margin-half", ["method=judge", "method.args.min_margin=0.5"], "below 0.5", None),
+    ("cai-sft-fraction-above-1", ["method=cai", "method.args.sft_fraction=1.5"], "at most 1",
+     None),
+    ("ppo-temperature-zero", ["method=ppo", "method.reward_model=builtin:llama-small",
+                              "method.args.temperature=0"], "temperature=0", None),
     ("cai-backend-typo", ["method=cai", "method.args.backend=vlm"], "Did you mean 'vllm'", None),
     ("eval-split-typo", ["method=eval", "method.args.split=tset"], "Did you mean 'test'", None),
     ("judge-one-candidate", ["method=judge", "method.args.num_candidates=1"],

@@ -132,7 +132,8 @@ def test_bad_arguments(tmp_path: Path, override: str, message: str) -> None:
 
 @pytest.mark.parametrize("key, value, message", [
     ("gate", "wran", "Did you mean 'warn'"), ("num_candidates", 1, "must be at least 2"),
-    ("source", "humans", "is not one of policy, pairs")])
+    ("source", "humans", "is not one of policy, pairs"),
+    ("min_margin", 0.5, "must be below 0.5")])
 def test_the_stage_checks_its_arguments_without_the_cli(tmp_path: Path, key: str, value: object,
                                                         message: str) -> None:
     """A config changed after validation (a program driving the stage) is still refused by

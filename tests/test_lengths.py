@@ -60,6 +60,26 @@ def test_dpo_drop_and_truncation_counts_match_trl(setup, tmp_path: Path, max_len
     assert longer == report.truncated
 
 
+@pytest.mark.parametrize("max_length", [24, 64])
+def test_orpo_keeps_every_row_as_trl_does(setup, tmp_path: Path, max_length: int) -> None:
+    """trl.experimental's ORPOTrainer truncates and drops nothing, even rows whose prompt fills
+    max_length (counted as DPO's, they were said to be dropped)."""
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+    from alignlab import methods
+
+    # Counted as the registry's row says (it said "dpo": rows said to be dropped).
+    report = lengths.measure(setup["pairs"], setup["tok"], methods.load("orpo").lengths,
+                             max_length)
+    as_dpo = lengths.measure(setup["pairs"], setup["tok"], "dpo", max_length)
+    trainer = ORPOTrainer(model=setup["lm"], processing_class=setup["tok"],
+                          train_dataset=setup["pairs"],
+                          args=ORPOConfig(output_dir=str(tmp_path), max_length=max_length,
+                                          use_cpu=True, report_to="none"))
+    assert report.dropped == 0 and len(trainer.train_dataset) == report.rows
+    assert report.truncated == as_dpo.truncated + as_dpo.dropped > 0
+
+
 def test_too_many_dropped_is_refused_with_the_fix(setup) -> None:
     with pytest.raises(AlignlabError, match=r"RewardTrainer would drop them.*max_length=\d+"):
         lengths.check(setup["pairs"], setup["tok"], "reward", 16, 0.25, "RewardTrainer")

@@ -110,4 +110,4 @@ def _pairs(cfg: Any, args: Any, inputs: Any, run_dir: Path, cache: Path,
 
 # The headline is the judge's score itself (no start -> trained change: nothing trained).
 SPEC = Method(name="eval", args_class=ARGS_CLASS, data_kind=DATA_KIND, stage=run,
-              check_args=evaluation.check_args, shows_change=False)
+              check_args=evaluation.check_args, shows_change=False, reads_reference=True)

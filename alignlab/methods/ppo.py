@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from alignlab import checks
 from alignlab.methods.spec import LR_KEYS, Method, logged
 
 ARGS_CLASS = "alignlab.ppo.config:PPOConfig"
@@ -29,7 +30,7 @@ def run(cfg: Any, run_dir: Path) -> dict[str, Any]:
 
 SPEC = Method(
     name="ppo", args_class=ARGS_CLASS, data_kind=DATA_KIND, stage=run, needs_reward=True,
-    starts_from_sft=True,
+    starts_from_sft=True, reads_reference=True,
     no_sharding="alignlab's PPO runs under DDP only, its rollouts cannot generate from "
                 "FSDP/ZeRO weights.",
     step_keys=(("objective/scores", "score"), ("objective/kl", "kl"), *LR_KEYS),
@@ -37,4 +38,5 @@ SPEC = Method(
                 "objective/non_score_reward", "policy/entropy", "policy/entropy_avg",
                 "policy/approxkl_avg", "policy/clipfrac_avg", "loss/policy_avg",
                 "loss/value_avg"),
-    headline=logged(("objective/scores", "score"), ("objective/kl", "KL")))
+    headline=logged(("objective/scores", "score"), ("objective/kl", "KL")),
+    arg_rules={"temperature": checks.SAMPLING_TEMPERATURE})

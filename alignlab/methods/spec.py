@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from alignlab import checks
 
 # A figure of a headline: (label, value) or (label, (before, after)).
 Figure = tuple[str, Any]
@@ -83,6 +85,7 @@ class Method:
     reads_constitution: bool = False  # the constitution group is loaded (checked up front)
     needs_choice: bool = False  # ... and must hold the AI judge's choice question
     starts_from_sft: bool = False  # refines or scores a policy: a built-in model starts SFT'd
+    reads_reference: bool = False  # method.reference is a model it loads (else: refused)
     # Why it cannot run with sharded weights (FSDP/ZeRO), one sentence; "": it can.
     no_sharding: str = ""
     step_keys: Keys = (("loss", "loss"), *LR_KEYS)  # the console's line per trainer log
@@ -90,6 +93,8 @@ class Method:
     headline: Headline = final_loss  # the report's figures for this stage
     shows_change: bool = True  # the headline adds the toy judge start -> trained when known
     check_args: Callable[[Mapping[str, Any]], None] | None = None  # its own checks of args
+    # Stricter ranges than the generic ones of alignlab.checks for some of its arguments.
+    arg_rules: Mapping[str, checks.Rule] = field(default_factory=dict)
 
     def run(self, cfg: Any, run_dir: Path) -> dict[str, Any]:
         """Run the stage into ``run_dir``: the metrics for metrics.json."""

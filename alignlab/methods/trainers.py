@@ -53,9 +53,9 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from alignlab import data, evaluation, lengths, models, rewards, runs, templates, training
+from alignlab import checks, data, evaluation, lengths, models, rewards, runs, templates, training
 from alignlab import watch as watching
 from alignlab.errors import AlignlabError
 from alignlab.methods import spec as specs
@@ -156,7 +156,8 @@ class TrlMethod(specs.Method):
 
     trainer: str  # "module:Class" of the trainer (a class in ``trl`` or ``trl.experimental``)
     models: str  # policy | reward | policy+reference | online (see the module doc)
-    lengths: str | None  # how lengths.check counts rows; None: prompts only, nothing to drop
+    # How lengths.check counts rows (as this trainer drops or cuts them); None: prompts only.
+    lengths: Literal["sft", "reward", "dpo", "kto", "orpo"] | None
     # trains, then reports: (row, trainer, cfg, run_dir) -> metrics
     finish: Callable[[TrlMethod, Any, Any, Path], dict[str, Any]] = train_policy
     prepare_tokenizer: Callable[[Any, Any, Any], None] | None = None  # (cfg, args, tokenizer)
@@ -296,20 +297,23 @@ TABLE: dict[str, TrlMethod] = {m.name: m for m in (
               step_keys=(("loss", "loss"), ("accuracy", "acc"), *specs.LR_KEYS),
               curve_keys=("loss", "eval_loss", "eval_accuracy"), headline=specs.pair_accuracy),
     TrlMethod(name="dpo", trainer="trl:DPOTrainer", args_class="trl.trainer.dpo_config:DPOConfig",
-              data_kind="pairs", models="policy+reference", lengths="dpo",
+              data_kind="pairs", models="policy+reference", lengths="dpo", reads_reference=True,
               step_keys=specs.PREFERENCE_KEYS, curve_keys=specs.PREFERENCE_CURVES,
               headline=specs.logged(("rewards/accuracies", "reward accuracy"),
-                                    ("rewards/margins", "margin"), ("kl", "KL"))),
+                                    ("rewards/margins", "margin"), ("kl", "KL")),
+              arg_rules={"beta": checks.POSITIVE_BETA}),
     TrlMethod(name="kto", trainer="trl:KTOTrainer", args_class="trl.trainer.kto_config:KTOConfig",
               data_kind="unpaired", models="policy+reference", lengths="kto",
+              reads_reference=True,
               step_keys=specs.PREFERENCE_KEYS, curve_keys=specs.PREFERENCE_CURVES,
               headline=specs.logged(("rewards/accuracies", "reward accuracy"),
-                                    ("rewards/margins", "margin"), ("kl", "KL"))),
+                                    ("rewards/margins", "margin"), ("kl", "KL")),
+              arg_rules={"beta": checks.POSITIVE_BETA}),
     # ORPO (Hong et al. 2024): SFT and a log-odds-ratio preference term in one loss, no
     # reference model; trl.experimental's trainer on the pinned TRL.
     TrlMethod(name="orpo", trainer="trl.experimental.orpo:ORPOTrainer",
               args_class="trl.experimental.orpo.orpo_config:ORPOConfig", data_kind="pairs",
-              models="policy", lengths="dpo",
+              models="policy", lengths="orpo",
               step_keys=(*specs.PREFERENCE_KEYS[:3], ("log_odds_ratio", "log odds"),
                          *specs.LR_KEYS),
               curve_keys=(*specs.PREFERENCE_CURVES[:-1], "nll_loss", "log_odds_ratio"),
@@ -318,11 +322,15 @@ TABLE: dict[str, TrlMethod] = {m.name: m for m in (
     TrlMethod(name="grpo", trainer="trl:GRPOTrainer",
               args_class="trl.trainer.grpo_config:GRPOConfig", data_kind="prompts",
               models="online", lengths=None, needs_reward=True, watched=True,
+              reads_reference=True,
               step_keys=ONLINE_KEYS, curve_keys=("loss", "reward", "kl"),
-              headline=specs.logged(("reward", "reward"), ("kl", "KL"))),
+              headline=specs.logged(("reward", "reward"), ("kl", "KL")),
+              arg_rules={"temperature": checks.SAMPLING_TEMPERATURE}),
     TrlMethod(name="rloo", trainer="trl:RLOOTrainer",
               args_class="trl.trainer.rloo_config:RLOOConfig", data_kind="prompts",
               models="online", lengths=None, needs_reward=True, watched=True,
+              reads_reference=True,
               step_keys=ONLINE_KEYS, curve_keys=("loss", "reward", "kl"),
-              headline=specs.logged(("reward", "reward"), ("kl", "KL"))),
+              headline=specs.logged(("reward", "reward"), ("kl", "KL")),
+              arg_rules={"temperature": checks.SAMPLING_TEMPERATURE}),
 )}
