@@ -50,13 +50,15 @@ def test_grpo_on_a_length_reward_stops_at_the_alarm_and_keeps_the_best_policy(
 
 
 @pytest.mark.slow
-def test_ppo_without_a_kl_penalty_over_optimises_the_reward_model_and_stops(
-        sft_run: Path, reward_run: Path, tmp_path: Path) -> None:
-    """The reward model's score climbs while the toy rule falls (the README's PPO note on
-    kl_coef=0.05): the alarm fires and the best policy is kept."""
+def test_ppo_without_a_kl_penalty_over_optimises_its_proxy_and_stops(
+        sft_run: Path, tmp_path: Path) -> None:
+    """PPO at kl_coef=0 on a length reward: the proxy climbs while the toy rule falls, the
+    alarm fires and the best policy is kept. (Against the toy reward model it over-optimised
+    within 10 updates on one machine and not within 60 on another, whose SFT start differs:
+    one sample, not a test; a length reward is climbed by rambling from any start.)"""
     run = tmp_path / "ppo"
     alignlab("method=ppo", f"model.path={sft_run}/model",
-             f"method.reward_model={reward_run}/model", "method.args.kl_coef=0.0",
+             "method.reward_funcs=[tests.fixtures.rewards:verbosity]", "method.args.kl_coef=0.0",
              "method.args.learning_rate=3e-4", "method.args.max_steps=60", *WATCH,
              f"hydra.run.dir={run}", env=ENV)
     _kept_policy_scores_as_its_best_point(run, tmp_path, tokens=32)
