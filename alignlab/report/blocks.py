@@ -8,6 +8,7 @@ pages (:mod:`alignlab.report.pages`) say only what is on them.
 from __future__ import annotations
 
 import base64
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,6 +118,7 @@ def _png(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
+@functools.cache  # one per format: a sweep renders a page per member
 def _environment(html: bool) -> Any:
     import jinja2
     from markupsafe import Markup, escape

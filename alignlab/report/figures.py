@@ -94,12 +94,18 @@ class Change:
         return "at the start" if self.other == "start" else "for the reference"
 
 
+def _before_after(run: Run) -> tuple[str, Mapping[str, Any], Mapping[str, Any]] | None:
+    """:func:`alignlab.console.before_after` of the run's metrics with its eval.json's toy
+    judge and baseline (start or reference)."""
+    return console.before_after({**run.metrics, **{k: run.eval[k] for k in ("judge", "baseline")
+                                                   if isinstance(run.eval.get(k), Mapping)}})
+
+
 def change(run: Run) -> Change | None:
     """From samples.jsonl where it pairs the start's scores with the trained model's (each
     category too), else eval.json's start and trained figures (no paired difference)."""
     evals = run.eval
-    pair = console.before_after({**run.metrics, **{k: evals[k] for k in ("judge", "baseline")
-                                                   if isinstance(evals.get(k), Mapping)}})
+    pair = _before_after(run)
     what = pair[0] if pair is not None else "score"
     rows = card.comparisons(run.samples)
     # Only where samples.jsonl holds every sample eval.json's score is the mean of (it
@@ -392,10 +398,10 @@ def stage_figures(run: Run) -> str:
 def stage_headline(run: Run) -> str:
     """What a stage is judged by, from its own files: its method's headline figures, with the
     toy judge at the start -> after training when known."""
-    parts = [stage_figures(run)] if stage_figures(run) else []
+    figures = stage_figures(run)
+    parts = [figures] if figures else []
     spec = methods.find(run.method)
-    pair = console.before_after({**run.metrics, **{k: run.eval[k] for k in ("judge", "baseline")
-                                                   if isinstance(run.eval.get(k), Mapping)}})
+    pair = _before_after(run)
     if pair is not None and (spec is None or spec.shows_change):
         what, before, after = pair
         key = ("score", "mean")

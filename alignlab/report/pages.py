@@ -28,6 +28,7 @@ from alignlab.report.blocks import (
 from alignlab.report.figures import finite, finite_bounds, is_number
 from alignlab.report.load import (
     Run,
+    detect_kind,
     flatten,
     get,
     is_stage_dir,
@@ -81,7 +82,8 @@ def _subtitle(run: Run) -> str | None:
         ("method", run.method), ("model", _model_name(run.config)),
         ("data", get(run.config, "data.name")), ("seed", run.config.get("seed")))
         if value is not None]
-    return (" · ".join(parts)[0].upper() + " · ".join(parts)[1:]) if parts else None
+    text = " · ".join(parts)
+    return text[:1].upper() + text[1:] if text else None
 
 
 def _curve_keys(run: Run) -> tuple[str, ...]:
@@ -403,7 +405,5 @@ PAGES = {"run": _run_page, "recipe": _recipe_page, "sweep": _sweep_page}
 def render(path: str | Path) -> Path:
     """Render ``report.md`` + ``report.html`` (and PNG plots) into a results directory; the
     Markdown's path (see :func:`alignlab.report.render_report`)."""
-    from alignlab.report.load import detect_kind
-
     root = Path(path)
     return write(root, PAGES[detect_kind(root)](root))
