@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -366,8 +367,8 @@ class _TinyPolicyAndValue(nn.Module):
         self.embed, self.head = nn.Embedding(vocab, hidden), nn.Linear(hidden, vocab)
         self.value_head = nn.Linear(hidden, 1)
 
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor,
-                context: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, context: int,
+                features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.embed(ids)[:, context - 1:-1] * mask[:, context - 1:-1, None]
         return self.head(h), self.value_head(h).squeeze(-1)
 
@@ -507,10 +508,14 @@ def test_step_metrics_and_log_step() -> None:
     lines: list[str] = []
     bar = SimpleNamespace(write=lines.append, update=lambda n: None,
                           set_postfix=lambda **kw: None)
-    rows = [trainer.log_step(run, step, local, 0.5, 2.0, bar) for step in (1, 2, 3)]
+    phases = {"generate": 0.25, "forwards": 0.125, "score": 0.0625, "rollout": 0.5,
+              "update": 1.5}
+    rows = [trainer.log_step(run, step, local, phases, 2.0, bar) for step in (1, 2, 3)]
     row = rows[0]
     assert set(row) == set(local) | {"objective/kl_coef", "lr", "episode", "time/rollout_s",
-                                     "time/step_s", "step"}
+                                     "time/step_s", "step", "time/generate_s", "time/forwards_s",
+                                     "time/score_s", "time/update_s"}
+    assert (row["time/generate_s"], row["time/update_s"]) == (0.25, 1.5)
     assert set(local) == STAT_KEYS | {
         "objective/scores", "objective/kl", "objective/kl_k1", "objective/kl_k3",
         "objective/entropy", "objective/non_score_reward", "objective/rlhf_reward",
@@ -629,3 +634,155 @@ def test_setup_builds_a_run_and_resumes_its_checkpoint(tmp_path: Path) -> None:
     resumed = trainer.setup(cfg, tmp_path)
     assert resumed.start_step == 1 and resumed.state == run.state
     torch.testing.assert_close(resumed.inner.value_head.weight, head)
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_shared_critic_is_one_pass_with_the_same_numbers(lora: bool, tmp_path: Path) -> None:
+    """method.args.critic=shared: the values come from a head on the policy's own pass (one
+    backbone pass per forward, against two with the separate critic), they are the head on
+    the hidden states the output layer reads, the rollout's log-probs and values are the
+    update's first forward (ratio 1), and the value loss trains the policy's weights too."""
+    from alignlab import cli
+
+    overrides = ["method=ppo", "model=llama-small", f"model.lora={str(lora).lower()}",
+                 "method.args.response_length=6", "method.args.critic=shared",
+                 "method.reward_funcs=[toy_judge]"]
+    cfg = cli.compose(overrides)
+    args = trainer.training.trainer_config(cfg, trainer.ARGS_CLASS, tmp_path)
+    nets = networks.build_models(cfg, args)
+    model = nets.model
+    assert model.mode == "shared" and model.critic is None
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert "value_head.weight" in names
+    assert not any(f".{networks.CRITIC}." in n for n in names)  # no critic adapter
+    base = model.policy.get_base_model() if lora else model.policy
+    layer = base.model.layers[0]
+    passes: list[int] = []
+    layer.register_forward_hook(lambda *_: passes.append(1))
+
+    prompts = [[{"role": "user", "content": "what is 2+3?"}],
+               [{"role": "user", "content": "name a colour please"}]] * 2
+    torch.manual_seed(0)
+    batch = trainer.rollout(nets, model, prompts, args, torch.device("cpu"))
+    ids, mask, context = batch.query_responses, batch.attention_mask, batch.context
+    passes.clear()
+    with torch.no_grad():
+        logits, values = model(ids, mask, context)
+    assert len(passes) == 1  # policy and critic in one pass
+    new = trainer.logprobs_of(logits, batch.responses, args.temperature)
+    real = batch.response_mask.bool()
+    torch.testing.assert_close(batch.logprobs[real], new[real], atol=1e-5, rtol=0)
+    torch.testing.assert_close(batch.values[real], values[real], atol=1e-5, rtol=0)
+    with torch.no_grad(), (networks.lora_adapter(model.policy, networks.POLICY) if lora
+                           else contextlib.nullcontext()):
+        hidden = getattr(base, base.base_model_prefix)(
+            input_ids=ids, attention_mask=mask, position_ids=networks.position_ids(mask),
+            use_cache=False)[0]
+    want = model.value_head(hidden[:, context - 1:-1]).squeeze(-1)
+    torch.testing.assert_close(values, want, atol=1e-5, rtol=0)
+
+    torch.nn.init.normal_(model.value_head.weight)  # zero at the start: no gradient through it
+    _, values = model(ids, mask, context)
+    (values ** 2).mean().backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert grads["value_head.weight"].abs().sum() > 0
+    trunk = [g for n, g in grads.items() if not n.startswith("value_head")]
+    assert trunk and any(g.abs().sum() > 0 for g in trunk)  # the value loss reaches the policy
+
+    passes.clear()
+    separate = _lora_policy_and_value()
+    separate.policy.get_base_model().model.layers[0].register_forward_hook(
+        lambda *_: passes.append(1))
+    with torch.no_grad():
+        separate(ids, mask, context)
+    assert len(passes) == 2  # the separate critic: a second backbone pass
+
+
+def _toy_reward_model(folder: Path, extra_token: bool = False) -> Path:
+    """A one-logit classifier on llama-small (random score head), with its tokenizer."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from alignlab.models import build_builtin
+
+    path = build_builtin("llama-small", 0)
+    torch.manual_seed(3)
+    rm = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    tok = AutoTokenizer.from_pretrained(path)
+    if extra_token:
+        tok.add_tokens(["<not-in-the-policy>"])
+    rm.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_reward_critic_reads_the_frozen_reward_model(lora: bool, tmp_path: Path) -> None:
+    """method.args.critic=reward: the values start as the reward model's score head on its own
+    hidden states at each response position (Ouyang et al.'s critic init), those features are
+    computed once in the rollout, and the update runs the policy's backbone once and no reward
+    model; the value loss trains the value head only, never the reward model."""
+    from alignlab import cli
+
+    rm_dir = _toy_reward_model(tmp_path / "rm")
+    overrides = ["method=ppo", "model=llama-small", f"model.lora={str(lora).lower()}",
+                 "method.args.response_length=6", "method.args.critic=reward",
+                 f"method.reward_model={rm_dir}"]
+    cfg = cli.compose(overrides)
+    args = trainer.training.trainer_config(cfg, trainer.ARGS_CLASS, tmp_path)
+    nets = networks.build_models(cfg, args)
+    model, rm = nets.model, nets.reward_model
+    assert model.mode == "reward" and model.critic is None
+    torch.testing.assert_close(model.value_head.weight, rm.score.weight)
+    assert model.value_head.weight is not rm.score.weight
+    assert not any(p is q for p in model.parameters() for q in rm.parameters())
+    assert not any(f".{networks.CRITIC}." in n for n, _ in model.named_parameters())
+
+    prompts = [[{"role": "user", "content": "what is 2+3?"}],
+               [{"role": "user", "content": "name a colour please"}]] * 2
+    torch.manual_seed(0)
+    batch = trainer.rollout(nets, model, prompts, args, torch.device("cpu"))
+    ids, mask, context = batch.query_responses, batch.attention_mask, batch.context
+    assert batch.features is not None
+    assert batch.features.shape == (*batch.responses.shape, rm.config.hidden_size)
+    with torch.no_grad():  # the reward model's score at every response position
+        hidden = rm.model(input_ids=ids, attention_mask=mask,
+                          position_ids=networks.position_ids(mask))[0]
+        want = rm.score(hidden[:, context - 1:-1]).squeeze(-1)
+    real = batch.response_mask.bool()
+    torch.testing.assert_close(batch.values[real], want[real], atol=1e-5, rtol=0)
+
+    passes = {"policy": 0, "reward": 0}
+    base = model.policy.get_base_model() if lora else model.policy
+    base.model.layers[0].register_forward_hook(lambda *_: passes.__setitem__(
+        "policy", passes["policy"] + 1))
+    rm.model.layers[0].register_forward_hook(lambda *_: passes.__setitem__(
+        "reward", passes["reward"] + 1))
+    adv = core.advantages(batch, torch.zeros(batch.size), 0.1)
+    part = core.micro_batch(batch, adv, torch.arange(batch.size))
+    _, values = model(part.query_responses, part.attention_mask, part.context,
+                      part.features)
+    assert passes == {"policy": 1, "reward": 0}
+    real = part.response_mask.bool()
+    torch.testing.assert_close(values[real], part.old_values[real], atol=1e-5, rtol=0)
+    (values ** 2).mean().backward()
+    grads = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert grads == {"value_head.weight"} | ({"value_head.bias"}
+                                             if model.value_head.bias is not None else set())
+    assert all(p.grad is None for p in rm.parameters())
+
+
+def test_reward_critic_refuses_a_missing_or_foreign_reward_model(tmp_path: Path) -> None:
+    """critic=reward without a reward model, or with one whose tokenizer is not the policy's:
+    one message naming the fix."""
+    from alignlab import cli
+    from alignlab.errors import AlignlabError
+
+    base = ["method=ppo", "model=llama-small", "method.args.critic=reward"]
+    cases = {"there is none": ["method.reward_funcs=[toy_judge]"],
+             "tokenizers differ": [
+                 f"method.reward_model={_toy_reward_model(tmp_path / 'rm', extra_token=True)}"]}
+    for message, extra in cases.items():
+        cfg = cli.compose([*base, *extra])
+        args = trainer.training.trainer_config(cfg, trainer.ARGS_CLASS, tmp_path)
+        with pytest.raises(AlignlabError, match=message):
+            networks.build_models(cfg, args)

@@ -15,8 +15,11 @@ One *step* (``max_steps``, ``save_steps``, ``logging_steps``) is one rollout bat
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 KL_ESTIMATORS = ("k1", "k3")
+Critic = Literal["separate", "reward", "shared"]
+CRITICS = ("separate", "reward", "shared")
 
 
 @dataclass
@@ -108,6 +111,15 @@ class PPOConfig:
         "help": "Target sequence KL (nats) of the adaptive controller."})
     kl_horizon: int = field(default=10000, metadata={
         "help": "Horizon (episodes) of the adaptive controller."})
+    critic: Critic = field(default="separate", metadata={
+        "help": "separate: a critic network of its own (full fine-tuning: a copy of the reward "
+                "model, trained; LoRA: a second adapter on the frozen base), one more backbone "
+                "pass in each forward and backward. reward: the frozen reward model's hidden "
+                "states (computed once per rollout) and a trained value head that starts as its "
+                "score head; the update runs no critic backbone; needs method.reward_model with "
+                "the policy's tokenizer. shared: a value head on the policy's own last hidden "
+                "state (old TRL's AutoModelForCausalLMWithValueHead), so the value loss (times "
+                "vf_coef) trains the policy's weights too."})
     cliprange: float = field(default=0.2, metadata={"help": "PPO policy ratio clip."})
     cliprange_value: float = field(default=0.2, metadata={"help": "Value prediction clip."})
     vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss."})
@@ -120,6 +132,8 @@ class PPOConfig:
         if self.kl_estimator not in KL_ESTIMATORS:
             raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS}, "
                              f"not {self.kl_estimator!r}.")
+        if self.critic not in CRITICS:
+            raise ValueError(f"critic must be one of {CRITICS}, not {self.critic!r}.")
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps",
                      "num_mini_batches", "num_ppo_epochs", "local_rollout_forward_batch_size",
                      "response_length", "logging_steps"):

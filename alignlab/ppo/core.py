@@ -261,6 +261,8 @@ class Rollout:
     logprobs: torch.Tensor  # FloatTensor [B, R]: log pi(token) at sampling time, temperature T
     ref_logprobs: torch.Tensor  # FloatTensor [B, R]: log pi_ref(token), temperature T
     values: torch.Tensor  # FloatTensor [B, R]: V(state before each response token)
+    # critic=reward: the frozen reward model's hidden states [B, R, H] the values are read from
+    features: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
@@ -309,6 +311,7 @@ class MicroBatch:
     old_values: torch.Tensor  # FloatTensor [b, w]: the rollout's values
     advantages: torch.Tensor  # FloatTensor [b, w]
     returns: torch.Tensor  # FloatTensor [b, w]
+    features: torch.Tensor | None = None  # [b, w, H]: the rollout's critic features, if any
 
     @property
     def responses(self) -> torch.Tensor:
@@ -330,4 +333,6 @@ def micro_batch(rollout: Rollout, adv: Advantages, rows: torch.Tensor,
     return MicroBatch(query_responses=rollout.query_responses[rows, first:end].to(device),
                       attention_mask=rollout.attention_mask[rows, first:end].to(device),
                       context=rollout.context - first, response_mask=mask, old_logprobs=old_lp,
-                      old_values=old_v, advantages=advantage, returns=ret)
+                      old_values=old_v, advantages=advantage, returns=ret,
+                      features=None if rollout.features is None
+                      else rollout.features[rows, :width].to(device))

@@ -7,11 +7,15 @@ Full fine-tuning: policy, frozen reference, critic (initialised from the reward 
 backbone plus its score head applied to every token) and the frozen reward model. With LoRA:
 one frozen base carries two adapters, ``default`` (policy) and ``critic`` (+ a value head); the
 reference is the base with adapters disabled (:class:`AdaptersOff`, as a model to call).
+That is ``method.args.critic=separate``; ``reward`` reads the values off the frozen reward
+model's hidden states with a trained copy of its score head, ``shared`` off the policy's own
+pass (:class:`PolicyAndValue`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,14 +96,20 @@ def position_ids(mask: torch.Tensor) -> torch.Tensor:
 class PolicyAndValue(nn.Module):
     """The trainable part: the policy and the critic, in one module so DDP sees one forward.
 
-    ``critic`` is None with LoRA: the critic is then the policy's base run with the ``critic``
-    adapter. ``value_head`` maps the critic's last hidden state to a scalar per token.
+    ``mode`` (``method.args.critic``) says where the values come from: ``separate``, a critic
+    network (``critic``; None with LoRA, where it is the policy's base run with the ``critic``
+    adapter); ``reward``, the frozen reward model's hidden states (``features``, computed in the
+    rollout and reused by the update); ``shared``, the policy's own pass (the hidden states its
+    output layer reads). ``value_head`` maps those hidden states to a scalar per token.
     """
 
     def __init__(self, policy: nn.Module, critic: nn.Module | None, value_head: nn.Module,
-                 lora: bool) -> None:
+                 lora: bool, mode: str = "separate", reward_model: nn.Module | None = None) -> None:
         super().__init__()
         self.policy, self.critic, self.value_head, self.lora = policy, critic, value_head, lora
+        self.mode = mode
+        # Frozen and not a submodule: not trained, saved or wrapped by DDP with the rest.
+        self.__dict__["reward_model"] = reward_model
 
     def policy_logits(self, ids: torch.Tensor, mask: torch.Tensor, context: int,
                       adapter: str | None = POLICY) -> torch.Tensor:
@@ -113,8 +123,24 @@ class PolicyAndValue(nn.Module):
                               use_cache=False, logits_to_keep=width + 1)
         return out.logits[:, :-1]
 
-    def values(self, ids: torch.Tensor, mask: torch.Tensor, context: int) -> torch.Tensor:
-        """V(s_t) for every response position t (the state before response token t)."""
+    @torch.no_grad()
+    def features(self, ids: torch.Tensor, mask: torch.Tensor, context: int) -> torch.Tensor:
+        """critic=reward: the frozen reward model's last hidden states [B, R, H] at the states
+        before each response token (the values' inputs)."""
+        rm = self.__dict__["reward_model"]
+        hidden = getattr(rm, rm.base_model_prefix)(
+            input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
+            use_cache=False)[0]
+        return hidden[:, context - 1:-1]
+
+    def values(self, ids: torch.Tensor, mask: torch.Tensor, context: int,
+               features: torch.Tensor | None = None) -> torch.Tensor:
+        """V(s_t) for every response position t (the state before response token t);
+        ``features``: the rollout's :meth:`features` of these rows, when critic=reward."""
+        if self.mode == "shared":
+            return self(ids, mask, context)[1]
+        if self.mode == "reward":
+            return self.value(self.features(ids, mask, context) if features is None else features)
         if self.lora:
             base = self.policy.get_base_model()
             backbone = getattr(base, base.base_model_prefix)
@@ -125,12 +151,27 @@ class PolicyAndValue(nn.Module):
             backbone = getattr(self.critic, self.critic.base_model_prefix)
             hidden = backbone(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
                               use_cache=False)[0]
-        hidden = hidden[:, context - 1:-1]
+        return self.value(hidden[:, context - 1:-1])
+
+    def value(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The value head on hidden states [B, T, H]: values [B, T] in float32."""
         return self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()
 
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor,
-                context: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.policy_logits(ids, mask, context), self.values(ids, mask, context)
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, context: int,
+                features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.mode != "shared":
+            return (self.policy_logits(ids, mask, context),
+                    self.values(ids, mask, context, features))
+        # One pass: the values read what the output layer reads (its input, the final hidden
+        # states at the kept positions), whatever the model does after it (soft-capping, ...).
+        seen: list[torch.Tensor] = []
+        head = self.policy.get_output_embeddings()
+        hook = head.register_forward_hook(lambda _m, args, _out: seen.append(args[0]))
+        try:
+            logits = self.policy_logits(ids, mask, context)
+        finally:
+            hook.remove()
+        return logits, self.value(seen[-1][:, :-1])
 
 
 def value_head_of(model: nn.Module) -> nn.Module:
@@ -174,16 +215,23 @@ def build_models(cfg: Any, args: Any) -> PPOModels:
     if cfg.method.reward_model:
         reward_model, reward_tok = rewards.load_reward_model(
             cfg, str(cfg.method.reward_model), args.reward_model_dtype)
+    mode, critic = args.critic, None
+    if mode == "reward":
+        check_reward_critic(reward_model, reward_tok, tokenizer)
     if lora_cfg is not None:
         from peft import get_peft_model
 
         policy = get_peft_model(policy, lora_cfg, adapter_name=POLICY)
-        policy.add_adapter(CRITIC, lora_cfg)
-        for name, p in policy.named_parameters():  # both adapters train; the base stays frozen
-            p.requires_grad_(any(f".{a}." in name for a in (POLICY, CRITIC)) and "lora_" in name)
-        critic = None
-        hidden = policy.get_base_model().config.get_text_config().hidden_size
-        value_head = nn.Linear(hidden, 1)
+        adapters = (POLICY, CRITIC) if mode == "separate" else (POLICY,)
+        if mode == "separate":
+            policy.add_adapter(CRITIC, lora_cfg)
+        for name, p in policy.named_parameters():  # the adapters train; the base stays frozen
+            p.requires_grad_(any(f".{a}." in name for a in adapters) and "lora_" in name)
+    if mode == "reward":  # the critic starts as the reward model (Ouyang et al. 2022 App. C)
+        value_head = copy.deepcopy(value_head_of(reward_model)).float().requires_grad_(True)
+    elif lora_cfg is not None or mode == "shared":
+        hidden = policy.get_base_model() if lora_cfg is not None else policy
+        value_head = nn.Linear(hidden.config.get_text_config().hidden_size, 1)
         nn.init.zeros_(value_head.weight)  # V = 0 at first: the base's features mean nothing yet
         nn.init.zeros_(value_head.bias)
     else:
@@ -202,11 +250,25 @@ def build_models(cfg: Any, args: Any) -> PPOModels:
         for m in (policy, critic):
             if m is not None:
                 enable_gradient_checkpointing(m)
-    return PPOModels(model=PolicyAndValue(policy, critic, value_head, lora_cfg is not None),
+    return PPOModels(model=PolicyAndValue(policy, critic, value_head, lora_cfg is not None,
+                                          mode=mode, reward_model=reward_model),
                      reference=reference, tokenizer=tokenizer, reward_model=reward_model,
                      reward_tokenizer=reward_tok,
                      reward_funcs=rewards.functions(list(cfg.method.reward_funcs or [])),
                      eos_ids=eos_token_ids(tokenizer, policy))
+
+
+def check_reward_critic(reward_model: nn.Module | None, reward_tok: Any, tokenizer: Any) -> None:
+    """critic=reward reads the reward model on the policy's token ids: it needs one, with the
+    same vocabulary."""
+    if reward_model is None:
+        raise AlignlabError("method.args.critic=reward starts the critic from the reward model, "
+                            "and there is none: set method.reward_model=<reward run>/model, or "
+                            "use method.args.critic=separate.")
+    if reward_tok.get_vocab() != tokenizer.get_vocab():
+        raise AlignlabError("method.args.critic=reward reads the reward model on the policy's "
+                            "tokens, but their tokenizers differ. Train the reward model from "
+                            "the policy's model, or use method.args.critic=separate.")
 
 
 def eos_token_ids(tokenizer: Any, model: nn.Module) -> list[int]:

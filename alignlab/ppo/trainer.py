@@ -133,12 +133,13 @@ def logprobs_from_generate(args: Any) -> bool:
 @torch.no_grad()
 def rollout(nets: PPOModels, model: PolicyAndValue, prompts: list[Any], args: Any,
             device: torch.device, autocast: Callable[[], Any] = contextlib.nullcontext,
-            ) -> core.Rollout:
+            seconds: dict[str, float] | None = None) -> core.Rollout:
     """Sample responses to ``prompts`` and the log-probs and values PPO needs (no gradients).
 
     ``autocast`` must be the update's (``accelerator.autocast``): log-probs, reference
     log-probs and values computed in another precision than the update's would make the first
     ratio differ from 1 by the rounding (bf16: ~1e-2), before any weight has changed.
+    ``seconds``, when given, gets the time spent in ``generate`` and in the no-grad forwards.
     """
     from transformers import GenerationConfig
 
@@ -148,7 +149,8 @@ def rollout(nets: PPOModels, model: PolicyAndValue, prompts: list[Any], args: An
         encode_prompts(tok, prompts, args.max_prompt_length), pad)
     context = query.shape[1]
     eos = nets.eos_ids
-    from_generate = logprobs_from_generate(args)
+    # A shared critic's pass computes the policy's logits anyway: take the log-probs from it.
+    from_generate = logprobs_from_generate(args) and model.mode != "shared"
     # top_k=0/top_p=1: sample from exactly softmax(logits / T), the distribution PPO scores.
     gen_cfg = GenerationConfig(**generation.NEUTRAL_SAMPLING, max_new_tokens=args.response_length,
                                do_sample=True, temperature=args.temperature,
@@ -156,6 +158,7 @@ def rollout(nets: PPOModels, model: PolicyAndValue, prompts: list[Any], args: An
                                output_logits=from_generate)
     chunk = args.local_rollout_forward_batch_size
     model.eval()
+    started = time.perf_counter()
     pieces, gen_logprobs = [], []
     with (lora_adapter(model.policy, POLICY) if model.lora else contextlib.nullcontext(),
           generation.plain_sampling(model.policy), autocast()):
@@ -167,6 +170,7 @@ def rollout(nets: PPOModels, model: PolicyAndValue, prompts: list[Any], args: An
             if from_generate:  # raw logits of each step, before sampling warpers
                 gen_logprobs.append(logprobs_of(torch.stack(out.logits, 1), seq,
                                                 args.temperature).cpu())
+    generated = time.perf_counter()
     width = max(p.shape[1] for p in pieces)
     responses = torch.cat([nn.functional.pad(p, (0, width - p.shape[1]), value=pad)
                            for p in pieces])
@@ -175,7 +179,7 @@ def rollout(nets: PPOModels, model: PolicyAndValue, prompts: list[Any], args: An
 
     ids = torch.cat([query, responses], 1)
     mask = torch.cat([query_mask, resp_mask], 1)
-    logprobs, ref_logprobs, values = [], [], []
+    logprobs, ref_logprobs, values, features = [], [], [], []
     if gen_logprobs:
         logprobs = [torch.cat([nn.functional.pad(lp, (0, width - lp.shape[1]))
                                for lp in gen_logprobs])]
@@ -183,7 +187,14 @@ def rollout(nets: PPOModels, model: PolicyAndValue, prompts: list[Any], args: An
         b_ids, b_mask = ids[i:i + chunk].to(device), mask[i:i + chunk].to(device)
         b_resp = b_ids[:, context:]
         with autocast():
-            if gen_logprobs:
+            if model.mode == "reward":  # the frozen RM's features, kept for the update
+                feats = model.features(b_ids, b_mask, context)
+                features.append(feats.cpu())
+                values.append(model.value(feats).cpu())
+                if not gen_logprobs:
+                    logprobs.append(logprobs_of(model.policy_logits(b_ids, b_mask, context),
+                                                b_resp, args.temperature).cpu())
+            elif gen_logprobs:
                 values.append(model.values(b_ids, b_mask, context).cpu())
             else:
                 logits, v = model(b_ids, b_mask, context)
@@ -197,13 +208,15 @@ def rollout(nets: PPOModels, model: PolicyAndValue, prompts: list[Any], args: An
                                            logits_to_keep=b_resp.shape[1] + 1).logits[:, :-1]
             ref_logprobs.append(logprobs_of(ref_logits, b_resp, args.temperature).cpu())
     model.train()
+    if seconds is not None:
+        seconds.update(generate=generated - started, forwards=time.perf_counter() - generated)
     return core.Rollout(
         query_responses=ids, attention_mask=mask, context=context, responses=responses,
         response_mask=resp_mask, has_eos=has_eos,
         # padding: a constant, as in the update (core.fill_padding), never a stray value
         logprobs=core.fill_padding(torch.cat(logprobs), resp_mask),
         ref_logprobs=core.fill_padding(torch.cat(ref_logprobs), resp_mask),
-        values=torch.cat(values))
+        values=torch.cat(values), features=torch.cat(features) if features else None)
 
 
 def score(nets: PPOModels, prompts: list[Any], batch: core.Rollout, args: Any) -> torch.Tensor:
@@ -377,7 +390,8 @@ def micro_step(run: Session, part: core.MicroBatch, n_micro: int) -> dict[str, f
     add up before the optimizer step). Returns the micro batch's stats."""
     args, accelerator = run.args, run.accelerator
     with accelerator.autocast():
-        logits, vpred = run.model(part.query_responses, part.attention_mask, part.context)
+        logits, vpred = run.model(part.query_responses, part.attention_mask, part.context,
+                                  part.features)
         new_logprobs = logprobs_of(logits, part.responses, args.temperature)
         pg_loss, pg = core.policy_loss(new_logprobs, part.old_logprobs, part.advantages,
                                        part.response_mask, args.cliprange)
@@ -441,10 +455,12 @@ def step_metrics(batch: core.Rollout, adv: core.Advantages, stats: dict[str, lis
     }
 
 
-def log_step(run: Session, step: int, local: dict[str, torch.Tensor], t_rollout: float,
+def log_step(run: Session, step: int, local: dict[str, torch.Tensor], phases: dict[str, float],
              step_time: float, bar: Any) -> dict[str, float]:
     """The update's log row (means over processes), adaptive beta, the log history (every
-    ``logging_steps`` and at the end), the log file and the console. Returns the row."""
+    ``logging_steps`` and at the end), the log file and the console. Returns the row.
+    ``phases``: this process's seconds in generate, the no-grad forwards (policy, critic,
+    reference), scoring (reward model and functions), the whole rollout and the update."""
     args, accelerator, state = run.args, run.accelerator, run.state
     keys = sorted(local)
     reduced = accelerator.reduce(torch.stack([torch.as_tensor(local[k], dtype=torch.float32)
@@ -454,8 +470,8 @@ def log_step(run: Session, step: int, local: dict[str, torch.Tensor], t_rollout:
     row["tokens/s"] *= run.world  # every process generates its own share
     row["val/num_eos_tokens"] *= run.world
     row.update({"objective/kl_coef": state.kl_coef, "lr": run.scheduler.get_last_lr()[0],
-                "episode": step * run.global_batch, "time/rollout_s": t_rollout,
-                "time/step_s": step_time, "step": step})
+                "episode": step * run.global_batch, "time/step_s": step_time, "step": step,
+                **{f"time/{name}_s": value for name, value in phases.items()}})
     if args.adaptive_kl:
         state.kl_coef = core.adaptive_kl_coef(state.kl_coef, row["objective/kl"], args.kl_target,
                                               args.kl_horizon, run.global_batch)
@@ -547,18 +563,24 @@ def train(cfg: Any, run_dir: Path, step_keys: Any = None) -> dict[str, Any]:
     with runs.stoppable():  # SIGTERM/SIGINT: stop after the update under way
         for step in range(run.start_step + 1, run.max_steps + 1):
             stop_if_asked(run, step)
-            t0 = time.time()
+            t0 = time.perf_counter()
             prompts = prompt_batch(run.prompts, args.seed, step - 1, args.local_batch_size,
                                    run.world, accelerator.process_index)
+            phases: dict[str, float] = {}
             batch = rollout(run.nets, run.inner, prompts, args, accelerator.device,
-                            autocast=accelerator.autocast)
-            adv = core.advantages(batch, score(run.nets, prompts, batch, args), run.state.kl_coef,
-                                  args.kl_estimator, whiten_rewards=args.whiten_rewards,
-                                  gamma=args.gamma, lam=args.lam)
-            t_rollout = time.time() - t0
+                            autocast=accelerator.autocast, seconds=phases)
+            t_score = time.perf_counter()
+            scores = score(run.nets, prompts, batch, args)
+            phases["score"] = time.perf_counter() - t_score
+            adv = core.advantages(batch, scores, run.state.kl_coef, args.kl_estimator,
+                                  whiten_rewards=args.whiten_rewards, gamma=args.gamma,
+                                  lam=args.lam)
+            phases["rollout"] = time.perf_counter() - t0
+            t_update = time.perf_counter()
             stats = update(run, batch, adv, step)
-            step_time = time.time() - t0
-            row = log_step(run, step, step_metrics(batch, adv, stats, step_time), t_rollout,
+            phases["update"] = time.perf_counter() - t_update
+            step_time = time.perf_counter() - t0
+            row = log_step(run, step, step_metrics(batch, adv, stats, step_time), phases,
                            step_time, bar)
             check_finite(row, step)
             checkpoint(run, step)
