@@ -344,11 +344,17 @@ def _override_values(overrides: list[str]) -> dict[str, str]:
 
 
 def apply_threading(hardware: Any) -> None:
-    """``hardware.omp_wait_policy`` into the environment, before torch (and OpenMP) loads; the
-    launched processes inherit it. The user's own OMP_WAIT_POLICY is left as it is."""
+    """``hardware.omp_wait_policy`` (and, with the passive policy, ``omp_spin_count``) into
+    the environment, before torch (and OpenMP) loads; the launched processes inherit them.
+    The user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT is left as it is (and a user's own
+    OMP_WAIT_POLICY=PASSIVE gets no spin count from alignlab)."""
     policy = hardware.get("omp_wait_policy")
-    if policy and "OMP_WAIT_POLICY" not in os.environ:
-        os.environ["OMP_WAIT_POLICY"] = str(policy).upper()
+    if not policy or "OMP_WAIT_POLICY" in os.environ:
+        return
+    os.environ["OMP_WAIT_POLICY"] = str(policy).upper()
+    spins = hardware.get("omp_spin_count")
+    if policy == "passive" and spins is not None and "GOMP_SPINCOUNT" not in os.environ:
+        os.environ["GOMP_SPINCOUNT"] = str(spins)
 
 
 def _task(cfg: Any) -> None:

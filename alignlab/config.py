@@ -140,6 +140,13 @@ class HardwareConfig:
     # other CPU-bound process on 2 cores a DPO run took 33 s instead of 52), active (they
     # spin), or null (OpenMP's default). An OMP_WAIT_POLICY already in the environment wins.
     omp_wait_policy: str | None = "passive"
+    # GOMP_SPINCOUNT (libgomp, torch's OpenMP on Linux): under the passive policy, how many
+    # spins (~1,000 per 10 us) an idle thread waits for the next parallel region before it
+    # sleeps. Sleeping at once made PPO on llama-small 1.8x slower on an idle machine;
+    # 10,000 spins brought back the cliff beside another process; 1,000 costs ~1.3x at
+    # worst either way (benchmarks/load.py, README). null: the policy's own (0 for passive).
+    # A GOMP_SPINCOUNT in the environment wins.
+    omp_spin_count: int | None = 1000
 
 
 @dataclass

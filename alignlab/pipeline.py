@@ -148,7 +148,8 @@ def fingerprint(cfg: Any) -> str:
     container = OmegaConf.to_container(cfg, resolve=True)
     for key in _NOT_FINGERPRINTED:
         container.pop(key, None)
-    container.get("hardware", {}).pop("omp_wait_policy", None)  # how threads wait: same result
+    for key in ("omp_wait_policy", "omp_spin_count"):  # how threads wait: same result
+        container.get("hardware", {}).pop(key, None)
     if container.get("watch") == dataclasses.asdict(config.WatchConfig()):
         container.pop("watch")  # the default watch: stages finished before it keep their hash
     blob = json.dumps(container, sort_keys=True, default=str)

@@ -458,6 +458,11 @@ def _validate_hardware(c: dict[str, Any], info: methods.Method) -> None:
     if hw.get("omp_wait_policy") not in (None, "passive", "active"):
         raise AlignlabError(f"hardware.omp_wait_policy={hw.get('omp_wait_policy')!r} is "
                             "unknown. Use passive (the default), active, or null.")
+    spins = hw.get("omp_spin_count")
+    if spins is not None and (isinstance(spins, bool) or not isinstance(spins, int)
+                              or spins < 0):
+        raise AlignlabError(f"hardware.omp_spin_count={spins!r} is not a count of spins. Use "
+                            "a whole number >= 0 (1000, the default, is about 10 us), or null.")
     quant = c["model"].get("quantization") or hw.get("model", {}).get("quantization")
     if info.no_sharding and _shards_weights(hw.get("accelerate_config")):
         # Checked first: it is wrong on any machine (PPO: sampling from sharded weights needs
