@@ -15,11 +15,11 @@ One *step* (``max_steps``, ``save_steps``, ``logging_steps``) is one rollout bat
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 KL_ESTIMATORS = ("k1", "k3")
 Critic = Literal["separate", "reward", "shared"]
-CRITICS = ("separate", "reward", "shared")
+CRITICS = get_args(Critic)
 
 
 @dataclass

@@ -187,17 +187,14 @@ def rollout(nets: PPOModels, model: PolicyAndValue, prompts: list[Any], args: An
         b_ids, b_mask = ids[i:i + chunk].to(device), mask[i:i + chunk].to(device)
         b_resp = b_ids[:, context:]
         with autocast():
+            feats = None
             if model.mode == "reward":  # the frozen RM's features, kept for the update
                 feats = model.features(b_ids, b_mask, context)
                 features.append(feats.cpu())
-                values.append(model.value(feats).cpu())
-                if not gen_logprobs:
-                    logprobs.append(logprobs_of(model.policy_logits(b_ids, b_mask, context),
-                                                b_resp, args.temperature).cpu())
-            elif gen_logprobs:
-                values.append(model.values(b_ids, b_mask, context).cpu())
+            if gen_logprobs:
+                values.append(model.values(b_ids, b_mask, context, feats).cpu())
             else:
-                logits, v = model(b_ids, b_mask, context)
+                logits, v = model(b_ids, b_mask, context, feats)
                 logprobs.append(logprobs_of(logits, b_resp, args.temperature).cpu())
                 values.append(v.cpu())
             if model.lora:
